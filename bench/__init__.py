@@ -1,0 +1,1 @@
+"""mnist-numba-bench: the harness, CLI, results store, reports and profiling."""

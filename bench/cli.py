@@ -1,0 +1,139 @@
+"""`mnist-bench`: the command line. Each subcommand lives in its own module with
+``add_arguments(parser)`` and ``main(args) -> exit code``; this file only wires
+them up and turns user errors into one line and a non-zero exit."""
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module, one-line help)
+COMMANDS = {
+    "list": ("bench.cli", "models and backends, and whether each is available here"),
+    "data": ("bench.cli", "inspect, verify or download a dataset"),
+    "run": ("bench.harness", "sweep models x backends x batch sizes x threads; validated timings"),
+    "kernels": ("bench.kernel_sweep", "kernel-level sweep: matmul, update, conv across backends"),
+    "import": ("bench.store", "bring a pytest-benchmark --benchmark-json file into the results store"),
+    "report": ("bench.report", "aggregate results into HTML/Markdown tables and plots"),
+    "compare": ("bench.compare", "two runs side by side with a regression verdict"),
+    "profile": ("bench.profile", "one training epoch under py-spy: flamegraph and time breakdown"),
+}
+
+
+class UserError(Exception):
+    """Bad input from the user: printed as one line, exit status 2."""
+
+
+def add_arguments(parser):  # list and data share this module
+    if parser.prog.endswith(" data"):
+        parser.add_argument("action", choices=["info", "verify", "download"],
+                            help="info: splits and sizes; verify: parse and check every file; "
+                                 "download: fetch into the cache")
+        add_data_arguments(parser)
+    else:
+        parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def add_data_arguments(parser):
+    parser.add_argument("--dataset", default="auto",
+                        help="auto (default), mnist, fashion-mnist or synthetic")
+    parser.add_argument("--data-dir", default=None,
+                        help="a directory holding the four MNIST-format IDX files (raw or .gz)")
+    parser.add_argument("--no-download", action="store_true", help="never touch the network")
+
+
+def main(args=None):
+    """Entry point of both `mnist-bench` and subcommands list/data."""
+    if isinstance(args, argparse.Namespace):
+        return cmd_list(args) if args.command == "list" else cmd_data(args)
+    parser = argparse.ArgumentParser(prog="mnist-bench", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    modules = {}
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        try:
+            modules[name] = importlib.import_module(module_name)
+        except ImportError as e:
+            modules[name] = None
+            p.set_defaults(_missing=f"'{name}' cannot load ({e})")
+            continue
+        modules[name].add_arguments(p)
+    args = parser.parse_args(args)
+    if not args.command:
+        parser.print_help()
+        return 2
+    if getattr(args, "_missing", None):
+        print(f"mnist-bench: error: {args._missing}", file=sys.stderr)
+        return 2
+    from bench.data import DataError
+    try:
+        return modules[args.command].main(args) or 0
+    except (UserError, DataError, ValueError, FileNotFoundError) as e:
+        print(f"mnist-bench {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mnist-bench {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def cmd_list(args):
+    import json
+
+    from bench.backends import backend_names, get_backend
+    from models import NETWORKS
+    rows = []
+    for bname in backend_names():
+        backend = get_backend(bname)
+        ok, why = backend.available()
+        support = {}
+        for mname in NETWORKS:
+            s_ok, s_why = backend.supports(mname) if ok else (False, why)
+            support[mname] = {"supported": s_ok, "reason": s_why}
+        rows.append({"backend": bname, "available": ok, "reason": why,
+                     "description": backend.description, "models": support})
+    models = [{"model": n, "defaults": cls.defaults, "doc": cls.__doc__.split("\n")[0]}
+              for n, cls in NETWORKS.items()]
+    if args.json:
+        print(json.dumps({"models": models, "backends": rows}, indent=2))
+        return 0
+    print("Models (hyperparameters of the write-ups; override with --set key=value):")
+    for m in models:
+        print(f"  {m['model']:<9} {m['doc']}")
+        print(f"            {', '.join(f'{k}={v}' for k, v in m['defaults'].items())}")
+    print("\nBackends:")
+    for r in rows:
+        state = "available" if r["available"] else f"UNAVAILABLE: {r['reason']}"
+        print(f"  {r['backend']:<16} {state}")
+        print(f"  {'':<16} {r['description']}")
+        if r["available"]:
+            no = {m: s["reason"] for m, s in r["models"].items() if not s["supported"]}
+            models_ok = [m for m in NETWORKS if m not in no]
+            print(f"  {'':<16} trains: {', '.join(models_ok) or 'none'}")
+            for m, why in no.items():
+                print(f"  {'':<16} not {m}: {why}")
+    return 0
+
+
+def cmd_data(args):
+    from bench import data
+    if args.action == "download":
+        name = args.dataset if args.dataset in ("mnist", "fashion-mnist") else "mnist"
+        data.download(name, f"{data.cache_dir()}/{name}")
+        print(f"{name}: downloaded and verified into {data.cache_dir()}/{name}")
+        return 0
+    ds = data.load(args.dataset, args.data_dir, allow_download=not args.no_download)
+    print(ds.describe())
+    for note in ds.notes:
+        print(f"  note: {note}")
+    if args.action == "verify":
+        for split in ("train", "val", "test"):
+            x, y = getattr(ds, f"{split}_x"), getattr(ds, f"{split}_y")
+            counts = np.bincount(y, minlength=10) if len(y) else []
+            print(f"  {split:<5} {x.shape} float32 in [{x.min() if x.size else 0:.2f}, "
+                  f"{x.max() if x.size else 0:.2f}], mean {x.mean() if x.size else 0:.4f}, "
+                  f"labels per class {list(map(int, counts))}")
+    return 0
+
+
+import numpy as np  # noqa: E402  (used by cmd_data; kept out of the import-time path above)
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Backend validation: a backend must reach the same parameters as the NumPy
+reference after a few optimizer steps from the same init and batch order before
+any time of it is reported. Used by the harness, the pytest-benchmark suites and
+the tests alike.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from models import config_for, get_network
+from models.train import epoch_batches, prepare_inputs, prepare_targets
+
+# Relative to the largest parameter magnitude; float32 rounding differences that
+# grow a little with every step (sigmoid saturation in nielsen at lr 3.0).
+TOLERANCE = 2e-3
+
+
+@dataclass
+class Validation:
+    backend: str
+    model: str
+    ok: bool
+    max_error: float
+    steps: int
+    error: str = ""
+
+
+def validation_data(network, n, seed=0):
+    """MNIST-shaped inputs with a learnable structure (synthetic, deterministic)."""
+    rng = np.random.default_rng(seed + 12345)
+    labels = rng.integers(0, 10, n)
+    protos = rng.random((10, 784)).astype(np.float32)
+    x = np.clip(0.6 * protos[labels] + 0.4 * rng.random((n, 784), dtype=np.float32), 0, 1)
+    return prepare_inputs(network, x.astype(np.float32)), prepare_targets(network, labels), labels
+
+
+def run_steps(backend, network, config, x, y, steps, seed=0):
+    """Train ``steps`` mini-batches (of the epoch-0 order); returns the trainer."""
+    trainer = backend.make_trainer(network, network.init_params(seed), config, seed)
+    trainer.set_data(x, y)
+    batches = epoch_batches(len(x), config["batch_size"], seed, 0)[:steps]
+    trainer.train_epoch(batches)
+    trainer.synchronize()
+    return trainer
+
+
+def max_param_error(got: dict, want: dict) -> float:
+    scale = max(1.0, max(float(np.max(np.abs(w))) for w in want.values()))
+    return max(float(np.max(np.abs(got[k] - want[k]))) for k in want) / scale
+
+
+def validate(backend_name, model_name, steps=3, batch_size=None, seed=0, overrides=None,
+             tolerance=TOLERANCE) -> Validation:
+    """Compare ``backend_name`` with ``numpy`` after ``steps`` steps; never raises."""
+    from bench.backends import get_backend
+    try:
+        network = get_network(model_name)
+        config = config_for(network, overrides)
+        if batch_size is not None:
+            config["batch_size"] = batch_size
+        elif config["batch_size"] == 0:
+            config["batch_size"] = 64  # full-batch models: a small "full" batch
+        n = config["batch_size"] * steps
+        x, y, _ = validation_data(network, n, seed)
+        reference = run_steps(get_backend("numpy"), network, config, x, y, steps, seed).params()
+        backend = get_backend(backend_name)
+        ok, why = backend.available()
+        if not ok:
+            return Validation(backend_name, model_name, False, float("nan"), steps, f"unavailable: {why}")
+        got = run_steps(backend, network, config, x, y, steps, seed).params()
+        err = max_param_error(got, reference)
+        if not np.isfinite(err) or err > tolerance:
+            return Validation(backend_name, model_name, False, err, steps,
+                              f"parameters differ from numpy after {steps} steps: "
+                              f"max relative error {err:.3g} > {tolerance:g}")
+        return Validation(backend_name, model_name, True, err, steps)
+    except Exception as e:  # any crash is a failed validation, with its error kept
+        return Validation(backend_name, model_name, False, float("nan"), steps,
+                          f"{type(e).__name__}: {e}")

@@ -1,0 +1,1 @@
+"""Hand-written Numba kernels (CPU and CUDA), one file per kernel family."""
