@@ -77,19 +77,19 @@ class NumpyOps(Ops):
         grad = np.exp(logp)
         grad[np.arange(n), labels] -= 1
         grad /= n
-        return float(loss), grad.astype(np.float32)
+        return float(loss), grad.astype(logits.dtype, copy=False)
 
     def quadratic_loss(self, a, onehot):
         diff = a - onehot
         n = a.shape[0]
-        return float(0.5 * np.sum(diff * diff) / n), diff / np.float32(n)
+        return float(0.5 * np.sum(diff * diff) / n), diff / diff.dtype.type(n)
 
     def conv2d(self, x, w, b):
         f, c, kh, kw = w.shape
         windows = sliding_window_view(x, (kh, kw), axis=(2, 3))  # N,C,OH,OW,KH,KW
         y = np.einsum("ncijkl,fckl->nfij", windows, w, optimize=True)
         y += b[None, :, None, None]
-        return np.ascontiguousarray(y, dtype=np.float32)
+        return np.ascontiguousarray(y, dtype=x.dtype)
 
     def conv2d_backward(self, x, w, dy, dw_out, db_out, need_dx=True):
         f, c, kh, kw = w.shape
@@ -102,7 +102,7 @@ class NumpyOps(Ops):
         padded = np.pad(dy, ((0, 0), (0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1)))
         pw = sliding_window_view(padded, (kh, kw), axis=(2, 3))
         dx = np.einsum("nfijkl,fckl->ncij", pw, w[:, :, ::-1, ::-1], optimize=True)
-        return np.ascontiguousarray(dx, dtype=np.float32)
+        return np.ascontiguousarray(dx, dtype=x.dtype)
 
     def maxpool2(self, x):
         n, c, h, w = x.shape
@@ -116,13 +116,13 @@ class NumpyOps(Ops):
         n, c, h, w = x_shape
         oh, ow = dy.shape[2], dy.shape[3]
         onehot = (argmax[..., None] == np.arange(4, dtype=np.int8)) * dy[..., None]
-        dx = np.zeros(x_shape, np.float32)
+        dx = np.zeros(x_shape, dy.dtype)
         dx[:, :, :oh * 2, :ow * 2] = (onehot.reshape(n, c, oh, ow, 2, 2)
                                       .transpose(0, 1, 2, 4, 3, 5).reshape(n, c, oh * 2, ow * 2))
         return dx
 
     def dropout(self, x, rate, key):
-        mask = dropout_keep_mask(x.shape, rate, key).astype(np.float32) / np.float32(1 - rate)
+        mask = dropout_keep_mask(x.shape, rate, key).astype(x.dtype) / x.dtype.type(1 - rate)
         return x * mask, mask
 
     def mul(self, a, b):
