@@ -136,4 +136,6 @@ def cmd_data(args):
 import numpy as np  # noqa: E402  (used by cmd_data; kept out of the import-time path above)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Re-import so subcommands raise the same UserError class this main catches.
+    from bench.cli import main as package_main
+    sys.exit(package_main())

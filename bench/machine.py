@@ -134,7 +134,9 @@ def git_info(cwd=None) -> dict:
         head = git("rev-parse", "HEAD")
         if head.returncode != 0:
             return {"commit": None, "dirty": None}
-        status = git("status", "--porcelain", "--untracked-files=no")
+        # Untracked source counts as dirty (the commit alone would not reproduce the
+        # run); the results store itself does not.
+        status = git("status", "--porcelain", "--", ".", ":(exclude)results")
         return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
     except (OSError, subprocess.TimeoutExpired):
         return {"commit": None, "dirty": None}

@@ -48,6 +48,7 @@ REGISTRY = {
     "torch-cuda": "bench.backends.torch_backend:TorchCudaBackend",
     "torch-ops-cuda": "bench.backends.torch_backend:TorchOpsCudaBackend",
     "numba-cuda": "bench.backends.numba_cuda:NumbaCudaBackend",
+    "numba-cuda-epoch": "bench.backends.numba_cuda:NumbaCudaEpochBackend",
 }
 
 

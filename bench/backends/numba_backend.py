@@ -1,0 +1,215 @@
+"""The Numba CPU backends: every op of models/ops.Ops on hand-written kernels.
+
+``numba`` calls the serial kernels; ``numba-parallel`` the prange versions
+(Numba's thread count set by configure_threads and recorded). Elementwise
+kernels below PARALLEL_MIN_ELEMENTS elements, and matmuls below
+kernels.matmul.PARALLEL_MIN_WORK multiply-adds, stay serial even in the
+parallel backend: waking the thread pool costs more than such a pass.
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from kernels import backprop as bp
+from kernels import conv, update
+from kernels.matmul import matmul, matmul_nt, matmul_tn
+from models.ops import Ops
+from models.train import OpsTrainer
+
+from . import Backend
+
+PARALLEL_MIN_ELEMENTS = 1 << 15
+
+
+class NumbaOps(Ops):
+    def __init__(self, parallel=False):
+        self.parallel = parallel
+        self.name = "numba-parallel" if parallel else "numba"
+
+    def _par(self, elements):
+        return self.parallel and elements >= PARALLEL_MIN_ELEMENTS
+
+    # -- memory
+    def asarray(self, x):
+        x = np.asarray(x)
+        return np.ascontiguousarray(x, np.float32) if x.dtype.kind == "f" else x
+
+    def to_numpy(self, a):
+        return np.asarray(a)
+
+    def zeros(self, shape):
+        return np.zeros(shape, np.float32)
+
+    def take_rows(self, x, idx):
+        return x[idx]
+
+    # -- matmul
+    def matmul(self, a, b, out=None):
+        return matmul(a, b, out, self.parallel)
+
+    def matmul_nt(self, a, b, out=None):
+        return matmul_nt(a, b, out, self.parallel)
+
+    def matmul_tn(self, a, b, out=None):
+        return matmul_tn(a, b, out, self.parallel)
+
+    # -- dense layers
+    def dense(self, x, w, b, activation):
+        act = bp.act_code(activation)
+        z = self.matmul(x, w)
+        (bp.bias_act_parallel if self._par(z.size) else bp.bias_act_serial)(z, b, act)
+        return z
+
+    def activation_backward(self, a, da, activation):
+        act = bp.act_code(activation)
+        if a.shape != da.shape:
+            raise ValueError(f"activation_backward: a {a.shape} and da {da.shape} differ")
+        out = np.empty_like(da)
+        (bp.act_backward_parallel if self._par(a.size) else bp.act_backward_serial)(
+            a.ravel(), da.ravel(), out.ravel(), act)
+        return out
+
+    def bias_grad(self, dz, out=None):
+        if out is None:
+            out = np.empty(dz.shape[1], dz.dtype)
+        (bp.bias_grad_parallel if self._par(dz.size) else bp.bias_grad_serial)(dz, out)
+        return out
+
+    # -- losses
+    def softmax_cross_entropy(self, logits, labels):
+        if labels.shape != (logits.shape[0],):
+            raise ValueError(f"labels must have shape ({logits.shape[0]},), got {labels.shape}")
+        grad = np.empty_like(logits)
+        kernel = bp.softmax_xent_parallel if self._par(logits.size) else bp.softmax_xent_serial
+        return float(kernel(logits, labels, grad)), grad
+
+    def quadratic_loss(self, a, onehot):
+        if a.shape != onehot.shape:
+            raise ValueError(f"quadratic_loss: outputs {a.shape} and targets {onehot.shape} differ")
+        grad = np.empty_like(a)
+        return float(bp.quadratic_serial(a, onehot, grad)), grad
+
+    # -- cnn
+    def conv2d(self, x, w, b):
+        return conv.conv2d(x, w, b, self.parallel)
+
+    def conv2d_backward(self, x, w, dy, dw_out, db_out, need_dx=True):
+        return conv.conv2d_backward(x, w, dy, dw_out, db_out, need_dx, self.parallel)
+
+    def maxpool2(self, x):
+        return conv.maxpool2(x, self.parallel)
+
+    def maxpool2_backward(self, dy, argmax, x_shape):
+        return conv.maxpool2_backward(dy, argmax, x_shape, self.parallel)
+
+    def dropout(self, x, rate, key):
+        if not 0 <= rate < 1:
+            raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+        y, mask = np.empty_like(x), np.empty_like(x)
+        base, threshold = bp.dropout_constants(rate, key)
+        (bp.dropout_parallel if self._par(x.size) else bp.dropout_serial)(
+            x.ravel(), y.ravel(), mask.ravel(), base, threshold, np.float32(1 / (1 - rate)))
+        return y, mask
+
+    def mul(self, a, b):
+        if a.shape != b.shape:
+            raise ValueError(f"mul: shapes {a.shape} and {b.shape} differ")
+        out = np.empty_like(a)
+        (bp.mul_parallel if self._par(a.size) else bp.mul_serial)(a.ravel(), b.ravel(), out.ravel())
+        return out
+
+    # -- updates over the flat buffers
+    def sgd_update(self, p, g, lr):
+        (update.sgd_parallel if self._par(p.size) else update.sgd_serial)(p, g, lr)
+
+    def momentum_update(self, p, g, v, lr, beta):
+        (update.momentum_parallel if self._par(p.size) else update.momentum_serial)(p, g, v, lr, beta)
+
+    def adam_update(self, p, g, m, v, step, lr, beta1, beta2, eps):
+        (update.adam_parallel if self._par(p.size) else update.adam_serial)(
+            p, g, m, v, step, lr, beta1, beta2, eps)
+
+
+def warm_up(backend_name):
+    """Compile every kernel the backend's networks use: two steps of batch 2 of each."""
+    from bench.backends import get_backend
+    from bench.validate import run_steps, validation_data
+    from models import NETWORKS, config_for, get_network
+    backend = get_backend(backend_name)
+    for model in NETWORKS:
+        if not backend.supports(model)[0]:
+            continue
+        network = get_network(model)
+        config = dict(config_for(network), batch_size=2)
+        x, y, _ = validation_data(network, 4)
+        run_steps(backend, network, config, x, y, 2).predict(x)
+
+
+def measure_compile(backend_name):
+    """{"cold_s", "cache_hit_s"}: warm-up time in a fresh process with an empty Numba
+    cache directory, then again in a second process that finds the cache populated."""
+    code = ("import time, sys; t = time.perf_counter(); "
+            "from bench.backends.numba_backend import warm_up; warm_up(sys.argv[1]); "
+            "print(time.perf_counter() - t)")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="numba-cache-") as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache,
+                   PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        for key in ("cold_s", "cache_hit_s"):
+            run = subprocess.run([sys.executable, "-c", code, backend_name], env=env, cwd=root,
+                                 capture_output=True, text=True, check=True)
+            out[key] = float(run.stdout.strip().splitlines()[-1])
+    return out
+
+
+class NumbaBackend(Backend):
+    name = "numba"
+    description = "hand-written Numba kernels, serial (packed matmul, fused elementwise passes)"
+    uses = ("numba",)
+    parallel = False
+
+    def __init__(self):
+        self._compile = None
+
+    def make_trainer(self, network, init_params, config, seed=0):
+        return OpsTrainer(NumbaOps(self.parallel), network, init_params, config, seed)
+
+    def compile_info(self):
+        if self._compile is None:
+            self._compile = measure_compile(self.name)
+        return dict(self._compile)
+
+
+class NumbaParallelBackend(NumbaBackend):
+    name = "numba-parallel"
+    description = "hand-written Numba kernels with prange over rows/tiles/samples"
+    parallel = True
+    threads = None
+
+    def configure_threads(self, n):
+        import numba
+        numba.set_num_threads(int(n))
+        self.threads = numba.get_num_threads()
+
+    def thread_info(self):
+        import numba
+        return {"numba_threads": numba.get_num_threads(),
+                "numba_threading_layer": _threading_layer()}
+
+
+def _threading_layer():
+    import numba
+    try:
+        return numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet
+        return None
+
+
+if __name__ == "__main__":
+    print(json.dumps({name: measure_compile(name) for name in sys.argv[1:] or ["numba"]}))

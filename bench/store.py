@@ -1,0 +1,291 @@
+"""The results store: one JSON Lines file per run under ``results/runs/``, schema in
+results/SCHEMA.md. ``RunWriter`` writes a run cell by cell, atomically;
+``read_results`` merges any number of run files into two DataFrames; and
+``mnist-bench import`` brings a pytest-benchmark ``--benchmark-json`` file in.
+"""
+import datetime
+import glob
+import json
+import math
+import os
+import re
+import secrets
+import socket
+import sys
+
+SCHEMA_VERSION = 1
+KINDS = ("epoch", "tta", "kernel")
+CELL_STATUSES = ("ok", "invalid", "unavailable", "error")
+RUN_STATUSES = ("running", "complete", "interrupted", "failed")
+# Columns every cells frame has, even when no file sets them (see SCHEMA.md).
+CELL_COLUMNS = ("run_id", "machine", "git_commit", "git_dirty", "kind", "model", "backend",
+                "batch_size", "threads", "dataset", "synthetic", "shape", "dtype", "status",
+                "error", "validation.ok", "validation.max_error", "compile.cold_s",
+                "samples_s", "median_s", "iqr_s", "noisy", "samples_per_s", "gflops",
+                "gbytes_per_s", "accuracy", "loss", "source")
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def new_run_id() -> str:
+    """YYYYmmdd-HHMMSS-<host>-<6 hex>: sorts by time, unique across machines."""
+    host = re.sub(r"[^A-Za-z0-9]+", "-", socket.gethostname()).strip("-")[:24] or "host"
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{host}-{secrets.token_hex(3)}"
+
+
+def _json_safe(value):
+    """NaN/inf are not JSON: stored as null. NumPy scalars and tuples become plain JSON."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item") and hasattr(value, "dtype"):  # numpy scalar or 0-d array
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def check_cell(cell: dict):
+    """A cell the store accepts; in particular an ``ok`` cell must have passed
+    validation and carry its samples, so no unvalidated time is ever stored as valid."""
+    if cell.get("kind") not in KINDS:
+        raise ValueError(f"cell kind {cell.get('kind')!r} is not one of {', '.join(KINDS)}")
+    status = cell.get("status")
+    if status not in CELL_STATUSES:
+        raise ValueError(f"cell status {status!r} is not one of {', '.join(CELL_STATUSES)}")
+    if status == "ok":
+        if not (cell.get("validation") or {}).get("ok"):
+            raise ValueError(f"cell {cell.get('model')}/{cell.get('backend')} is marked ok "
+                             f"without a passed validation")
+        if not cell.get("samples_s"):
+            raise ValueError(f"cell {cell.get('model')}/{cell.get('backend')} is marked ok "
+                             f"without timing samples")
+    elif not cell.get("error"):
+        raise ValueError(f"a cell with status {status!r} needs an error saying why")
+
+
+def default_header(settings: dict, command=None) -> dict:
+    """The run header for this process: command line, git, machine and versions."""
+    from bench.machine import git_info, machine_info, versions
+    return {"command": list(sys.argv if command is None else command), "git": git_info(),
+            "machine": machine_info(), "versions": versions(), "settings": settings}
+
+
+class RunWriter:
+    """Writes one run file, rewriting it whole after every cell: a temporary file in
+    the same directory, fsync, then os.replace. A reader (or a run killed at any
+    instant) therefore only ever sees a complete file of finished cells."""
+
+    def __init__(self, results_dir, header: dict):
+        missing = {"command", "git", "machine", "versions", "settings"} - set(header)
+        if missing:
+            raise ValueError(f"run header lacks {', '.join(sorted(missing))} (see default_header)")
+        self.header = {"type": "run", "schema_version": SCHEMA_VERSION,
+                       "run_id": header.get("run_id") or new_run_id(),
+                       "started": now_iso(), "finished": None, "status": "running"}
+        self.header.update({k: v for k, v in header.items() if k not in self.header})
+        self.cells = []
+        self.dir = os.path.join(results_dir, "runs")
+        os.makedirs(self.dir, exist_ok=True)
+        self.path = os.path.join(self.dir, self.header["run_id"] + ".jsonl")
+        if os.path.exists(self.path):
+            raise ValueError(f"{self.path} exists already: run ids must be unique")
+        self._write()
+
+    @property
+    def run_id(self):
+        return self.header["run_id"]
+
+    def add(self, cell: dict):
+        cell = _json_safe({"type": "cell", **cell})
+        check_cell(cell)
+        self.cells.append(cell)
+        self._write()
+
+    def close(self, status="complete"):
+        if status not in RUN_STATUSES:
+            raise ValueError(f"run status {status!r} is not one of {', '.join(RUN_STATUSES)}")
+        self.header["status"] = status
+        self.header["finished"] = now_iso()
+        self._write()
+
+    def _write(self):
+        lines = [json.dumps(_json_safe(self.header), allow_nan=False)]
+        lines += [json.dumps(c, allow_nan=False) for c in self.cells]
+        tmp = f"{self.path}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        # The rename itself is durable only once the directory entry is on disk.
+        fd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# -- reading ------------------------------------------------------------------
+
+def result_files(paths) -> list:
+    """Run files named by ``paths``: files as they are, directories searched recursively."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    files = []
+    for p in paths:
+        p = os.fspath(p)
+        if os.path.isdir(p):
+            files += sorted(glob.glob(os.path.join(p, "**", "*.jsonl"), recursive=True))
+        elif os.path.isfile(p):
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such results file or directory")
+    unique = {}
+    for f in files:
+        unique.setdefault(os.path.realpath(f), f)
+    return list(unique.values())
+
+
+def read_run(path) -> tuple:
+    """(header, cells) of one run file; a malformed file raises ValueError naming it."""
+    with open(path, encoding="utf-8") as f:
+        lines = [line for line in f.read().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except ValueError as e:
+            raise ValueError(f"{path}:{number}: not valid JSON ({e})") from None
+    if not records or records[0].get("type") != "run":
+        raise ValueError(f"{path}: not a results file (its first line is not a run header)")
+    header = records[0]
+    version = header.get("schema_version")
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise ValueError(f"{path}: schema version {version!r}; this code reads up to "
+                         f"{SCHEMA_VERSION}")
+    cells = [r for r in records[1:] if r.get("type") == "cell"]
+    return header, cells
+
+
+def read_results(paths):
+    """Merge run files (or directories of them) -> (runs, cells) DataFrames.
+
+    ``runs``: one row per run with its id, times, status, git and machine fields
+    flattened (``git.commit``, ``machine.hostname``, ...), and the full header in
+    ``header``. ``cells``: one row per cell, nested objects flattened with dots
+    (``validation.ok``, ``compile.cold_s``), lists (``samples_s``, ``shape``) kept as
+    lists, plus the run's ``run_id``, ``machine`` (hostname), ``git_commit`` and
+    ``git_dirty`` so that cells from many runs can be grouped directly.
+    """
+    import pandas as pd
+    headers, rows = [], []
+    for path in result_files(paths):
+        header, cells = read_run(path)
+        git = header.get("git") or {}
+        machine = (header.get("machine") or {}).get("hostname")
+        headers.append(header)
+        for cell in cells:
+            rows.append({**{k: v for k, v in cell.items() if k != "type"},
+                         "run_id": header["run_id"], "machine": machine,
+                         "git_commit": git.get("commit"), "git_dirty": git.get("dirty")})
+        header["_path"], header["_n_cells"] = path, len(cells)
+    runs = pd.DataFrame()
+    if headers:
+        runs = pd.json_normalize([{k: v for k, v in h.items() if k not in ("type", "_path", "_n_cells")}
+                                  for h in headers], max_level=1)
+        runs["path"] = [h.pop("_path") for h in headers]
+        runs["n_cells"] = [h.pop("_n_cells") for h in headers]
+        runs["header"] = headers
+    cells = pd.json_normalize(rows, max_level=1) if rows else pd.DataFrame()
+    for column in CELL_COLUMNS:
+        if column not in cells:
+            cells[column] = None
+    return runs, cells
+
+
+# -- pytest-benchmark import ------------------------------------------------------
+
+def import_pytest_benchmark(json_path, results_dir="results") -> tuple:
+    """Store the benchmarks of a pytest-benchmark ``--benchmark-json`` file made by
+    the bench/ suites as one run; returns (run file path, cells stored, skipped names).
+    Benchmarks without the suites' extra_info (kind, model, backend, validation)
+    are not ours and are skipped, never stored as validated times."""
+    try:
+        with open(json_path, encoding="utf-8") as f:
+            data = json.load(f)
+    except ValueError as e:
+        raise ValueError(f"{json_path}: not a JSON file ({e})") from None
+    if not isinstance(data, dict) or "benchmarks" not in data:
+        raise ValueError(f"{json_path}: not a pytest-benchmark JSON file (no 'benchmarks')")
+    info = data.get("machine_info") or {}
+    ours = info.get("mnist_bench") or {}  # what bench/conftest.py adds
+    commit = data.get("commit_info") or {}
+    cpu = info.get("cpu") or {}
+    header = {
+        "command": ["pytest-benchmark", os.path.abspath(json_path)],
+        "git": {"commit": commit.get("id"), "dirty": commit.get("dirty")},
+        "machine": ours.get("machine") or {"hostname": info.get("node"),
+                                           "cpu_model": cpu.get("brand_raw"),
+                                           "cores": cpu.get("count"), "isa_flags": [],
+                                           "memory_gb": None, "gpu": None},
+        "versions": ours.get("versions") or {"python": info.get("python_version")},
+        "settings": {"source": "pytest-benchmark", "file": os.path.abspath(json_path),
+                     "datetime": data.get("datetime"),
+                     "pytest_benchmark_version": data.get("version")},
+    }
+    cells, skipped = [], []
+    for bench in data["benchmarks"]:
+        extra = bench.get("extra_info") or {}
+        if extra.get("kind") not in KINDS or "validation" not in extra:
+            skipped.append(bench.get("fullname") or bench.get("name"))
+            continue
+        stats = bench.get("stats") or {}
+        median = stats.get("median")
+        cell = {k: v for k, v in extra.items() if k not in ("flops", "bytes", "samples")}
+        cell.update({"status": "ok", "source": "pytest-benchmark", "name": bench.get("fullname"),
+                     # pytest-benchmark keeps every round only with --benchmark-save-data
+                     "samples_s": stats.get("data") or [median],
+                     "median_s": median, "iqr_s": stats.get("iqr"),
+                     "noisy": bool(median and stats.get("iqr", 0) / median > 0.10),
+                     "rounds": stats.get("rounds")})
+        if median:
+            if extra.get("flops"):
+                cell["gflops"] = extra["flops"] / median / 1e9
+            if extra.get("bytes"):
+                cell["gbytes_per_s"] = extra["bytes"] / median / 1e9
+            if extra.get("samples"):
+                cell["samples_per_s"] = extra["samples"] / median
+        cells.append(cell)
+    if not cells:
+        raise ValueError(f"{json_path}: none of its {len(data['benchmarks'])} benchmarks comes "
+                         f"from the bench/ suites (pytest bench/ --benchmark-only)")
+    writer = RunWriter(results_dir, header)
+    for cell in cells:
+        writer.add(cell)
+    writer.close("complete")
+    return writer.path, len(cells), skipped
+
+
+def add_arguments(parser):
+    parser.add_argument("json_files", nargs="+", metavar="JSON",
+                        help="files written by pytest bench/ --benchmark-json=FILE")
+    parser.add_argument("--results-dir", default="results", help="results store (default results/)")
+
+
+def main(args):
+    for path in args.json_files:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such file")
+    for path in args.json_files:
+        out, stored, skipped = import_pytest_benchmark(path, args.results_dir)
+        print(f"{path}: {stored} benchmarks -> {out}")
+        if skipped:
+            print(f"  skipped {len(skipped)} benchmarks not from the bench/ suites "
+                  f"(no validation recorded): {', '.join(skipped[:5])}"
+                  f"{' ...' if len(skipped) > 5 else ''}")
+    return 0

@@ -1,0 +1,367 @@
+"""Valid, stride-1 NCHW convolution and 2x2 max-pool, forward and backward (the cnn).
+
+    python -m kernels.conv            # validate every version, then time the sweep
+
+Two forward designs are kept as versions so the choice stays measured:
+  direct      loops n, f, c, kh, kw over whole output rows: the innermost loop
+              runs along an output row, contiguous in x and y;
+  im2col_gemm the patches of each sample copied into a (C·KH·KW, OH·OW)
+              matrix, then one packed matmul per sample (kernels.matmul).
+The backend uses ``direct`` for forward and backward (see DESIGN below, the
+measurement that decided it). Both spread samples over threads in the
+parallel versions; the weight gradient is spread over output channels
+instead, so no two threads add into the same dw element.
+"""
+import numpy as np
+from numba import prange
+
+from kernels._numba import njit, njit_parallel
+from kernels.family import KernelFamily
+from kernels.matmul import _packed_serial
+
+
+def _check_conv(x, w):
+    if x.ndim != 4 or w.ndim != 4 or x.shape[1] != w.shape[1]:
+        raise ValueError(f"conv2d: x must be (N, C, H, W) and w (F, C, KH, KW) with the same C; "
+                         f"got {x.shape} and {w.shape}")
+    if x.shape[2] < w.shape[2] or x.shape[3] < w.shape[3]:
+        raise ValueError(f"conv2d: kernel {w.shape[2:]} larger than the image {x.shape[2:]}")
+
+
+# -- forward ---------------------------------------------------------------------------
+@njit
+def _conv_sample(x, w, b, y, n):
+    f_, c_, kh_, kw_ = w.shape
+    oh_, ow_ = y.shape[2], y.shape[3]
+    for f in range(f_):
+        for i in range(oh_):
+            for j in range(ow_):
+                y[n, f, i, j] = b[f]
+        for c in range(c_):
+            for kh in range(kh_):
+                for kw in range(kw_):
+                    wv = w[f, c, kh, kw]
+                    for i in range(oh_):
+                        xrow = x[n, c, i + kh, kw:kw + ow_]
+                        yrow = y[n, f, i]
+                        for j in range(ow_):
+                            yrow[j] += wv * xrow[j]
+
+
+@njit
+def conv2d_direct_serial(x, w, b, y):
+    for n in range(x.shape[0]):
+        _conv_sample(x, w, b, y, n)
+
+
+@njit_parallel
+def conv2d_direct_parallel(x, w, b, y):
+    for n in prange(x.shape[0]):
+        _conv_sample(x, w, b, y, n)
+
+
+@njit
+def _im2col_sample(x, n, kh_, kw_, cols):
+    c_ = x.shape[1]
+    oh_, ow_ = x.shape[2] - kh_ + 1, x.shape[3] - kw_ + 1
+    for c in range(c_):
+        for kh in range(kh_):
+            for kw in range(kw_):
+                r = (c * kh_ + kh) * kw_ + kw
+                for i in range(oh_):
+                    for j in range(ow_):
+                        cols[r, i * ow_ + j] = x[n, c, i + kh, j + kw]
+
+
+@njit
+def _conv_im2col_sample(x, w2, b, y2, n, kh_, kw_):
+    ckk, p = w2.shape[1], y2.shape[2]
+    cols = np.empty((ckk, p), x.dtype)
+    _im2col_sample(x, n, kh_, kw_, cols)
+    _packed_serial(w2, cols, y2[n])
+    for f in range(w2.shape[0]):
+        for q in range(p):
+            y2[n, f, q] += b[f]
+
+
+@njit
+def conv2d_im2col_serial(x, w2, b, y2, kh_, kw_):
+    for n in range(x.shape[0]):
+        _conv_im2col_sample(x, w2, b, y2, n, kh_, kw_)
+
+
+@njit_parallel
+def conv2d_im2col_parallel(x, w2, b, y2, kh_, kw_):
+    for n in prange(x.shape[0]):
+        _conv_im2col_sample(x, w2, b, y2, n, kh_, kw_)
+
+
+def conv2d(x, w, b, parallel=False, method="direct"):
+    """(N,C,H,W) * (F,C,KH,KW) + b -> (N,F,H-KH+1,W-KW+1)."""
+    _check_conv(x, w)
+    n, _, h, wd = x.shape
+    f, c, kh, kw = w.shape
+    y = np.empty((n, f, h - kh + 1, wd - kw + 1), x.dtype)
+    if method == "direct":
+        (conv2d_direct_parallel if parallel else conv2d_direct_serial)(x, w, b, y)
+    elif method == "im2col":
+        y2 = y.reshape(n, f, -1)
+        (conv2d_im2col_parallel if parallel else conv2d_im2col_serial)(
+            x, w.reshape(f, c * kh * kw), b, y2, kh, kw)
+    else:
+        raise ValueError(f"unknown conv method {method!r}; choose direct or im2col")
+    return y
+
+
+# -- backward ------------------------------------------------------------------------
+@njit
+def _conv_dw_filter(x, dy, dw, db, f):
+    n_, c_, _, _ = x.shape
+    _, _, kh_, kw_ = dw.shape
+    oh_, ow_ = dy.shape[2], dy.shape[3]
+    s = dy[0, 0, 0, 0] * 0
+    for n in range(n_):
+        for i in range(oh_):
+            for j in range(ow_):
+                s += dy[n, f, i, j]
+    db[f] = s
+    for c in range(c_):
+        for kh in range(kh_):
+            for kw in range(kw_):
+                s = dy[0, 0, 0, 0] * 0
+                for n in range(n_):
+                    for i in range(oh_):
+                        xrow = x[n, c, i + kh, kw:kw + ow_]
+                        dyrow = dy[n, f, i]
+                        for j in range(ow_):
+                            s += dyrow[j] * xrow[j]
+                dw[f, c, kh, kw] = s
+
+
+@njit
+def _conv_dx_sample(w, dy, dx, n):
+    f_, c_, kh_, kw_ = w.shape
+    oh_, ow_ = dy.shape[2], dy.shape[3]
+    dx[n] = 0
+    for f in range(f_):
+        for c in range(c_):
+            for kh in range(kh_):
+                for kw in range(kw_):
+                    wv = w[f, c, kh, kw]
+                    for i in range(oh_):
+                        dxrow = dx[n, c, i + kh, kw:kw + ow_]
+                        dyrow = dy[n, f, i]
+                        for j in range(ow_):
+                            dxrow[j] += wv * dyrow[j]
+
+
+@njit
+def conv2d_backward_serial(x, w, dy, dw, db, dx, need_dx):
+    for f in range(w.shape[0]):
+        _conv_dw_filter(x, dy, dw, db, f)
+    if need_dx:
+        for n in range(x.shape[0]):
+            _conv_dx_sample(w, dy, dx, n)
+
+
+@njit_parallel
+def conv2d_backward_parallel(x, w, dy, dw, db, dx, need_dx):
+    for f in prange(w.shape[0]):
+        _conv_dw_filter(x, dy, dw, db, f)
+    if need_dx:
+        for n in prange(x.shape[0]):
+            _conv_dx_sample(w, dy, dx, n)
+
+
+def conv2d_backward(x, w, dy, dw_out, db_out, need_dx=True, parallel=False):
+    """Writes dL/dw, dL/db into dw_out, db_out; returns dL/dx or None."""
+    _check_conv(x, w)
+    expected = (x.shape[0], w.shape[0], x.shape[2] - w.shape[2] + 1, x.shape[3] - w.shape[3] + 1)
+    if dy.shape != expected:
+        raise ValueError(f"conv2d_backward: dy has shape {dy.shape}, expected {expected}")
+    dx = np.empty(x.shape, x.dtype) if need_dx else np.empty((1, 1, 1, 1), x.dtype)
+    (conv2d_backward_parallel if parallel else conv2d_backward_serial)(
+        x, w, dy, dw_out, db_out, dx, need_dx)
+    return dx if need_dx else None
+
+
+# -- 2x2 max-pool ----------------------------------------------------------------------
+@njit
+def _pool_sample(x, y, arg, n):
+    for c in range(y.shape[1]):
+        for i in range(y.shape[2]):
+            for j in range(y.shape[3]):
+                best, k = x[n, c, 2 * i, 2 * j], 0
+                # window order (0,0), (0,1), (1,0), (1,1); the first maximum wins, as in torch
+                if x[n, c, 2 * i, 2 * j + 1] > best:
+                    best, k = x[n, c, 2 * i, 2 * j + 1], 1
+                if x[n, c, 2 * i + 1, 2 * j] > best:
+                    best, k = x[n, c, 2 * i + 1, 2 * j], 2
+                if x[n, c, 2 * i + 1, 2 * j + 1] > best:
+                    best, k = x[n, c, 2 * i + 1, 2 * j + 1], 3
+                y[n, c, i, j] = best
+                arg[n, c, i, j] = k
+
+
+@njit
+def maxpool2_serial(x, y, arg):
+    for n in range(x.shape[0]):
+        _pool_sample(x, y, arg, n)
+
+
+@njit_parallel
+def maxpool2_parallel(x, y, arg):
+    for n in prange(x.shape[0]):
+        _pool_sample(x, y, arg, n)
+
+
+@njit
+def _unpool_sample(dy, arg, dx, n):
+    dx[n] = 0
+    for c in range(dy.shape[1]):
+        for i in range(dy.shape[2]):
+            for j in range(dy.shape[3]):
+                k = arg[n, c, i, j]
+                dx[n, c, 2 * i + k // 2, 2 * j + k % 2] = dy[n, c, i, j]
+
+
+@njit
+def maxpool2_backward_serial(dy, arg, dx):
+    for n in range(dy.shape[0]):
+        _unpool_sample(dy, arg, dx, n)
+
+
+@njit_parallel
+def maxpool2_backward_parallel(dy, arg, dx):
+    for n in prange(dy.shape[0]):
+        _unpool_sample(dy, arg, dx, n)
+
+
+def maxpool2(x, parallel=False):
+    if x.ndim != 4:
+        raise ValueError(f"maxpool2: x must be (N, C, H, W), got shape {x.shape}")
+    n, c, h, w = x.shape
+    y = np.empty((n, c, h // 2, w // 2), x.dtype)
+    arg = np.empty(y.shape, np.int8)
+    (maxpool2_parallel if parallel else maxpool2_serial)(x, y, arg)
+    return y, arg
+
+
+def maxpool2_backward(dy, arg, x_shape, parallel=False):
+    if dy.shape != arg.shape or len(x_shape) != 4 or dy.shape[2] != x_shape[2] // 2:
+        raise ValueError(f"maxpool2_backward: dy {dy.shape}, argmax {arg.shape} and input "
+                         f"shape {tuple(x_shape)} do not belong together")
+    dx = np.empty(x_shape, dy.dtype)
+    (maxpool2_backward_parallel if parallel else maxpool2_backward_serial)(dy, arg, dx)
+    return dx
+
+
+# -- families ------------------------------------------------------------------------------
+def _numpy_ops():
+    from bench.backends.numpy_backend import NumpyOps
+    return NumpyOps()
+
+
+def _conv_inputs(shape, dtype, rng):
+    n, c, h, f, k = shape
+    return (rng.standard_normal((n, c, h, h)).astype(dtype),
+            rng.standard_normal((f, c, k, k)).astype(dtype),
+            rng.standard_normal(f).astype(dtype))
+
+
+def _conv_flops(shape):
+    n, c, h, f, k = shape
+    return 2.0 * n * f * c * k * k * (h - k + 1) ** 2
+
+
+# shape = (N, C, H(=W), F, K): the cnn's two layers at batch 256, plus odd sizes.
+CONV_SWEEP = [(256, 1, 28, 32, 5), (256, 32, 12, 64, 5)]
+CONV_CHECK = [(1, 1, 5, 1, 5), (2, 3, 7, 4, 3), (3, 2, 9, 5, 5), (1, 1, 33, 2, 1)]
+
+
+def _forward_family():
+    fam = KernelFamily("conv2d_forward", lambda x, w, b: _numpy_ops().conv2d(x, w, b),
+                       _conv_inputs, flops=_conv_flops)
+    for method in ("direct", "im2col"):
+        for parallel in (False, True):
+            fam.version(lambda x, w, b, m=method, p=parallel: conv2d(x, w, b, p, m),
+                        name=f"{method}_{'parallel' if parallel else 'serial'}")
+    fam.version(lambda x, w, b: _numpy_ops().conv2d(x, w, b), name="numpy_einsum")
+    fam.sweep_shapes, fam.check_shapes, fam.dtypes = CONV_SWEEP, CONV_CHECK, ("float32", "float64")
+    return fam
+
+
+def _backward_family():
+    def make(shape, dtype, rng):
+        x, w, _ = _conv_inputs(shape, dtype, rng)
+        n, c, h, f, k = shape
+        return x, w, rng.standard_normal((n, f, h - k + 1, h - k + 1)).astype(dtype)
+
+    def pack(dw, db, dx):
+        return np.concatenate([dw.ravel(), db.ravel(), dx.ravel()])
+
+    def reference(x, w, dy):
+        dw, db = np.empty_like(w), np.empty(w.shape[0], w.dtype)
+        dx = _numpy_ops().conv2d_backward(x, w, dy, dw, db)
+        return pack(dw, db, dx)
+
+    fam = KernelFamily("conv2d_backward", reference, make, flops=lambda s: 2 * _conv_flops(s))
+    for parallel in (False, True):
+        def version(x, w, dy, p=parallel):
+            dw, db = np.empty_like(w), np.empty(w.shape[0], w.dtype)
+            return pack(dw, db, conv2d_backward(x, w, dy, dw, db, True, p))
+        fam.version(version, name=f"direct_{'parallel' if parallel else 'serial'}")
+    fam.version(reference, name="numpy_einsum")
+    fam.sweep_shapes, fam.check_shapes, fam.dtypes = CONV_SWEEP, CONV_CHECK, ("float32", "float64")
+    return fam
+
+
+def _pool_family():
+    def make(shape, dtype, rng):
+        x = rng.standard_normal(shape).astype(dtype)
+        x[..., ::3] = np.round(x[..., ::3])  # ties, so "first maximum wins" is exercised
+        return (x,)
+
+    def reference(x):
+        y, arg = _numpy_ops().maxpool2(x)
+        dx = _numpy_ops().maxpool2_backward(y * 2 + 1, arg, x.shape)
+        return np.concatenate([y.ravel(), dx.ravel()])
+
+    fam = KernelFamily("maxpool2", reference, make, nbytes=lambda s: 8.0 * int(np.prod(s)))
+    for parallel in (False, True):
+        def version(x, p=parallel):
+            y, arg = maxpool2(x, p)
+            dx = maxpool2_backward(y * 2 + 1, arg, x.shape, p)
+            return np.concatenate([y.ravel(), dx.ravel()])
+        fam.version(version, name="numba_parallel" if parallel else "numba_serial")
+    fam.version(reference, name="numpy")
+    fam.sweep_shapes = [(256, 32, 24, 24), (256, 64, 8, 8)]
+    fam.check_shapes = [(1, 1, 2, 2), (2, 3, 7, 9), (3, 2, 24, 24)]
+    fam.dtypes = ("float32", "float64")
+    return fam
+
+
+FAMILIES = [_forward_family(), _backward_family(), _pool_family()]
+
+
+def main():
+    failed = False
+    for fam in FAMILIES:
+        bad = [c for c in fam.validate(fam.check_shapes, fam.dtypes) if not c.ok]
+        for c in bad:
+            print(f"  FAIL {fam.name}.{c.version} {c.shape} {c.dtype}: {c.error}")
+        failed |= bool(bad)
+    if failed:
+        return 1
+    print("All results match. Starting benchmarks.")
+    for fam in FAMILIES:
+        for v in fam.versions:
+            for s in fam.sweep_shapes:
+                t = fam.time(v, s, "float32", repeats=3, min_time=0.01)
+                rate = f"{t.gflops:8.1f} GFLOP/s" if t.flops else f"{t.gbytes_per_s:8.1f} GB/s"
+                print(f"  {fam.name}.{v:<18} {str(s):<22} {t.median_s * 1e3:10.2f} ms {rate}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

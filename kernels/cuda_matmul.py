@@ -1,0 +1,391 @@
+"""CUDA float32 matmul in the three forms backprop needs, as numbered versions.
+
+    nn: C = A·B    a (m, k), b (k, n)   forward x·W
+    nt: C = A·Bᵀ   a (m, k), b (n, k)   input gradient dy·Wᵀ
+    tn: C = Aᵀ·B   a (k, m), b (k, n)   weight gradient xᵀ·dy
+
+Versions (the llm.c / siboehm sequence):
+    v1_naive               one thread per C element, K loop from global memory
+    v2_shared_tiled        T×T tiles of A and B staged in shared memory
+    v3_1d_register_tiled   64×64 block tile, each thread TM=8 outputs of one column
+    v4_2d_register_tiled   128×128 block tile, BK=8, each thread an 8×8 register tile
+A v5 with 128-bit (float4) loads is not written: Numba's CUDA target has no
+way to reinterpret a float32 array as float4 inside a kernel, so every global
+load stays 32-bit.
+
+The number of K tiles is always ceil(K / tile), from the problem, never from
+the grid size (Numba's documentation example loops over gridDim and is wrong
+on non-square shapes; tests/test_cuda_sim.py shows it). Output tiles are walked
+with a grid stride, so any grid is correct (the simulator uses one or two
+blocks). Shared-memory tiles of a transposed operand are loaded with the thread
+index running along the contiguous dimension, so every global load is coalesced.
+
+Every kernel takes (A, B, C, bias, act, M, N, K) and ends with the dense
+layer's epilogue: act < 0 stores A·B as it is, otherwise bias[j] is added and
+act selects none/sigmoid/relu (the fused forward of kernels/cuda_nn.py).
+The GPU kernels here are designed for an H100 but untimed in this session.
+
+    python -m kernels.cuda_matmul     # validates, then times on a real GPU
+"""
+import functools
+import math
+
+import numpy as np
+from numba import cuda, float32
+
+from kernels.cuda_common import (MAX_BLOCKS, SIMULATOR, CudaKernelFamily, check_float32,
+                                 check_out, device)
+
+STORE, ACT_NONE, ACT_SIGMOID, ACT_RELU = -1, 0, 1, 2
+ACTIVATION_CODES = {"none": ACT_NONE, "sigmoid": ACT_SIGMOID, "relu": ACT_RELU}
+FORMS = ("nn", "nt", "tn")
+
+
+@cuda.jit(device=True, inline=True)
+def sigmoid(z):
+    # exp of a non-positive argument only: no overflow for large |z|.
+    if z >= 0:
+        return float32(1.0) / (float32(1.0) + math.exp(-z))
+    e = math.exp(z)
+    return e / (float32(1.0) + e)
+
+
+@cuda.jit(device=True, inline=True)
+def epilogue(acc, bias, j, act):
+    if act < 0:
+        return acc
+    z = acc + bias[j]
+    if act == ACT_SIGMOID:
+        return sigmoid(z)
+    if act == ACT_RELU:
+        return z if z > float32(0.0) else float32(0.0)
+    return z
+
+
+@cuda.jit(device=True, inline=True)
+def _a_normal(a, i, k):   # A stored (m, k)
+    return a[i, k]
+
+
+@cuda.jit(device=True, inline=True)
+def _a_transposed(a, i, k):   # A stored (k, m)
+    return a[k, i]
+
+
+@cuda.jit(device=True, inline=True)
+def _b_normal(b, k, j):   # B stored (k, n)
+    return b[k, j]
+
+
+@cuda.jit(device=True, inline=True)
+def _b_transposed(b, k, j):   # B stored (n, k)
+    return b[j, k]
+
+
+def _loaders(form):
+    return (_a_transposed if form == "tn" else _a_normal,
+            _b_transposed if form == "nt" else _b_normal)
+
+
+@functools.lru_cache(maxsize=None)
+def naive_kernel(form):
+    load_a, load_b = _loaders(form)
+
+    @cuda.jit
+    def matmul_naive(A, B, C, bias, act, M, N, K):
+        # threadIdx.x runs along columns: a warp reads consecutive B and C elements.
+        j0 = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        i0 = cuda.blockIdx.y * cuda.blockDim.y + cuda.threadIdx.y
+        for i in range(i0, M, cuda.gridDim.y * cuda.blockDim.y):
+            for j in range(j0, N, cuda.gridDim.x * cuda.blockDim.x):
+                acc = float32(0.0)
+                for k in range(K):
+                    acc += load_a(A, i, k) * load_b(B, k, j)
+                C[i, j] = epilogue(acc, bias, j, act)
+    return matmul_naive
+
+
+@functools.lru_cache(maxsize=None)
+def tiled_kernel(form, T):
+    a_t, b_t = form == "tn", form == "nt"
+    load_a, load_b = _loaders(form)
+    TP = T + 1   # padded row: the transposed-operand stores below write down a column
+
+    @cuda.jit
+    def matmul_shared_tiled(A, B, C, bias, act, M, N, K):
+        sA = cuda.shared.array((T, TP), float32)   # sA[row, k]
+        sB = cuda.shared.array((T, TP), float32)   # sB[k, col]
+        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+        # Coalescing: tx must run along each operand's contiguous dimension.
+        ar, ak = (tx, ty) if a_t else (ty, tx)
+        bk, bc = (tx, ty) if b_t else (ty, tx)
+        tiles_k = (K + T - 1) // T
+        for tm in range(cuda.blockIdx.y, (M + T - 1) // T, cuda.gridDim.y):
+            for tn in range(cuda.blockIdx.x, (N + T - 1) // T, cuda.gridDim.x):
+                acc = float32(0.0)
+                for t in range(tiles_k):
+                    i, k = tm * T + ar, t * T + ak
+                    sA[ar, ak] = load_a(A, i, k) if i < M and k < K else float32(0.0)
+                    k, j = t * T + bk, tn * T + bc
+                    sB[bk, bc] = load_b(B, k, j) if k < K and j < N else float32(0.0)
+                    cuda.syncthreads()
+                    for kk in range(T):
+                        acc += sA[ty, kk] * sB[kk, tx]
+                    cuda.syncthreads()
+                i, j = tm * T + ty, tn * T + tx
+                if i < M and j < N:
+                    C[i, j] = epilogue(acc, bias, j, act)
+    return matmul_shared_tiled
+
+
+@functools.lru_cache(maxsize=None)
+def tile_stager(form, BM, BN, BK, NT):
+    """Device function copying the BK-deep slabs of A (BM rows) and B (BN
+    columns) into shared memory as sA[k, row], sB[k, col]; consecutive threads
+    read consecutive addresses of whichever dimension is contiguous in memory."""
+    a_t, b_t = form == "tn", form == "nt"
+    load_a, load_b = _loaders(form)
+
+    @cuda.jit(device=True, inline=True)
+    def stage_tiles(A, B, sA, sB, tid, m0, n0, k0, M, N, K):
+        for e in range(tid, BM * BK, NT):
+            if a_t:
+                kk, r = e // BM, e % BM
+            else:
+                r, kk = e // BK, e % BK
+            i, k = m0 + r, k0 + kk
+            sA[kk, r] = load_a(A, i, k) if i < M and k < K else float32(0.0)
+        for e in range(tid, BN * BK, NT):
+            if b_t:
+                c, kk = e // BK, e % BK
+            else:
+                kk, c = e // BN, e % BN
+            k, j = k0 + kk, n0 + c
+            sB[kk, c] = load_b(B, k, j) if k < K and j < N else float32(0.0)
+    return stage_tiles
+
+
+@functools.lru_cache(maxsize=None)
+def register_tiled_1d_kernel(form, BM, BN, BK, TM):
+    NT = BM * BN // TM
+    stage_tiles = tile_stager(form, BM, BN, BK, NT)
+
+    @cuda.jit
+    def matmul_1d_register_tiled(A, B, C, bias, act, M, N, K):
+        sA = cuda.shared.array((BK, BM), float32)
+        sB = cuda.shared.array((BK, BN), float32)
+        acc = cuda.local.array(TM, float32)
+        tid = cuda.threadIdx.x
+        col, row0 = tid % BN, (tid // BN) * TM
+        tiles_k = (K + BK - 1) // BK
+        for tm in range(cuda.blockIdx.y, (M + BM - 1) // BM, cuda.gridDim.y):
+            for tn in range(cuda.blockIdx.x, (N + BN - 1) // BN, cuda.gridDim.x):
+                m0, n0 = tm * BM, tn * BN
+                for t in range(TM):
+                    acc[t] = float32(0.0)
+                for kt in range(tiles_k):
+                    stage_tiles(A, B, sA, sB, tid, m0, n0, kt * BK, M, N, K)
+                    cuda.syncthreads()
+                    for kk in range(BK):
+                        b = sB[kk, col]
+                        for t in range(TM):
+                            acc[t] += sA[kk, row0 + t] * b
+                    cuda.syncthreads()
+                j = n0 + col
+                if j < N:
+                    for t in range(TM):
+                        i = m0 + row0 + t
+                        if i < M:
+                            C[i, j] = epilogue(acc[t], bias, j, act)
+    return matmul_1d_register_tiled
+
+
+@functools.lru_cache(maxsize=None)
+def register_tiled_2d_kernel(form, BM, BN, BK, TM, TN):
+    RS, CS = BM // TM, BN // TN   # thread grid inside the block tile
+    NT = RS * CS
+    stage_tiles = tile_stager(form, BM, BN, BK, NT)
+
+    @cuda.jit
+    def matmul_2d_register_tiled(A, B, C, bias, act, M, N, K):
+        sA = cuda.shared.array((BK, BM), float32)
+        sB = cuda.shared.array((BK, BN), float32)
+        acc = cuda.local.array((TM, TN), float32)
+        reg_a = cuda.local.array(TM, float32)
+        reg_b = cuda.local.array(TN, float32)
+        tid = cuda.threadIdx.x
+        # Each thread owns rows trow + RS·t and columns tcol + CS·u: the strided
+        # layout makes a warp's shared reads conflict-free and its C stores coalesced.
+        tcol, trow = tid % CS, tid // CS
+        tiles_k = (K + BK - 1) // BK
+        for tm in range(cuda.blockIdx.y, (M + BM - 1) // BM, cuda.gridDim.y):
+            for tn in range(cuda.blockIdx.x, (N + BN - 1) // BN, cuda.gridDim.x):
+                m0, n0 = tm * BM, tn * BN
+                for t in range(TM):
+                    for u in range(TN):
+                        acc[t, u] = float32(0.0)
+                for kt in range(tiles_k):
+                    stage_tiles(A, B, sA, sB, tid, m0, n0, kt * BK, M, N, K)
+                    cuda.syncthreads()
+                    for kk in range(BK):
+                        for t in range(TM):
+                            reg_a[t] = sA[kk, trow + RS * t]
+                        for u in range(TN):
+                            reg_b[u] = sB[kk, tcol + CS * u]
+                        for t in range(TM):
+                            for u in range(TN):
+                                acc[t, u] += reg_a[t] * reg_b[u]
+                    cuda.syncthreads()
+                # Two passes: the store loop must stay small enough for NVVM to
+                # unroll it fully, else acc is indexed dynamically and demoted
+                # from registers to local memory (seen in the PTX).
+                for t in range(TM):
+                    for u in range(TN):
+                        i, j = m0 + trow + RS * t, n0 + tcol + CS * u
+                        if i < M and j < N:
+                            C[i, j] = acc[t, u]
+                if act >= 0:
+                    for t in range(TM):
+                        for u in range(TN):
+                            i, j = m0 + trow + RS * t, n0 + tcol + CS * u
+                            if i < M and j < N:
+                                C[i, j] = epilogue(C[i, j], bias, j, act)
+    return matmul_2d_register_tiled
+
+
+# -- launch ------------------------------------------------------------------
+# Production configurations; the simulator runs the same code with smaller
+# blocks where the block shape is only a launch choice (v1, v2 in the backend).
+NAIVE_BLOCK = (8, 8) if SIMULATOR else (16, 16)
+TILE = 16
+V3 = dict(BM=64, BN=64, BK=8, TM=8)             # 512 threads
+V4 = dict(BM=128, BN=128, BK=8, TM=8, TN=8)     # 256 threads, 64 outputs each
+
+
+def problem_shape(form, a, b):
+    """(M, N, K) of the product, or ValueError naming the mismatch."""
+    if form not in FORMS:
+        raise ValueError(f"unknown matmul form {form!r}; choose from {', '.join(FORMS)}")
+    check_float32("a", a, 2)
+    check_float32("b", b, 2)
+    if form == "nn":
+        (M, K), (K2, N) = a.shape, b.shape
+    elif form == "nt":
+        (M, K), (N, K2) = a.shape, b.shape
+    else:
+        (K, M), (K2, N) = a.shape, b.shape
+    if K != K2:
+        raise ValueError(f"matmul_{form}: inner dimensions differ: a {tuple(a.shape)}, "
+                         f"b {tuple(b.shape)}")
+    return M, N, K
+
+
+_no_bias = None
+
+
+def _bias_arg(bias, N):
+    global _no_bias
+    if bias is None:
+        if _no_bias is None:
+            _no_bias = cuda.to_device(np.zeros(1, np.float32))
+        return _no_bias
+    check_float32("bias", bias, 1)
+    if bias.shape[0] != N:
+        raise ValueError(f"bias has {bias.shape[0]} entries, the output has {N} columns")
+    return bias
+
+
+def _grid(M, N, bm, bn):
+    return (min(math.ceil(N / bn), MAX_BLOCKS), min(math.ceil(M / bm), MAX_BLOCKS))
+
+
+def launch(version, form, a, b, out=None, bias=None, act=STORE, config=None,
+           alloc=cuda.device_array):
+    """C = op(a)·op(b) (+ bias, activation) on the device with ``version``;
+    returns the device array C. ``config`` overrides the version's tile sizes."""
+    a, b = device(a), device(b)
+    M, N, K = problem_shape(form, a, b)
+    if out is None:
+        out = alloc((M, N), np.float32)
+    else:
+        check_out(out, (M, N))
+    bias = _bias_arg(None if bias is None else device(bias), N)
+    args = (a, b, out, bias, act, M, N, K)
+    if M == 0 or N == 0:
+        return out
+    if version == "v1_naive":
+        bx, by = config or NAIVE_BLOCK
+        naive_kernel(form)[_grid(M, N, by, bx), (bx, by)](*args)
+    elif version == "v2_shared_tiled":
+        T = (config or {}).get("T", TILE)
+        tiled_kernel(form, T)[_grid(M, N, T, T), (T, T)](*args)
+    elif version == "v3_1d_register_tiled":
+        c = dict(V3, **(config or {}))
+        kernel = register_tiled_1d_kernel(form, c["BM"], c["BN"], c["BK"], c["TM"])
+        kernel[_grid(M, N, c["BM"], c["BN"]), c["BM"] * c["BN"] // c["TM"]](*args)
+    elif version == "v4_2d_register_tiled":
+        c = dict(V4, **(config or {}))
+        kernel = register_tiled_2d_kernel(form, c["BM"], c["BN"], c["BK"], c["TM"], c["TN"])
+        threads = (c["BM"] // c["TM"]) * (c["BN"] // c["TN"])
+        kernel[_grid(M, N, c["BM"], c["BN"]), threads](*args)
+    else:
+        raise ValueError(f"unknown matmul version {version!r}; choose from {', '.join(VERSIONS)}")
+    return out
+
+
+VERSIONS = ("v1_naive", "v2_shared_tiled", "v3_1d_register_tiled", "v4_2d_register_tiled")
+# v4's 128×128 tiles leave most of an H100's 132 SMs idle below ~64 tiles.
+V4_MIN_OUTPUTS = 64 * 128 * 128
+
+
+def matmul_auto(form, a, b, out=None, bias=None, act=STORE, alloc=cuda.device_array):
+    """The version the numba-cuda backend uses for this shape. Under the simulator
+    it is v1_naive with 32-thread blocks, the cheapest to simulate (no barriers,
+    no tile padding); the tiled versions are tested directly on small shapes."""
+    M, N, _ = problem_shape(form, a, b)
+    if SIMULATOR:
+        return launch("v1_naive", form, a, b, out, bias, act, config=(16, 2), alloc=alloc)
+    if M * N >= V4_MIN_OUTPUTS:
+        return launch("v4_2d_register_tiled", form, a, b, out, bias, act, alloc=alloc)
+    return launch("v2_shared_tiled", form, a, b, out, bias, act, alloc=alloc)
+
+
+# -- the kernel families -------------------------------------------------------
+_REFERENCES = {"nn": lambda a, b: a @ b, "nt": lambda a, b: a @ b.T, "tn": lambda a, b: a.T @ b}
+
+
+def _family(form):
+    def make_inputs(shape, dtype, rng):
+        m, n, k = shape
+        a_shape = (k, m) if form == "tn" else (m, k)
+        b_shape = (n, k) if form == "nt" else (k, n)
+        return (rng.standard_normal(a_shape).astype(dtype),
+                rng.standard_normal(b_shape).astype(dtype))
+
+    fam = CudaKernelFamily(f"cuda_matmul_{form}", _REFERENCES[form], make_inputs,
+                           flops=lambda s: 2.0 * s[0] * s[1] * s[2],
+                           nbytes=lambda s: 4.0 * (s[0] * s[2] + s[2] * s[1] + s[0] * s[1]))
+    for version in VERSIONS:
+        fam.version(functools.partial(launch, version, form), name=version)
+    # shape = (m, n, k): C is m×n, the reduction is k long.
+    fam.sweep_shapes = [(128, 128, 784), (784, 128, 128), (128, 784, 128),
+                        (1024, 1024, 1024), (4096, 4096, 4096)]
+    fam.dtypes = ("float32",)
+    return fam
+
+
+matmul_nn, matmul_nt, matmul_tn = (_family(f) for f in FORMS)
+FAMILIES = [matmul_nn, matmul_nt, matmul_tn]
+
+
+if __name__ == "__main__":
+    ok, why = matmul_nn.available()
+    for fam in FAMILIES:
+        checks = fam.validate([(7, 5, 33), (33, 3, 40), (257, 129, 65)])
+        for c in checks:
+            if not c.ok:
+                print(f"  FAIL {fam.name}.{c.version} {c.shape}: {c.error}")
+        if ok:
+            fam.benchmark(fam.sweep_shapes)
+        elif all(c.ok for c in checks):
+            print(f"{fam.name}: all results match; not timed: {why}")

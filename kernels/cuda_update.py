@@ -1,0 +1,149 @@
+"""The batched parameter update on the GPU: SGD, momentum and Adam, each ONE
+launch over the flat parameter buffer (every parameter of a network lives in
+one contiguous float32 array, models/train.py), grid-stride over its elements.
+
+They are bandwidth-bound: Adam reads p, g, m, v and writes p, m, v, 28 bytes
+per parameter; bench/gpu_bench.py compares the launch with that floor over
+the measured device-to-device copy bandwidth. Untimed in this session.
+
+    python -m kernels.cuda_update     # validates, then times on a real GPU
+"""
+import math
+
+import numpy as np
+from numba import cuda
+
+from kernels.cuda_common import THREADS, CudaKernelFamily, blocks_for, device
+
+
+@cuda.jit
+def sgd_kernel(p, g, lr):
+    for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
+        p[i] -= lr * g[i]
+
+
+@cuda.jit
+def momentum_kernel(p, g, v, lr, beta, one_minus_beta):
+    for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
+        vi = beta * v[i] + one_minus_beta * g[i]
+        v[i] = vi
+        p[i] -= lr * vi
+
+
+@cuda.jit
+def adam_kernel(p, g, m, v, lr, beta1, beta2, one_minus_beta1, one_minus_beta2,
+                bias_correction1, bias_correction2, eps):
+    # 1 - β is rounded once on the host, as the NumPy reference does: in float32
+    # arithmetic 1 - 0.999f is 4.7e-5 (relative) away from float32(0.001).
+    for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
+        gi = g[i]
+        mi = beta1 * m[i] + one_minus_beta1 * gi
+        vi = beta2 * v[i] + one_minus_beta2 * gi * gi
+        m[i] = mi
+        v[i] = vi
+        p[i] -= lr * (mi / bias_correction1) / (math.sqrt(vi / bias_correction2) + eps)
+
+
+def _check_flat(**arrays):
+    n = None
+    for name, a in arrays.items():
+        if a.ndim != 1 or a.dtype != np.float32:
+            raise ValueError(f"{name} must be a 1-D float32 buffer, got {a.dtype} {tuple(a.shape)}")
+        if n is not None and a.shape[0] != n:
+            raise ValueError(f"{name} has {a.shape[0]} elements, expected {n}")
+        n = a.shape[0]
+    return n
+
+
+def _grid(n):
+    return blocks_for(n, THREADS), THREADS
+
+
+def sgd_update(p, g, lr):
+    """p -= lr·g, in place on device arrays."""
+    n = _check_flat(p=p, g=g)
+    sgd_kernel[_grid(n)](p, g, np.float32(lr))
+
+
+def momentum_update(p, g, v, lr, beta):
+    """v = beta·v + (1-beta)·g; p -= lr·v (write-up 002), in place."""
+    n = _check_flat(p=p, g=g, v=v)
+    momentum_kernel[_grid(n)](p, g, v, np.float32(lr), np.float32(beta), np.float32(1 - beta))
+
+
+def adam_update(p, g, m, v, step, lr, beta1, beta2, eps):
+    """torch.optim.Adam's update with bias correction; ``step`` counts from 1."""
+    if step < 1:
+        raise ValueError(f"Adam step counts from 1, got {step}")
+    n = _check_flat(p=p, g=g, m=m, v=v)
+    adam_kernel[_grid(n)](p, g, m, v, np.float32(lr), np.float32(beta1), np.float32(beta2),
+                          np.float32(1 - beta1), np.float32(1 - beta2),
+                          np.float32(1 - beta1 ** step), np.float32(1 - beta2 ** step),
+                          np.float32(eps))
+
+
+# -- kernel families (shape = (n,), the flat buffer length) ----------------------
+HYPER = dict(lr=1e-3, beta=0.9, beta1=0.9, beta2=0.999, eps=1e-8, step=3)
+
+
+def _buffers(k):
+    def make_inputs(shape, dtype, rng):
+        return tuple(rng.standard_normal(shape).astype(dtype) if i != 3 else
+                     rng.random(shape).astype(dtype) for i in range(k))   # v >= 0 for Adam
+    return make_inputs
+
+
+def _sgd_reference(p, g):
+    return p - HYPER["lr"] * g
+
+
+def _momentum_reference(p, g, v):
+    v = HYPER["beta"] * v + (1 - HYPER["beta"]) * g
+    return p - HYPER["lr"] * v
+
+
+def _adam_reference(p, g, m, v):
+    b1, b2, t = HYPER["beta1"], HYPER["beta2"], HYPER["step"]
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    return p - HYPER["lr"] * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + HYPER["eps"])
+
+
+def _on_device(update):
+    """A version: upload host inputs, update in place, return the parameters."""
+    def version(*arrays):
+        arrays = [device(a) for a in arrays]
+        update(*arrays)
+        return arrays[0]
+    return version
+
+
+sgd = CudaKernelFamily("cuda_sgd", _sgd_reference, _buffers(2), nbytes=lambda s: 12.0 * s[0])
+sgd.version(_on_device(lambda p, g: sgd_update(p, g, HYPER["lr"])), name="v1_grid_stride")
+momentum = CudaKernelFamily("cuda_momentum", _momentum_reference, _buffers(3),
+                            nbytes=lambda s: 20.0 * s[0])
+momentum.version(_on_device(lambda p, g, v: momentum_update(p, g, v, HYPER["lr"], HYPER["beta"])),
+                 name="v1_grid_stride")
+adam = CudaKernelFamily("cuda_adam", _adam_reference, _buffers(4), nbytes=lambda s: 28.0 * s[0])
+adam.version(_on_device(lambda p, g, m, v: adam_update(
+    p, g, m, v, HYPER["step"], HYPER["lr"], HYPER["beta1"], HYPER["beta2"], HYPER["eps"])),
+    name="v1_grid_stride")
+
+FAMILIES = [sgd, momentum, adam]
+for _fam in FAMILIES:
+    # 1,111,946 = the cnn's parameter count (the Adam network); 2^24 for bandwidth.
+    _fam.sweep_shapes = [(101_770,), (1_111_946,), (1 << 24,)]
+    _fam.dtypes = ("float32",)
+
+
+if __name__ == "__main__":
+    ok, why = adam.available()
+    for fam in FAMILIES:
+        checks = fam.validate([(1,), (33,), (1000,)])
+        for c in checks:
+            if not c.ok:
+                print(f"  FAIL {fam.name}.{c.version} {c.shape}: {c.error}")
+        if ok:
+            fam.benchmark(fam.sweep_shapes)
+        elif all(c.ok for c in checks):
+            print(f"{fam.name}: all results match; not timed: {why}")

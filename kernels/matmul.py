@@ -1,0 +1,490 @@
+"""Matmul in the three forms backprop needs: A·B, A·Bᵀ and Aᵀ·B.
+
+    python -m kernels.matmul          # validate every version, then time the sweep
+
+Every version works on *logical* operands A (m, k) and B (k, n): the Bᵀ and Aᵀ
+forms pass ``b.T`` / ``a.T``, which are views (Fortran-ordered), never copies;
+Numba compiles one specialisation per layout. Inputs must be C-contiguous in
+storage (a gathered mini-batch or a view of the flat parameter buffer always
+is); anything else is refused with a ValueError rather than silently copied.
+
+Versions (llm.c style, each one checked against the float64 reference):
+  v1_naive           three loops i-p-j, no blocking.
+  v2_blocked         the same loops cut into cache blocks (MC x KC x NC).
+  v3_register_tiled  GotoBLAS structure: B packed into KC x NR panels, A into
+                     MR x KC panels, both zero-padded so any shape works; an
+                     MR x NR micro-kernel with the depth loop unrolled by 4.
+                     Outputs narrower than NARROW columns take a row-axpy
+                     kernel (A·B), a dot-product kernel (A·Bᵀ) or the transposed problem
+                     Cᵀ = Bᵀ·Aᵀ (for Aᵀ·B), so n = 10 is not padded to 64.
+  v4_parallel        v3 with the tiles of C spread over Numba's threads.
+  numpy_blas         np.matmul: OpenBLAS as installed (the baseline).
+  torch_mm           torch.mm on CPU tensors sharing the arrays' memory.
+
+Why the micro-kernel accumulates into a small array rather than registers:
+Numba gives LLVM no aliasing guarantees between arrays, so an accumulator
+tile cannot be promoted to registers; with 8 rows x 4 depth steps per pass
+each accumulator load/store is amortised over 4 FMAs, and the tile (2 KiB)
+stays in L1. Operands are handed to it as zero-based slices so the index
+arithmetic is provably non-negative: with runtime offsets, Numba's negative-
+index wraparound defeated LLVM's alias checks and the loop ran scalar (6 vs
+45-70 GFLOP/s per core, measured).
+"""
+import numpy as np
+from numba import prange
+
+from kernels._numba import njit, njit_parallel
+from kernels.family import KernelFamily
+
+MR, NR = 8, 64           # register tile: rows of A x columns of B per micro-kernel call
+KC, MC, NC = 256, 128, 1024  # cache blocks: depth, rows of A, columns of B
+NARROW = 32              # outputs with fewer columns skip the NR-wide padding
+
+
+# -- v1, v2 --------------------------------------------------------------------
+@njit
+def _naive(A, B, C):
+    m, k = A.shape
+    n = B.shape[1]
+    C[:] = 0
+    for i in range(m):
+        for p in range(k):
+            a = A[i, p]
+            for j in range(n):
+                C[i, j] += a * B[p, j]
+
+
+@njit
+def _blocked(A, B, C):
+    m, k = A.shape
+    n = B.shape[1]
+    C[:] = 0
+    for i0 in range(0, m, MC):
+        for p0 in range(0, k, KC):
+            for j0 in range(0, n, NC):
+                for i in range(i0, min(m, i0 + MC)):
+                    for p in range(p0, min(k, p0 + KC)):
+                        a = A[i, p]
+                        for j in range(j0, min(n, j0 + NC)):
+                            C[i, j] += a * B[p, j]
+
+
+# -- v3, v4: packing and the micro-kernel -----------------------------------------
+@njit
+def _pack_b(B, p0, p1, j0, j1, Bp):
+    """B[p0:p1, j0:j1] -> consecutive KC x NR panels (zero-padded) in Bp."""
+    kc = p1 - p0
+    for jp in range(0, j1 - j0, NR):
+        base = (jp // NR) * kc * NR
+        w = min(NR, j1 - j0 - jp)
+        for p in range(kc):
+            row = base + p * NR
+            for j in range(w):
+                Bp[row + j] = B[p0 + p, j0 + jp + j]
+            for j in range(w, NR):
+                Bp[row + j] = 0
+
+
+@njit
+def _pack_a_panel(A, i0, p0, p1, Ap):
+    """A[i0:i0+MR, p0:p1] -> Ap as kc groups of MR values (rows past the end are 0)."""
+    m = A.shape[0]
+    h = min(MR, m - i0)
+    for p in range(p1 - p0):
+        for r in range(h):
+            Ap[p * MR + r] = A[i0 + r, p0 + p]
+        for r in range(h, MR):
+            Ap[p * MR + r] = 0
+
+
+@njit
+def _micro(Ap, Bp, kc, acc):
+    """acc (MR x NR) = Ap panel · Bp panel over depth kc."""
+    for x in range(MR * NR):
+        acc[x] = 0
+    p = 0
+    while p + 4 <= kc:
+        qa = p * MR
+        qb = p * NR
+        for r in range(MR):
+            a0 = Ap[qa + r]
+            a1 = Ap[qa + MR + r]
+            a2 = Ap[qa + 2 * MR + r]
+            a3 = Ap[qa + 3 * MR + r]
+            for j in range(NR):
+                acc[r * NR + j] += (a0 * Bp[qb + j] + a1 * Bp[qb + NR + j]
+                                    + a2 * Bp[qb + 2 * NR + j] + a3 * Bp[qb + 3 * NR + j])
+        p += 4
+    while p < kc:
+        qa = p * MR
+        qb = p * NR
+        for r in range(MR):
+            a0 = Ap[qa + r]
+            for j in range(NR):
+                acc[r * NR + j] += a0 * Bp[qb + j]
+        p += 1
+
+
+@njit
+def _tile(Ap_all, Bp, C, i0, i1, jpanel, j0, kc, acc):
+    """C[i0:i1, one NR panel] += packed A rows · packed B panel."""
+    n = C.shape[1]
+    jc = j0 + jpanel * NR
+    w = min(NR, n - jc)
+    bpan = Bp[jpanel * kc * NR:(jpanel + 1) * kc * NR]
+    for ip in range(i0, i1, MR):
+        apan = Ap_all[(ip // MR) * kc * MR:(ip // MR + 1) * kc * MR]
+        _micro(apan, bpan, kc, acc)
+        h = min(MR, i1 - ip)
+        for r in range(h):
+            for j in range(w):
+                C[ip + r, jc + j] += acc[r * NR + j]
+
+
+@njit
+def _packed_serial(A, B, C):
+    m, k = A.shape
+    n = B.shape[1]
+    C[:] = 0
+    # Sized to the problem: small products must not pay for a megabyte of fresh pages.
+    kc_max = min(KC, k)
+    Bp = np.empty(kc_max * ((min(NC, n) + NR - 1) // NR * NR), C.dtype)
+    Ap_all = np.empty(kc_max * ((m + MR - 1) // MR * MR), C.dtype)
+    acc = np.empty(MR * NR, C.dtype)
+    for j0 in range(0, n, NC):
+        j1 = min(n, j0 + NC)
+        for p0 in range(0, k, KC):
+            p1 = min(k, p0 + KC)
+            kc = p1 - p0
+            _pack_b(B, p0, p1, j0, j1, Bp)
+            for ip in range(0, m, MR):
+                _pack_a_panel(A, ip, p0, p1, Ap_all[(ip // MR) * kc * MR:])
+            for i0 in range(0, m, MC):
+                for jpanel in range((j1 - j0 + NR - 1) // NR):
+                    _tile(Ap_all, Bp, C, i0, min(m, i0 + MC), jpanel, j0, kc, acc)
+
+
+@njit_parallel
+def _packed_parallel(A, B, C):
+    m, k = A.shape
+    n = B.shape[1]
+    C[:] = 0
+    # Sized to the problem: small products must not pay for a megabyte of fresh pages.
+    kc_max = min(KC, k)
+    Bp = np.empty(kc_max * ((min(NC, n) + NR - 1) // NR * NR), C.dtype)
+    Ap_all = np.empty(kc_max * ((m + MR - 1) // MR * MR), C.dtype)
+    n_ib = (m + MC - 1) // MC
+    for j0 in range(0, n, NC):
+        j1 = min(n, j0 + NC)
+        n_jp = (j1 - j0 + NR - 1) // NR
+        for p0 in range(0, k, KC):
+            p1 = min(k, p0 + KC)
+            kc = p1 - p0
+            _pack_b(B, p0, p1, j0, j1, Bp)
+            for ap in prange((m + MR - 1) // MR):
+                _pack_a_panel(A, ap * MR, p0, p1, Ap_all[ap * kc * MR:])
+            # Tiles of C (MC rows x one NR panel) are disjoint: no write races.
+            for t in prange(n_ib * n_jp):
+                acc = np.empty(MR * NR, C.dtype)
+                i0 = (t // n_jp) * MC
+                _tile(Ap_all, Bp, C, i0, min(m, i0 + MC), t % n_jp, j0, kc, acc)
+
+
+# -- narrow outputs: dot products along contiguous rows ---------------------------
+@njit
+def _dot_rows(A, Bt, C, i):
+    """C[i, :] = A[i] · Btᵀ, four output columns per pass over the row of A."""
+    n, k = Bt.shape
+    a = A[i]
+    j = 0
+    while j + 4 <= n:
+        b0, b1, b2, b3 = Bt[j], Bt[j + 1], Bt[j + 2], Bt[j + 3]
+        s0 = s1 = s2 = s3 = C[i, j] * 0
+        for p in range(k):
+            x = a[p]
+            s0 += x * b0[p]
+            s1 += x * b1[p]
+            s2 += x * b2[p]
+            s3 += x * b3[p]
+        C[i, j], C[i, j + 1], C[i, j + 2], C[i, j + 3] = s0, s1, s2, s3
+        j += 4
+    while j < n:
+        b0 = Bt[j]
+        s0 = C[i, j] * 0
+        for p in range(k):
+            s0 += a[p] * b0[p]
+        C[i, j] = s0
+        j += 1
+
+
+@njit
+def _axpy_row(A, B, C, i):
+    """C[i, :] = sum_p A[i, p] · B[p, :]: for narrow B with contiguous rows (no transpose)."""
+    c = C[i]
+    c[:] = 0
+    for p in range(A.shape[1]):
+        a = A[i, p]
+        b = B[p]
+        for j in range(c.shape[0]):
+            c[j] += a * b[j]
+
+
+@njit
+def _narrow_axpy_serial(A, B, C):
+    for i in range(A.shape[0]):
+        _axpy_row(A, B, C, i)
+
+
+@njit_parallel
+def _narrow_axpy_parallel(A, B, C):
+    for i in prange(A.shape[0]):
+        _axpy_row(A, B, C, i)
+
+
+@njit
+def _narrow_serial(A, Bt, C):
+    C[:] = 0  # so that C[i, j] * 0 above is a clean zero of C's dtype
+    for i in range(A.shape[0]):
+        _dot_rows(A, Bt, C, i)
+
+
+@njit_parallel
+def _narrow_parallel(A, Bt, C):
+    C[:] = 0
+    for i in prange(A.shape[0]):
+        _dot_rows(A, Bt, C, i)
+
+
+# -- compiled entry points for other kernels (fused epochs, conv) --------------------
+PARALLEL_MIN_WORK = 1 << 21  # multiply-adds below which a thread launch costs more than it saves
+
+
+@njit
+def gemm_into(A, B, C, a_rows_contiguous, parallel):
+    """C = A·B for logical operands, the same kernel choice as _gemm, callable from @njit."""
+    m, k = A.shape
+    n = B.shape[1]
+    par = parallel and m * k * n >= PARALLEL_MIN_WORK
+    if m == 0 or n == 0:
+        return
+    if n < NARROW and B.strides[1] == B.itemsize and (a_rows_contiguous or k <= KC):
+        if par:
+            _narrow_axpy_parallel(A, B, C)
+        else:
+            _narrow_axpy_serial(A, B, C)
+    elif n < NARROW and a_rows_contiguous:
+        Bt = np.ascontiguousarray(B.T)
+        if par:
+            _narrow_parallel(A, Bt, C)
+        else:
+            _narrow_serial(A, Bt, C)
+    elif n < NARROW:
+        if par:
+            _packed_parallel(B.T, A.T, C.T)
+        else:
+            _packed_serial(B.T, A.T, C.T)
+    elif par:
+        _packed_parallel(A, B, C)
+    else:
+        _packed_serial(A, B, C)
+
+
+# -- the Python entry points ---------------------------------------------------------
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _check(a, b, out, m, k, k2, n, form):
+    if a.ndim != 2 or b.ndim != 2:
+        raise ValueError(f"{form}: operands must be 2-D, got {a.ndim}-D and {b.ndim}-D")
+    if k != k2:
+        raise ValueError(f"{form}: inner dimensions differ ({a.shape} and {b.shape})")
+    if a.dtype != b.dtype or a.dtype not in _FLOATS:
+        raise ValueError(f"{form}: operands must both be float32 or both float64, "
+                         f"got {a.dtype} and {b.dtype}")
+    if not (a.flags.c_contiguous and b.flags.c_contiguous):
+        raise ValueError(f"{form}: operands must be C-contiguous (pass np.ascontiguousarray(x)); "
+                         f"got strides {a.strides} and {b.strides}")
+    if out is None:
+        return np.empty((m, n), a.dtype)
+    if out.shape != (m, n) or out.dtype != a.dtype or not out.flags.c_contiguous:
+        raise ValueError(f"{form}: out must be a C-contiguous {a.dtype} array of shape {(m, n)}, "
+                         f"got {out.dtype} {out.shape}")
+    return out
+
+
+def _gemm(A, B, out, parallel, a_rows_contiguous):
+    """out = A·B for logical operands (views); picks the kernel by shape."""
+    m, k = A.shape
+    n = B.shape[1]
+    if m == 0 or n == 0:
+        return out
+    parallel = parallel and m * k * n >= PARALLEL_MIN_WORK
+    if n < NARROW:
+        # Rows of B contiguous: a row-axpy per output row. For Aᵀ·B only while the depth
+        # is short, since it reads A's columns with a stride.
+        if B.flags.c_contiguous and (a_rows_contiguous or k <= KC):
+            (_narrow_axpy_parallel if parallel else _narrow_axpy_serial)(A, B, out)
+            return out
+        if a_rows_contiguous:  # A·Bᵀ: the rows of b are the columns of B, contiguous
+            (_narrow_parallel if parallel else _narrow_serial)(A, B.T, out)
+            return out
+        A, B, C = B.T, A.T, out.T  # Cᵀ = Bᵀ·Aᵀ: the wide dimension becomes the panel one
+    else:
+        C = out
+    (_packed_parallel if parallel else _packed_serial)(A, B, C)
+    return out
+
+
+def matmul(a, b, out=None, parallel=False):
+    """A·B: a (m, k), b (k, n) -> (m, n)."""
+    out = _check(a, b, out, a.shape[0], a.shape[-1], b.shape[0], b.shape[-1], "matmul")
+    return _gemm(a, b, out, parallel, True)
+
+
+def matmul_nt(a, b, out=None, parallel=False):
+    """A·Bᵀ: a (m, k), b (n, k) -> (m, n)."""
+    out = _check(a, b, out, a.shape[0], a.shape[-1], b.shape[-1], b.shape[0], "matmul_nt")
+    return _gemm(a, b.T, out, parallel, True)
+
+
+def matmul_tn(a, b, out=None, parallel=False):
+    """Aᵀ·B: a (k, m), b (k, n) -> (m, n)."""
+    out = _check(a, b, out, a.shape[-1], a.shape[0], b.shape[0], b.shape[-1], "matmul_tn")
+    return _gemm(a.T, b, out, parallel, False)
+
+
+# -- the families: one per form ------------------------------------------------------
+FORMS = {
+    # form: (how the stored operands relate to logical A, B), public kernel
+    "nn": (lambda a, b: (a, b), matmul),
+    "nt": (lambda a, b: (a, b.T), matmul_nt),
+    "tn": (lambda a, b: (a.T, b), matmul_tn),
+}
+
+# 64 ... 2048 squares, then every shape the networks use, as (m, k, n) of the
+# logical product. nielsen batch 10, mlp batch 128, linear full set, cnn fc.
+SQUARES = [(s, s, s) for s in (64, 128, 256, 512, 1024, 2048)]
+NETWORK_SHAPES = {
+    "nn": [(10, 784, 30), (10, 30, 10), (128, 784, 128), (128, 128, 10),
+           (60000, 784, 10), (256, 1024, 1024), (256, 1024, 10)],
+    "nt": [(10, 10, 30), (128, 10, 128), (256, 10, 1024), (256, 1024, 1024)],
+    "tn": [(30, 10, 10), (784, 10, 30), (128, 128, 10), (784, 128, 128),
+           (784, 60000, 10), (1024, 256, 1024), (1024, 256, 10)],
+}
+CHECK_SHAPES = [(1, 1, 1), (7, 7, 7), (33, 7, 1), (1, 257, 33), (257, 33, 7),
+                (33, 257, 65), (65, 33, 257), (130, 300, 70), (10, 784, 30), (9, 260, 1030)]
+
+
+def _make_inputs(form):
+    def make(shape, dtype, rng):
+        m, k, n = shape
+        a_shape = (k, m) if form == "tn" else (m, k)
+        b_shape = (n, k) if form == "nt" else (k, n)
+        return (rng.standard_normal(a_shape).astype(dtype),
+                rng.standard_normal(b_shape).astype(dtype))
+    return make
+
+
+def _reference(form):
+    def ref(a, b):
+        A, B = FORMS[form][0](a, b)
+        return A @ B
+    return ref
+
+
+def _make_family(form):
+    logical, kernel = FORMS[form]
+    fam = KernelFamily(f"matmul_{form}", _reference(form), _make_inputs(form),
+                       flops=lambda s: 2.0 * s[0] * s[1] * s[2],
+                       nbytes=lambda s: 4.0 * (s[0] * s[1] + s[1] * s[2] + s[0] * s[2]))
+    fam.sweep_shapes = SQUARES + NETWORK_SHAPES[form]
+    fam.check_shapes = CHECK_SHAPES
+    fam.dtypes = ("float32", "float64")
+
+    def logical_out(a, b):
+        A, B = logical(a, b)
+        return A, B, np.empty((A.shape[0], B.shape[1]), a.dtype)
+
+    @fam.version
+    def v1_naive(a, b):
+        A, B, C = logical_out(a, b)
+        _naive(A, B, C)
+        return C
+
+    @fam.version
+    def v2_blocked(a, b):
+        A, B, C = logical_out(a, b)
+        _blocked(A, B, C)
+        return C
+
+    @fam.version
+    def v3_register_tiled(a, b):
+        return kernel(a, b)
+
+    @fam.version
+    def v4_parallel(a, b):
+        return kernel(a, b, parallel=True)
+
+    @fam.version
+    def numpy_blas(a, b):
+        A, B = logical(a, b)
+        return np.matmul(A, B)
+
+    torch = _torch()
+    if torch is not None:
+        @fam.version
+        def torch_mm(a, b):
+            A, B = logical(torch.from_numpy(a), torch.from_numpy(b))
+            return torch.mm(A, B).numpy()
+    return fam
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+FAMILIES = [_make_family(form) for form in FORMS]
+
+
+def main(argv=None):
+    import argparse
+    parser = argparse.ArgumentParser(description="validate, then time, the matmul family")
+    parser.add_argument("--forms", default="nn,nt,tn")
+    parser.add_argument("--versions", default=None, help="comma-separated (default: all)")
+    parser.add_argument("--shapes", default=None, help="e.g. 1024x1024x1024,60000x784x10")
+    parser.add_argument("--dtypes", default="float32")
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args(argv)
+    dtypes = tuple(args.dtypes.split(","))
+    failed = False
+    for fam in FAMILIES:
+        if fam.name.split("_")[1] not in args.forms.split(","):
+            continue
+        versions = args.versions.split(",") if args.versions else None
+        checks = fam.validate(fam.check_shapes, ("float32", "float64"), versions)
+        bad = [c for c in checks if not c.ok]
+        for c in bad:
+            print(f"  FAIL {fam.name}.{c.version} {c.shape} {c.dtype}: {c.error}")
+        failed |= bool(bad)
+        if bad:
+            continue
+        print(f"{fam.name}: All results match. Starting benchmarks.")
+        shapes = ([tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
+                  if args.shapes else fam.sweep_shapes)
+        for v in (versions or fam.versions):
+            for d in dtypes:
+                for s in shapes:
+                    if v == "v1_naive" and s[0] * s[1] * s[2] > 300e6:
+                        continue  # minutes per call; the point is made on smaller shapes
+                    t = fam.time(v, s, d, args.repeats)
+                    print(f"  {fam.name}.{v:<18} {str(s):<20} {d:<8} "
+                          f"{t.median_s * 1e6:12.1f} us {t.gflops:8.1f} GFLOP/s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,127 @@
+"""Every CPU kernel version against its float64 reference, on odd shapes, float32 and
+float64 (the KernelFamily checks), plus the contracts the kernels' callers rely on."""
+import numpy as np
+import pytest
+
+from kernels import backprop, conv, matmul, update
+from kernels.family import KernelFamily
+
+MODULES = [matmul, backprop, conv, update]
+FAMILIES = [(m.__name__.split(".")[-1], f) for m in MODULES for f in m.FAMILIES]
+
+
+@pytest.mark.parametrize("fam", [f for _, f in FAMILIES], ids=[f.name for _, f in FAMILIES])
+def test_every_version_matches_reference(fam):
+    versions = [v for v in fam.versions if v != "torch_mm"]  # torch is not ours to check here
+    checks = fam.validate(fam.check_shapes, fam.dtypes, versions)
+    bad = [f"{c.version} {c.shape} {c.dtype}: {c.error}" for c in checks if not c.ok]
+    assert not bad, "\n".join(bad)
+    assert len(checks) == len(versions) * len(fam.check_shapes) * len(fam.dtypes)
+
+
+@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
+def test_family_attribute_contract(module):
+    for fam in module.FAMILIES:
+        assert isinstance(fam, KernelFamily)
+        assert fam.sweep_shapes and fam.dtypes and fam.versions
+
+
+def test_matmul_sweep_holds_network_shapes():
+    nn = {f.name: f for f in matmul.FAMILIES}["matmul_nn"].sweep_shapes
+    for shape in [(1024, 1024, 1024), (60000, 784, 10), (10, 784, 30), (128, 784, 128),
+                  (256, 1024, 1024)]:
+        assert shape in nn
+    assert (784, 60000, 10) in {f.name: f for f in matmul.FAMILIES}["matmul_tn"].sweep_shapes
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("form", ["nn", "nt", "tn"])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (7, 33, 257), (257, 1, 7), (130, 257, 31), (5, 300, 70)])
+def test_matmul_forms_with_out(form, shape, parallel):
+    m, k, n = shape
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((k, m) if form == "tn" else (m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k) if form == "nt" else (k, n)).astype(np.float32)
+    want = {"nn": lambda: a @ b, "nt": lambda: a @ b.T, "tn": lambda: a.T @ b}[form]()
+    fn = {"nn": matmul.matmul, "nt": matmul.matmul_nt, "tn": matmul.matmul_tn}[form]
+    flat = np.full(m * n + 3, np.nan, np.float32)
+    out = flat[2:2 + m * n].reshape(m, n)  # a view into a larger buffer, like the gradient views
+    assert fn(a, b, out=out, parallel=parallel) is out
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4 * np.sqrt(k))
+    assert np.isnan(flat[:2]).all() and np.isnan(flat[-1])  # nothing written outside out
+
+
+def test_matmul_zero_depth_gives_zeros():
+    out = matmul.matmul(np.zeros((3, 0), np.float32), np.zeros((0, 4), np.float32))
+    assert out.shape == (3, 4) and not out.any()
+
+
+@pytest.mark.parametrize("bad,match", [
+    (lambda a, b: (a[:, ::2], b[:392]), "C-contiguous"),
+    (lambda a, b: (a, b[:100]), "inner dimensions"),
+    (lambda a, b: (a, b.astype(np.float64)), "float32 or both float64"),
+    (lambda a, b: (a.astype(np.int32), b.astype(np.int32)), "float32 or both float64"),
+    (lambda a, b: (a[0], b), "2-D"),
+])
+def test_matmul_bad_input_is_a_clear_error(bad, match):
+    a, b = np.ones((4, 784), np.float32), np.ones((784, 10), np.float32)
+    with pytest.raises(ValueError, match=match):
+        matmul.matmul(*bad(a, b))
+
+
+def test_matmul_wrong_out_is_refused():
+    a, b = np.ones((4, 8), np.float32), np.ones((8, 3), np.float32)
+    for out in (np.empty((3, 4), np.float32), np.empty((4, 3), np.float64),
+                np.empty((3, 4), np.float32).T):
+        with pytest.raises(ValueError, match="out must be"):
+            matmul.matmul(a, b, out=out)
+
+
+@pytest.mark.parametrize("kernel", [backprop.softmax_xent_serial, backprop.softmax_xent_parallel])
+def test_softmax_cross_entropy_is_stable_for_huge_logits(kernel):
+    logits = np.array([[1e4, 0, -1e4], [-3e4, -3e4 + 1, -3e4]], np.float32)
+    grad = np.empty_like(logits)
+    loss = kernel(logits, np.array([0, 2]), grad)
+    # row 0: certain and right, loss 0; row 1: -log(1 / (2 + e)) with the label on a 0-logit
+    np.testing.assert_allclose(loss, np.log(2 + np.e) / 2, rtol=1e-6)
+    p1 = np.array([1, np.e, 1]) / (2 + np.e)
+    np.testing.assert_allclose(grad, np.array([[0, 0, 0], p1 - [0, 0, 1]]) / 2, atol=1e-7)
+
+
+def test_softmax_cross_entropy_refuses_out_of_range_labels():
+    with pytest.raises(ValueError, match="label"):
+        backprop.softmax_xent_serial(np.zeros((2, 3), np.float32), np.array([0, 3]),
+                                     np.empty((2, 3), np.float32))
+
+
+@pytest.mark.parametrize("key", [0, 1, 2 ** 32 - 1, 2 ** 40 + 5])
+@pytest.mark.parametrize("rate", [0.0, 0.1, 0.5, 0.9])
+def test_dropout_mask_is_the_suites_mask_bit_for_bit(rate, key):
+    from models.ops import dropout_keep_mask
+    x = np.ones((33, 257), np.float32)
+    y, mask = np.empty_like(x), np.empty_like(x)
+    base, threshold = backprop.dropout_constants(rate, key)
+    backprop.dropout_parallel(x.ravel(), y.ravel(), mask.ravel(), base, threshold,
+                              np.float32(1 / (1 - rate)))
+    np.testing.assert_array_equal(mask != 0, dropout_keep_mask(x.shape, rate, key))
+
+
+def test_adam_matches_torch_optim_adam():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    p0 = rng.standard_normal(1001).astype(np.float32)
+    grads = [rng.standard_normal(1001).astype(np.float32) for _ in range(4)]
+    p, m, v = p0.copy(), np.zeros_like(p0), np.zeros_like(p0)
+    tp = torch.nn.Parameter(torch.from_numpy(p0.copy()))
+    opt = torch.optim.Adam([tp], lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
+    for step, g in enumerate(grads, 1):
+        update.adam_parallel(p, g, m, v, step, 1e-3, 0.9, 0.999, 1e-8)
+        tp.grad = torch.from_numpy(g.copy())
+        opt.step()
+    np.testing.assert_allclose(p, tp.detach().numpy(), rtol=0, atol=1e-6)
+
+
+def test_conv_rejects_mismatched_channels():
+    with pytest.raises(ValueError, match="same C"):
+        conv.conv2d(np.zeros((1, 2, 5, 5), np.float32), np.zeros((1, 3, 3, 3), np.float32),
+                    np.zeros(1, np.float32))

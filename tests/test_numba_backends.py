@@ -1,0 +1,76 @@
+"""The numba backends against the numpy reference: same weights after N steps from the
+same init and batch order (bench.validate), for every network each one supports."""
+import numpy as np
+import pytest
+
+from bench.backends import get_backend
+from bench.validate import validate
+from models import config_for, get_network
+from models.ops import Ops
+
+# The cnn cases follow tests/test_torch_backends.py: Adam at eps 1e-8 turns float32
+# rounding of gradients that cancel to ~1e-8 into percent-level differences for any
+# summation order but numpy's, so the cnn is compared with SGD and with Adam at eps 1e-4.
+CASES = [("linear", None, None, 4), ("nielsen", 10, None, 4), ("mlp", 32, None, 4),
+         ("cnn", 8, {"optimizer": "sgd", "lr": 0.05}, 3), ("cnn", 8, {"eps": 1e-4}, 3)]
+IDS = ["linear", "nielsen", "mlp", "cnn-sgd", "cnn-adam"]
+
+
+@pytest.mark.parametrize("backend", ["numba", "numba-parallel"])
+@pytest.mark.parametrize("model,batch_size,overrides,steps", CASES, ids=IDS)
+def test_ops_backends_match_numpy(backend, model, batch_size, overrides, steps):
+    v = validate(backend, model, steps=steps, batch_size=batch_size, overrides=overrides)
+    assert v.ok, v.error
+
+
+@pytest.mark.parametrize("model,batch_size,overrides,steps", CASES[:3], ids=IDS[:3])
+def test_fused_matches_numpy(model, batch_size, overrides, steps):
+    v = validate("numba-fused", model, steps=steps, batch_size=batch_size, overrides=overrides)
+    assert v.ok, v.error
+
+
+def test_fused_mlp_with_plain_sgd_matches_numpy():
+    v = validate("numba-fused", "mlp", steps=3, batch_size=16, overrides={"optimizer": "sgd", "lr": 0.1})
+    assert v.ok, v.error
+
+
+def test_fused_full_batch_linear_over_several_epochs():
+    """Full-batch gradient descent uses the rows in place; two epochs equal numpy's."""
+    from bench.validate import validation_data
+    from models.train import epoch_batches
+    net = get_network("linear")
+    config = config_for(net)
+    x, y, _ = validation_data(net, 50)
+    trainers = [get_backend(b).make_trainer(net, net.init_params(0), config, 0)
+                for b in ("numpy", "numba-fused")]
+    for t in trainers:
+        t.set_data(x, y)
+    for epoch in range(2):
+        losses = [t.train_epoch(epoch_batches(len(x), 0, 0, epoch)) for t in trainers]
+        np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+    for k, want in trainers[0].params().items():
+        np.testing.assert_allclose(trainers[1].params()[k], want, atol=1e-6)
+    np.testing.assert_allclose(trainers[1].predict(x), trainers[0].predict(x), atol=1e-5)
+
+
+def test_fused_refuses_cnn_with_reason():
+    ok, why = get_backend("numba-fused").supports("cnn")
+    assert not ok and "cnn" in why
+
+
+def test_numba_ops_implements_every_op():
+    import inspect
+    from bench.backends.numba_backend import NumbaOps
+    abstract = [name for name, f in vars(Ops).items()
+                if inspect.isfunction(f) and "NotImplementedError" in inspect.getsource(f)]
+    missing = [n for n in abstract if getattr(NumbaOps, n) is getattr(Ops, n)]
+    assert len(abstract) > 20 and not missing, missing
+
+
+def test_parallel_backend_records_threads():
+    import numba
+    backend = get_backend("numba-parallel")
+    backend.configure_threads(1)
+    assert backend.threads == 1 == numba.get_num_threads()
+    backend.configure_threads(numba.config.NUMBA_NUM_THREADS)
+    assert backend.threads == numba.config.NUMBA_NUM_THREADS
