@@ -62,6 +62,13 @@ def validate(backend_name, model_name, steps=3, batch_size=None, seed=0, overrid
     try:
         network = get_network(model_name)
         config = config_for(network, overrides)
+        if config.get("optimizer") == "adam" and "eps" not in (overrides or {}):
+            # Adam divides by sqrt(v) + eps. Where a gradient entry cancels to ~1e-8
+            # (float32 rounding of terms ~1e-3, which differs legitimately between
+            # summation orders), eps 1e-8 turns that rounding into a full-size step.
+            # Whole-network parity is therefore checked at eps 1e-4; the Adam kernels
+            # themselves are validated at eps 1e-8 in kernels/update.py.
+            config["eps"] = max(config["eps"], 1e-4)
         if batch_size is not None:
             config["batch_size"] = batch_size
         elif config["batch_size"] == 0:
