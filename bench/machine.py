@@ -60,6 +60,8 @@ def machine_info() -> dict:
             "cores": os.cpu_count(),
             "isa_flags": [f for f in ISA_FLAGS if f in flags],
             "memory_gb": _memory_gb(),
+            # The clock the kernel reports (nominal on VMs); the report's peak uses it.
+            "cpu_mhz": float(cpu["cpu MHz"]) if cpu.get("cpu MHz") else None,
             "gpu": gpu_info()}
 
 

@@ -13,32 +13,37 @@ Versions (llm.c style, each one checked against the float64 reference):
   v2_blocked         the same loops cut into cache blocks (MC x KC x NC).
   v3_register_tiled  GotoBLAS structure: B packed into KC x NR panels, A into
                      MR x KC panels, both zero-padded so any shape works; an
-                     MR x NR micro-kernel with the depth loop unrolled by 4.
+                     MR x NR (8 x 32) micro-kernel whose accumulators live in
+                     registers.
                      Outputs narrower than NARROW columns take a row-axpy
                      kernel (A·B), a dot-product kernel (A·Bᵀ) or the transposed problem
-                     Cᵀ = Bᵀ·Aᵀ (for Aᵀ·B), so n = 10 is not padded to 64.
-  v4_parallel        v3 with the tiles of C spread over Numba's threads.
+                     Cᵀ = Bᵀ·Aᵀ (for Aᵀ·B), so n = 10 is not padded to NR.
+  v4_parallel        v3 with blocks of rows of C spread over Numba's threads.
   numpy_blas         np.matmul: OpenBLAS as installed (the baseline).
   torch_mm           torch.mm on CPU tensors sharing the arrays' memory.
 
-Why the micro-kernel accumulates into a small array rather than registers:
-Numba gives LLVM no aliasing guarantees between arrays, so an accumulator
-tile cannot be promoted to registers; with 8 rows x 4 depth steps per pass
-each accumulator load/store is amortised over 4 FMAs, and the tile (2 KiB)
-stays in L1. Operands are handed to it as zero-based slices so the index
-arithmetic is provably non-negative: with runtime offsets, Numba's negative-
-index wraparound defeated LLVM's alias checks and the loop ran scalar (6 vs
-45-70 GFLOP/s per core, measured).
+How the micro-kernel keeps its accumulators in registers: Numba gives LLVM
+no aliasing guarantees between arrays, so a tile held in an np.empty array
+could alias the operands and is reloaded and stored at every depth step (about
+70 GFLOP/s per core). The tile is instead a stack array (_stack_array), which
+provably aliases nothing; once the loops over it are unrolled, LLVM turns it
+into 16 zmm registers and each depth step is 2 loads of B, 8 broadcasts of A
+and 16 FMAs (check with _packed_serial.inspect_asm). Indices must also be
+provably non-negative: with runtime offsets, Numba's negative-index wraparound
+defeats LLVM's alias checks and the loops run scalar.
 """
 import numpy as np
-from numba import prange
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from kernels._numba import njit, njit_parallel
 from kernels.family import KernelFamily
 
-MR, NR = 8, 64           # register tile: rows of A x columns of B per micro-kernel call
-KC, MC, NC = 256, 128, 1024  # cache blocks: depth, rows of A, columns of B
+MR, NR = 8, 32           # register tile: rows of A x columns of B per micro-kernel call
+KC, MC, NC = 256, 128, 2048  # cache blocks: depth, rows of A, columns of B
 NARROW = 32              # outputs with fewer columns skip the NR-wide padding
+MIN_ROW_BLOCKS = 4       # _packed_parallel splits even short products this many ways
 
 
 # -- v1, v2 --------------------------------------------------------------------
@@ -70,6 +75,33 @@ def _blocked(A, B, C):
 
 
 # -- v3, v4: packing and the micro-kernel -----------------------------------------
+@intrinsic
+def _stack_array(typingctx, size, dtype):
+    """A 1-D array of ``size`` (a compile-time constant) items on the stack.
+
+    Memory that never escapes the function is provably disjoint from every
+    argument, so once the loops over it are unrolled LLVM keeps it in registers;
+    a heap array (np.empty) could alias the operands and stays in memory."""
+    if not isinstance(size, types.IntegerLiteral):
+        return None
+    n, dt = size.literal_value, dtype.dtype
+    array_type = types.Array(dt, 1, "C")
+
+    def codegen(context, builder, signature, args):
+        item = context.get_data_type(dt)
+        intp = context.get_value_type(types.intp)
+        itemsize = context.get_abi_sizeof(item)
+        array = context.make_array(array_type)(context, builder)
+        context.populate_array(array, data=cgutils.alloca_once(builder, item, size=n),
+                               shape=[intp(n)], strides=[intp(itemsize)],
+                               itemsize=intp(itemsize), meminfo=None)
+        return array._getvalue()
+    return array_type(size, dtype), codegen
+
+
+TILE = MR * NR  # a module constant, so Numba types it as a literal for _stack_array
+
+
 @njit
 def _pack_b(B, p0, p1, j0, j1, Bp):
     """B[p0:p1, j0:j1] -> consecutive KC x NR panels (zero-padded) in Bp."""
@@ -86,108 +118,127 @@ def _pack_b(B, p0, p1, j0, j1, Bp):
 
 
 @njit
-def _pack_a_panel(A, i0, p0, p1, Ap):
-    """A[i0:i0+MR, p0:p1] -> Ap as kc groups of MR values (rows past the end are 0)."""
-    m = A.shape[0]
-    h = min(MR, m - i0)
-    for p in range(p1 - p0):
-        for r in range(h):
-            Ap[p * MR + r] = A[i0 + r, p0 + p]
-        for r in range(h, MR):
-            Ap[p * MR + r] = 0
+def _pack_a(A, i0, i1, p0, p1, Ap):
+    """A[i0:i1, p0:p1] -> consecutive MR x KC panels in Ap, each kc groups of MR values
+    (rows past i1 are 0)."""
+    kc = p1 - p0
+    for ip in range(0, i1 - i0, MR):
+        base = (ip // MR) * kc * MR
+        h = min(MR, i1 - i0 - ip)
+        for p in range(kc):
+            for r in range(h):
+                Ap[base + p * MR + r] = A[i0 + ip + r, p0 + p]
+            for r in range(h, MR):
+                Ap[base + p * MR + r] = 0
 
 
 @njit
-def _micro(Ap, Bp, kc, acc):
-    """acc (MR x NR) = Ap panel · Bp panel over depth kc."""
-    for x in range(MR * NR):
-        acc[x] = 0
-    p = 0
-    while p + 4 <= kc:
-        qa = p * MR
-        qb = p * NR
+def _micro(Ap, Bp, kc, C, ci, cj, accumulate):
+    """C[ci:ci+MR, cj:cj+NR] (+)= Ap panel · Bp panel over depth kc.
+
+    The MR x NR accumulator is a stack array: after unrolling, the 8 x 32 float32
+    tile is 16 zmm registers and each depth step is 2 loads of B, 8 broadcasts of A
+    and 16 FMAs. The loops run j outside r so that LLVM vectorises over j rather than
+    unrolling 256 scalars first. C goes in and out through that tile, with only loads
+    or only stores in each loop, so no C-to-C dependence blocks vectorisation."""
+    acc = _stack_array(TILE, Ap.dtype)
+    ci = max(ci, 0)  # tells LLVM the indices are non-negative: no wraparound per element
+    cj = max(cj, 0)
+    if accumulate:
+        for j in range(NR):
+            for r in range(MR):
+                acc[r * NR + j] = C[ci + r, cj + j]
+    else:
+        for x in range(TILE):
+            acc[x] = 0
+    for p in range(kc):
+        for j in range(NR):
+            b = Bp[p * NR + j]
+            for r in range(MR):
+                acc[r * NR + j] += Ap[p * MR + r] * b
+    for j in range(NR):
         for r in range(MR):
-            a0 = Ap[qa + r]
-            a1 = Ap[qa + MR + r]
-            a2 = Ap[qa + 2 * MR + r]
-            a3 = Ap[qa + 3 * MR + r]
-            for j in range(NR):
-                acc[r * NR + j] += (a0 * Bp[qb + j] + a1 * Bp[qb + NR + j]
-                                    + a2 * Bp[qb + 2 * NR + j] + a3 * Bp[qb + 3 * NR + j])
-        p += 4
-    while p < kc:
-        qa = p * MR
-        qb = p * NR
-        for r in range(MR):
-            a0 = Ap[qa + r]
-            for j in range(NR):
-                acc[r * NR + j] += a0 * Bp[qb + j]
-        p += 1
+            C[ci + r, cj + j] = acc[r * NR + j]
 
 
 @njit
-def _tile(Ap_all, Bp, C, i0, i1, jpanel, j0, kc, acc):
-    """C[i0:i1, one NR panel] += packed A rows · packed B panel."""
-    n = C.shape[1]
-    jc = j0 + jpanel * NR
-    w = min(NR, n - jc)
-    bpan = Bp[jpanel * kc * NR:(jpanel + 1) * kc * NR]
-    for ip in range(i0, i1, MR):
-        apan = Ap_all[(ip // MR) * kc * MR:(ip // MR + 1) * kc * MR]
-        _micro(apan, bpan, kc, acc)
-        h = min(MR, i1 - ip)
-        for r in range(h):
-            for j in range(w):
-                C[ip + r, jc + j] += acc[r * NR + j]
+def _block(Ap, Bp, C, i0, i1, j0, j1, kc, accumulate):
+    """C[i0:i1, j0:j1] (+)= packed A rows i0:i1 · packed B columns j0:j1.
+
+    Ap starts at row i0's panel, Bp at column j0's. One B panel (kc x NR, 32 KiB)
+    stays in L1 while the A panels stream from L2. Edge tiles go through a full
+    MR x NR scratch tile so the micro-kernel keeps its fixed shape."""
+    edge = np.empty((MR, NR), C.dtype)
+    for jp in range(0, j1 - j0, NR):
+        bpan = Bp[(jp // NR) * kc * NR:(jp // NR + 1) * kc * NR]
+        w = min(NR, j1 - j0 - jp)
+        for ip in range(0, i1 - i0, MR):
+            apan = Ap[(ip // MR) * kc * MR:(ip // MR + 1) * kc * MR]
+            h = min(MR, i1 - i0 - ip)
+            if h == MR and w == NR:
+                _micro(apan, bpan, kc, C, i0 + ip, j0 + jp, accumulate)
+                continue
+            _micro(apan, bpan, kc, edge, 0, 0, False)
+            for r in range(h):
+                for j in range(w):
+                    if accumulate:
+                        C[i0 + ip + r, j0 + jp + j] += edge[r, j]
+                    else:
+                        C[i0 + ip + r, j0 + jp + j] = edge[r, j]
 
 
 @njit
 def _packed_serial(A, B, C):
     m, k = A.shape
     n = B.shape[1]
-    C[:] = 0
+    if k == 0:
+        C[:] = 0
+        return
     # Sized to the problem: small products must not pay for a megabyte of fresh pages.
     kc_max = min(KC, k)
     Bp = np.empty(kc_max * ((min(NC, n) + NR - 1) // NR * NR), C.dtype)
-    Ap_all = np.empty(kc_max * ((m + MR - 1) // MR * MR), C.dtype)
-    acc = np.empty(MR * NR, C.dtype)
+    Ap = np.empty(kc_max * ((min(MC, m) + MR - 1) // MR * MR), C.dtype)
     for j0 in range(0, n, NC):
         j1 = min(n, j0 + NC)
         for p0 in range(0, k, KC):
             p1 = min(k, p0 + KC)
-            kc = p1 - p0
             _pack_b(B, p0, p1, j0, j1, Bp)
-            for ip in range(0, m, MR):
-                _pack_a_panel(A, ip, p0, p1, Ap_all[(ip // MR) * kc * MR:])
             for i0 in range(0, m, MC):
-                for jpanel in range((j1 - j0 + NR - 1) // NR):
-                    _tile(Ap_all, Bp, C, i0, min(m, i0 + MC), jpanel, j0, kc, acc)
+                i1 = min(m, i0 + MC)
+                _pack_a(A, i0, i1, p0, p1, Ap)
+                _block(Ap, Bp, C, i0, i1, j0, j1, p1 - p0, p0 > 0)  # the first depth block stores
 
 
 @njit_parallel
 def _packed_parallel(A, B, C):
     m, k = A.shape
     n = B.shape[1]
-    C[:] = 0
-    # Sized to the problem: small products must not pay for a megabyte of fresh pages.
+    if k == 0:
+        C[:] = 0
+        return
     kc_max = min(KC, k)
     Bp = np.empty(kc_max * ((min(NC, n) + NR - 1) // NR * NR), C.dtype)
-    Ap_all = np.empty(kc_max * ((m + MR - 1) // MR * MR), C.dtype)
-    n_ib = (m + MC - 1) // MC
+    # Rows are the parallel axis: short products get smaller row blocks, at least
+    # MIN_ROW_BLOCKS of them, so that every thread has work. (A constant rather than
+    # get_num_threads(), which would keep Numba from caching this function.)
+    mc = min(MC, (m + MIN_ROW_BLOCKS * MR - 1) // (MIN_ROW_BLOCKS * MR) * MR)
+    n_ib = (m + mc - 1) // mc
     for j0 in range(0, n, NC):
         j1 = min(n, j0 + NC)
-        n_jp = (j1 - j0 + NR - 1) // NR
         for p0 in range(0, k, KC):
             p1 = min(k, p0 + KC)
             kc = p1 - p0
-            _pack_b(B, p0, p1, j0, j1, Bp)
-            for ap in prange((m + MR - 1) // MR):
-                _pack_a_panel(A, ap * MR, p0, p1, Ap_all[ap * kc * MR:])
-            # Tiles of C (MC rows x one NR panel) are disjoint: no write races.
-            for t in prange(n_ib * n_jp):
-                acc = np.empty(MR * NR, C.dtype)
-                i0 = (t // n_jp) * MC
-                _tile(Ap_all, Bp, C, i0, min(m, i0 + MC), t % n_jp, j0, kc, acc)
+            for t in prange((j1 - j0 + NR - 1) // NR):
+                jt = j0 + t * NR
+                _pack_b(B, p0, p1, jt, min(j1, jt + NR), Bp[t * kc * NR:(t + 1) * kc * NR])
+            # Each thread packs its own MC rows of A (into its own L2) and writes its own
+            # rows of C: no write races, no second fork-join per depth block.
+            for ib in prange(n_ib):
+                i0 = ib * mc
+                i1 = min(m, i0 + mc)
+                Ap = np.empty(kc * ((i1 - i0 + MR - 1) // MR * MR), C.dtype)
+                _pack_a(A, i0, i1, p0, p1, Ap)
+                _block(Ap, Bp, C, i0, i1, j0, j1, kc, p0 > 0)
 
 
 # -- narrow outputs: dot products along contiguous rows ---------------------------

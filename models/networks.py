@@ -151,7 +151,9 @@ class CNN(Network):
     name = "cnn"
     input_shape = (1, 28, 28)
     defaults = dict(batch_size=256, optimizer="adam", lr=1e-4, beta1=0.9, beta2=0.999,
-                    eps=1e-8, dropout=0.5, epochs=3)
+                    eps=1e-8, epochs=3)
+    # Part of the architecture, not a tunable: every backend reads it from here.
+    dropout_rate = 0.5
 
     def param_shapes(self):
         return {"c1w": (32, 1, 5, 5), "c1b": (32,), "c2w": (64, 32, 5, 5), "c2b": (64,),
@@ -177,7 +179,7 @@ class CNN(Network):
     def loss_and_grads(self, ops, p, x, y, grads, key=0):
         flat, (h1, q1, arg1, h2, q2, arg2) = self._features(ops, p, x)
         f1 = ops.dense(flat, p["f1w"], p["f1b"], "relu")
-        d, mask = ops.dropout(f1, self.defaults["dropout"], key)
+        d, mask = ops.dropout(f1, self.dropout_rate, key)
         logits = ops.dense(d, p["f2w"], p["f2b"], "none")
         loss, dlogits = ops.softmax_cross_entropy(logits, y)
         ops.matmul_tn(d, dlogits, out=grads["f2w"])

@@ -297,7 +297,7 @@ class TorchTrainer(Trainer):
         shapes = network.param_shapes()
         self._load(unpack(pack(init_params, shapes), shapes))  # pack checks names and shapes
         self.optimizer = make_optimizer(list(self.model.parameters()), config)
-        self.dropout_rate = config.get("dropout", 0.0)
+        self.dropout_rate = getattr(network, "dropout_rate", 0.0)
         self.forward_loss, self.optimizer_step = self._forward_loss, self.optimizer.step
         self.compiled_batch_sizes = None
         if compile:
