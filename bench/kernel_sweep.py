@@ -84,11 +84,20 @@ def sweep_family(family, versions, shapes, threads, repeats):
             if not ok:
                 yield from (c | {"status": "unavailable", "error": why} for c in coords)
                 continue
-            cold_s = first_call_seconds(family, version, shapes[0], dtype)
+            skip = getattr(family, "skip_timing", lambda v, s: False)
+            skipped = [c for c, s in zip(coords, shapes) if skip(version, s)]
+            yield from (c | {"status": "unavailable",
+                             "error": "not timed at this size: minutes per call (family.skip_timing)"}
+                        for c in skipped)
+            coords = [c for c in coords if c not in skipped]
+            timed = [tuple(c["shape"]) for c in coords]
+            if not timed:
+                continue
+            cold_s = first_call_seconds(family, version, timed[0], dtype)
             # Every timed shape, plus the family's odd-sized check shapes (1, 7, 33...)
             # that catch edge-handling bugs the round sweep sizes hide.
             checks = [family.check(version, s, dtype)
-                      for s in [*shapes, *map(tuple, getattr(family, "check_shapes", ()))]]
+                      for s in [*timed, *map(tuple, getattr(family, "check_shapes", ()))]]
             bad = next((c for c in checks if not c.ok), None)
             validation = {"ok": bad is None, "shapes": len(checks),
                           "max_error": max((c.max_error for c in checks
@@ -98,7 +107,7 @@ def sweep_family(family, versions, shapes, threads, repeats):
                 yield from (c | {"status": "invalid", "error": error, "validation": validation}
                             for c in coords)
                 continue
-            for cell, shape in zip(coords, shapes):
+            for cell, shape in zip(coords, timed):
                 try:
                     t = family.time(version, shape, dtype, repeats)
                 except Exception as e:  # a crash while timing is stored; the sweep goes on
@@ -108,7 +117,7 @@ def sweep_family(family, versions, shapes, threads, repeats):
                 cell |= summarize(t.samples_s)
                 yield cell | {
                     "status": "ok", "validation": validation, "samples_s": list(t.samples_s),
-                    "compile": {"cold_s": cold_s, "measured_on": list(shapes[0])},
+                    "compile": {"cold_s": cold_s, "measured_on": list(timed[0])},
                     "flops": t.flops or None, "bytes": t.bytes or None,
                     "gflops": t.flops / cell["median_s"] / 1e9 if t.flops else None,
                     "gbytes_per_s": t.bytes / cell["median_s"] / 1e9 if t.bytes else None,

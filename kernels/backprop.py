@@ -343,23 +343,6 @@ def _dropout_family():
 FAMILIES = [_bias_act_family(), _xent_family(), _dropout_family()]
 
 
-def main():
-    failed = False
-    for fam in FAMILIES:
-        bad = [c for c in fam.validate(fam.check_shapes, fam.dtypes) if not c.ok]
-        for c in bad:
-            print(f"  FAIL {fam.name}.{c.version} {c.shape} {c.dtype}: {c.error}")
-        failed |= bool(bad)
-    if failed:
-        return 1
-    print("All results match. Starting benchmarks.")
-    for fam in FAMILIES:
-        for v in fam.versions:
-            for s in fam.sweep_shapes:
-                t = fam.time(v, s, "float32")
-                print(f"  {fam.name}.{v:<22} {str(s):<16} {t.median_s * 1e6:10.1f} us")
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from kernels.family import main
+    raise SystemExit(main(FAMILIES))

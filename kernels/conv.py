@@ -344,24 +344,6 @@ def _pool_family():
 FAMILIES = [_forward_family(), _backward_family(), _pool_family()]
 
 
-def main():
-    failed = False
-    for fam in FAMILIES:
-        bad = [c for c in fam.validate(fam.check_shapes, fam.dtypes) if not c.ok]
-        for c in bad:
-            print(f"  FAIL {fam.name}.{c.version} {c.shape} {c.dtype}: {c.error}")
-        failed |= bool(bad)
-    if failed:
-        return 1
-    print("All results match. Starting benchmarks.")
-    for fam in FAMILIES:
-        for v in fam.versions:
-            for s in fam.sweep_shapes:
-                t = fam.time(v, s, "float32", repeats=3, min_time=0.01)
-                rate = f"{t.gflops:8.1f} GFLOP/s" if t.flops else f"{t.gbytes_per_s:8.1f} GB/s"
-                print(f"  {fam.name}.{v:<18} {str(s):<22} {t.median_s * 1e3:10.2f} ms {rate}")
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from kernels.family import main
+    raise SystemExit(main(FAMILIES))

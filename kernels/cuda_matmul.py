@@ -379,13 +379,5 @@ FAMILIES = [matmul_nn, matmul_nt, matmul_tn]
 
 
 if __name__ == "__main__":
-    ok, why = matmul_nn.available()
-    for fam in FAMILIES:
-        checks = fam.validate([(7, 5, 33), (33, 3, 40), (257, 129, 65)])
-        for c in checks:
-            if not c.ok:
-                print(f"  FAIL {fam.name}.{c.version} {c.shape}: {c.error}")
-        if ok:
-            fam.benchmark(fam.sweep_shapes)
-        elif all(c.ok for c in checks):
-            print(f"{fam.name}: all results match; not timed: {why}")
+    from kernels.family import main
+    raise SystemExit(main(FAMILIES))

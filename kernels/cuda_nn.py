@@ -507,14 +507,5 @@ for _fam in FAMILIES:
 
 
 if __name__ == "__main__":
-    ok, why = FAMILIES[0].available()
-    small = {"cuda_softmax_xent_grad": [(7, 10), (33, 3)], "cuda_conv2d": [(2, 3, 9, 4, 5)]}
-    for fam in FAMILIES:
-        checks = fam.validate(small.get(fam.name, [(7, 5, 33), (33, 3, 40)]))
-        for c in checks:
-            if not c.ok:
-                print(f"  FAIL {fam.name}.{c.version} {c.shape}: {c.error}")
-        if ok:
-            fam.benchmark(fam.sweep_shapes)
-        elif all(c.ok for c in checks):
-            print(f"{fam.name}: all results match; not timed: {why}")
+    from kernels.family import main
+    raise SystemExit(main(FAMILIES))

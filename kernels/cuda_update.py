@@ -137,13 +137,5 @@ for _fam in FAMILIES:
 
 
 if __name__ == "__main__":
-    ok, why = adam.available()
-    for fam in FAMILIES:
-        checks = fam.validate([(1,), (33,), (1000,)])
-        for c in checks:
-            if not c.ok:
-                print(f"  FAIL {fam.name}.{c.version} {c.shape}: {c.error}")
-        if ok:
-            fam.benchmark(fam.sweep_shapes)
-        elif all(c.ok for c in checks):
-            print(f"{fam.name}: all results match; not timed: {why}")
+    from kernels.family import main
+    raise SystemExit(main(FAMILIES))

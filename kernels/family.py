@@ -154,3 +154,55 @@ class KernelFamily:
                     extra = f"{t.gflops:8.1f} GFLOP/s" if t.flops else f"{t.gbytes_per_s:8.1f} GB/s"
                     log(f"  {self.name}.{v:<28} {str(s):<22} {d:<8} {t.median_s * 1e6:12.1f} us {extra}")
         return checks, timings
+
+
+def main(families, argv=None, description="validate every version, then time it"):
+    """The command line of every kernel file (``python -m kernels.<file>``).
+
+    Validates each family on its ``check_shapes`` (default: its sweep shapes) in
+    every dtype it declares; only if all match does it time the versions on the
+    sweep shapes. A family may define ``skip_timing(version, shape)`` for
+    versions that would take minutes per call at the largest shapes.
+    """
+    import argparse
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--families", default=None, help="comma-separated (default: all)")
+    parser.add_argument("--versions", default=None, help="comma-separated (default: all)")
+    parser.add_argument("--shapes", default=None, help="e.g. 1024x1024x1024,60000x784x10")
+    parser.add_argument("--dtypes", default="float32", help="dtypes to time")
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args(argv)
+    chosen = [f for f in families if not args.families or f.name in args.families.split(",")]
+    versions = args.versions.split(",") if args.versions else None
+    failed = False
+    for fam in chosen:
+        ok, why = fam.available()
+        if not ok:
+            print(f"{fam.name}: not timed ({why})")
+        names = [v for v in (versions or fam.versions) if v in fam.versions]
+        checks = fam.validate(getattr(fam, "check_shapes", fam.sweep_shapes),
+                              getattr(fam, "dtypes", ("float32",)), names)
+        for c in checks:
+            if not c.ok:
+                print(f"  FAIL {fam.name}.{c.version} {c.shape} {c.dtype}: {c.error}")
+                failed = True
+    if failed:
+        return 1
+    print("All results match. Starting benchmarks.")
+    skip = lambda fam, v, s: getattr(fam, "skip_timing", lambda v, s: False)(v, s)
+    for fam in chosen:
+        if not fam.available()[0]:
+            continue
+        shapes = ([tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
+                  if args.shapes else fam.sweep_shapes)
+        for v in [v for v in (versions or fam.versions) if v in fam.versions]:
+            for d in args.dtypes.split(","):
+                for s in shapes:
+                    if skip(fam, v, s):
+                        continue
+                    t = fam.time(v, s, d, args.repeats)
+                    rate = (f"{t.gflops:8.1f} GFLOP/s" if t.flops else
+                            f"{t.gbytes_per_s:8.1f} GB/s" if t.bytes else "")
+                    print(f"  {fam.name}.{v:<22} {str(s):<22} {d:<8} "
+                          f"{t.median_s * 1e6:12.1f} us {rate}")
+    return 0

@@ -451,6 +451,9 @@ def _make_family(form):
     fam.sweep_shapes = SQUARES + NETWORK_SHAPES[form]
     fam.check_shapes = CHECK_SHAPES
     fam.dtypes = ("float32", "float64")
+    # The naive loops take minutes per call past ~300M multiply-adds; the smaller
+    # shapes already show where they stand.
+    fam.skip_timing = lambda version, s: version == "v1_naive" and s[0] * s[1] * s[2] > 300e6
 
     def logical_out(a, b):
         A, B = logical(a, b)
@@ -501,41 +504,6 @@ def _torch():
 FAMILIES = [_make_family(form) for form in FORMS]
 
 
-def main(argv=None):
-    import argparse
-    parser = argparse.ArgumentParser(description="validate, then time, the matmul family")
-    parser.add_argument("--forms", default="nn,nt,tn")
-    parser.add_argument("--versions", default=None, help="comma-separated (default: all)")
-    parser.add_argument("--shapes", default=None, help="e.g. 1024x1024x1024,60000x784x10")
-    parser.add_argument("--dtypes", default="float32")
-    parser.add_argument("--repeats", type=int, default=7)
-    args = parser.parse_args(argv)
-    dtypes = tuple(args.dtypes.split(","))
-    failed = False
-    for fam in FAMILIES:
-        if fam.name.split("_")[1] not in args.forms.split(","):
-            continue
-        versions = args.versions.split(",") if args.versions else None
-        checks = fam.validate(fam.check_shapes, ("float32", "float64"), versions)
-        bad = [c for c in checks if not c.ok]
-        for c in bad:
-            print(f"  FAIL {fam.name}.{c.version} {c.shape} {c.dtype}: {c.error}")
-        failed |= bool(bad)
-        if bad:
-            continue
-        print(f"{fam.name}: All results match. Starting benchmarks.")
-        shapes = ([tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
-                  if args.shapes else fam.sweep_shapes)
-        for v in (versions or fam.versions):
-            for d in dtypes:
-                for s in shapes:
-                    if v == "v1_naive" and s[0] * s[1] * s[2] > 300e6:
-                        continue  # minutes per call; the point is made on smaller shapes
-                    t = fam.time(v, s, d, args.repeats)
-                    print(f"  {fam.name}.{v:<18} {str(s):<20} {d:<8} "
-                          f"{t.median_s * 1e6:12.1f} us {t.gflops:8.1f} GFLOP/s")
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from kernels.family import main
+    raise SystemExit(main(FAMILIES))

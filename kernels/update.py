@@ -185,25 +185,6 @@ FAMILIES = [
 ]
 
 
-def main():
-    failed = False
-    for fam in FAMILIES:
-        checks = fam.validate(fam.check_shapes, fam.dtypes)
-        bad = [c for c in checks if not c.ok]
-        for c in bad:
-            print(f"  FAIL {fam.name}.{c.version} {c.shape} {c.dtype}: {c.error}")
-        failed |= bool(bad)
-    if failed:
-        return 1
-    print("All results match. Starting benchmarks.")
-    for fam in FAMILIES:
-        for v in fam.versions:
-            for s in fam.sweep_shapes:
-                t = fam.time(v, s, "float32")
-                print(f"  {fam.name}.{v:<18} {str(s):<12} {t.median_s * 1e6:10.1f} us "
-                      f"{t.gbytes_per_s:8.1f} GB/s")
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from kernels.family import main
+    raise SystemExit(main(FAMILIES))
