@@ -584,7 +584,7 @@ def plot_compile(cells):
     fig, axes = _figure(1, 1, width=8, height=0.45 * len(ct) + 1.5)
     ax = axes[0, 0]
     y = np.arange(len(ct))
-    series = (("compile_cold_s", "first step, fresh process (JIT compile included)", "tab:red"),
+    series = (("compile_cold_s", "cold: compile with an empty cache (or first step where nothing caches)", "tab:red"),
               ("compile_cached_s", "first call, compile cache warm", "tab:orange"),
               ("epoch_s", "one steady-state epoch", "tab:blue"))
     for i, (col, name, color) in enumerate(series):

@@ -301,41 +301,74 @@ def _ab(A, B, C, transpose_a, parallel):
 
 @njit
 def _dot_rows_nt(A, BT, C):
-    """C[i, j] = A[i] · BT[j] (BT holds B transposed; few rows)."""
+    """C[i, j] = A[i] · BT[j] (BT holds B transposed): four outputs per pass over A[i]."""
+    nj, k = BT.shape
     for i in range(A.shape[0]):
         a = A[i]
-        for j in range(BT.shape[0]):
-            b = BT[j]
-            s = C.dtype.type(0)
-            for p in range(a.size):
-                s += a[p] * b[p]
-            C[i, j] = s
+        if nj < 4:
+            for j in range(nj):
+                s = C.dtype.type(0)
+                for p in range(k):
+                    s += a[p] * BT[j, p]
+                C[i, j] = s
+            continue
+        for jg in range(0, nj, 4):
+            j = min(jg, nj - 4)  # the last group overlaps the one before instead of running short
+            b0, b1, b2, b3 = BT[j], BT[j + 1], BT[j + 2], BT[j + 3]
+            s0 = s1 = s2 = s3 = C.dtype.type(0)
+            for p in range(k):
+                x = a[p]
+                s0 += x * b0[p]
+                s1 += x * b1[p]
+                s2 += x * b2[p]
+                s3 += x * b3[p]
+            C[i, j], C[i, j + 1], C[i, j + 2], C[i, j + 3] = s0, s1, s2, s3
 
 
 @njit
-def _axpy_rows(D, BT, C):
-    """C[i] = sum_j D[i, j]·BT[j]: dL/dh from dL/dlogits and W2ᵀ."""
+def _relu_backward_rows(D, BT, H, C):
+    """C[i] = (sum_j D[i, j]·BT[j]) where H[i] > 0, else 0: dL/dz1 from dL/dlogits, W2ᵀ
+    and the ReLU outputs, one pass over each row of C."""
+    nj, k = BT.shape
     for i in range(D.shape[0]):
-        c = C[i]
+        c, h = C[i], H[i]
         c[:] = 0
-        for j in range(BT.shape[0]):
-            d = D[i, j]
-            b = BT[j]
-            for p in range(c.size):
-                c[p] += d * b[p]
+        j = 0
+        while j + 4 <= nj:
+            d0, d1, d2, d3 = D[i, j], D[i, j + 1], D[i, j + 2], D[i, j + 3]
+            b0, b1, b2, b3 = BT[j], BT[j + 1], BT[j + 2], BT[j + 3]
+            for p in range(k):
+                c[p] += d0 * b0[p] + d1 * b1[p] + d2 * b2[p] + d3 * b3[p]
+            j += 4
+        while j < nj:
+            d0, b0 = D[i, j], BT[j]
+            for p in range(k):
+                c[p] += d0 * b0[p]
+            j += 1
+        for p in range(k):
+            if h[p] <= 0:
+                c[p] = 0
 
 
 @njit
 def _outer_sum_t(H, D, GT):
-    """GT[j] = sum_i D[i, j]·H[i] (= (Hᵀ·D)ᵀ), GT few rows."""
+    """GT[j] = sum_i D[i, j]·H[i] (= (Hᵀ·D)ᵀ): four samples per pass over GT[j]."""
+    m = H.shape[0]
     for j in range(GT.shape[0]):
         g = GT[j]
         g[:] = 0
-        for i in range(H.shape[0]):
-            d = D[i, j]
-            h = H[i]
+        i = 0
+        while i + 4 <= m:
+            d0, d1, d2, d3 = D[i, j], D[i + 1, j], D[i + 2, j], D[i + 3, j]
+            h0, h1, h2, h3 = H[i], H[i + 1], H[i + 2], H[i + 3]
             for p in range(g.size):
-                g[p] += d * h[p]
+                g[p] += d0 * h0[p] + d1 * h1[p] + d2 * h2[p] + d3 * h3[p]
+            i += 4
+        while i < m:
+            d0, h0 = D[i, j], H[i]
+            for p in range(g.size):
+                g[p] += d0 * h0[p]
+            i += 1
 
 
 @njit
@@ -376,11 +409,7 @@ def mlp_epoch(X, labels, order, starts, contiguous, flat, gflat, s1, s2, hidden,
             for j in range(c):
                 gw2[p, j] = gw2t[j, p]
         bias_grad_serial(dlogits, gb2)
-        _axpy_rows(dlogits, w2t, dh)
-        for i in range(n):
-            for j in range(hidden):
-                if h[i, j] <= 0:
-                    dh[i, j] = 0
+        _relu_backward_rows(dlogits, w2t, h, dh)
         _ab(xb, dh, gw1, True, parallel)
         bias_grad_serial(dh, gb1)
         step += 1

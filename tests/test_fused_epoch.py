@@ -68,3 +68,36 @@ def test_fused_nielsen_with_optimizer_state_matches_numpy(overrides):
         moved = np.abs(want - init[k]).max()
         assert moved > 0
         np.testing.assert_allclose(trainers[1].params()[k], want, atol=1e-3 * moved)
+
+
+# The mlp epoch's kernels: tiled A·B / Aᵀ·B (full 8 x 32 tiles plus ragged edges),
+# and the 10-wide products against W2 held transposed.
+AB_SHAPES = [(1, 1, 1), (7, 33, 5), (8, 784, 32), (33, 257, 7), (17, 9, 65), (96, 784, 128)]
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
+@pytest.mark.parametrize("m,k,n", AB_SHAPES)
+def test_tiled_ab_and_atb_match_numpy(m, k, n, parallel):
+    rng = np.random.default_rng(m * 1000 + k + n)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    at = rng.standard_normal((k, m)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    for transpose_a, want in ((False, a @ b), (True, at.T @ b)):
+        c = np.full((m, n), np.nan, np.float32)
+        fe._ab(at if transpose_a else a, b, c, transpose_a, parallel)
+        np.testing.assert_allclose(c, want, rtol=1e-4, atol=1e-4 * np.sqrt(k))
+
+
+@pytest.mark.parametrize("m,h,c", [(1, 1, 1), (7, 33, 3), (128, 128, 10), (5, 17, 5)])
+def test_narrow_second_layer_kernels_match_numpy(m, h, c):
+    rng = np.random.default_rng(m + h + c)
+    hid = rng.standard_normal((m, h)).astype(np.float32)  # about half negative: ReLU mask matters
+    w2t = rng.standard_normal((c, h)).astype(np.float32)
+    d = rng.standard_normal((m, c)).astype(np.float32)
+    logits, dz, gt = (np.full(s, np.nan, np.float32) for s in ((m, c), (m, h), (c, h)))
+    fe._dot_rows_nt(hid, w2t, logits)
+    np.testing.assert_allclose(logits, hid @ w2t.T, rtol=1e-4, atol=1e-4 * np.sqrt(h))
+    fe._relu_backward_rows(d, w2t, hid, dz)
+    np.testing.assert_allclose(dz, np.where(hid > 0, d @ w2t, 0), rtol=1e-4, atol=1e-4 * np.sqrt(c))
+    fe._outer_sum_t(hid, d, gt)
+    np.testing.assert_allclose(gt, (hid.T @ d).T, rtol=1e-4, atol=1e-4 * np.sqrt(m))
