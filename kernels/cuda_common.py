@@ -15,6 +15,12 @@ from numba import config, cuda
 
 from kernels.family import KernelFamily
 
+# numba-cuda up to 0.30 registers an overload for np.row_stack while compiling
+# its first kernel; NumPy 2.5 removed that alias of np.vstack, and every CUDA
+# compile then fails with AttributeError. Restoring the alias changes nothing else.
+if not hasattr(np, "row_stack"):
+    np.row_stack = np.vstack
+
 SIMULATOR = bool(config.ENABLE_CUDASIM)
 SIMULATOR_REASON = "CUDA simulator: correctness only, not timed"
 

@@ -9,7 +9,10 @@ Versions (the llm.c / siboehm sequence):
     v2_shared_tiled        T×T tiles of A and B staged in shared memory
     v3_1d_register_tiled   64×64 block tile, each thread TM=8 outputs of one column
     v4_2d_register_tiled   128×128 block tile, BK=8, each thread an 8×8 register tile
-A v5 with 128-bit (float4) loads is not written: Numba's CUDA target has no
+    v5_prefetch_register_tiled  v4 with the next K slab loaded into registers
+                           during the current slab's products (double-buffered
+                           shared tiles, one barrier per slab)
+A version with 128-bit (float4) loads is not written: Numba's CUDA target has no
 way to reinterpret a float32 array as float4 inside a kernel, so every global
 load stays 32-bit.
 
@@ -175,7 +178,7 @@ def register_tiled_1d_kernel(form, BM, BN, BK, TM):
         sA = cuda.shared.array((BK, BM), float32)
         sB = cuda.shared.array((BK, BN), float32)
         acc = cuda.local.array(TM, float32)
-        tid = cuda.threadIdx.x
+        tid = cuda.threadIdx.x & 1023   # proves tid >= 0: see v5
         col, row0 = tid % BN, (tid // BN) * TM
         tiles_k = (K + BK - 1) // BK
         for tm in range(cuda.blockIdx.y, (M + BM - 1) // BM, cuda.gridDim.y):
@@ -213,7 +216,7 @@ def register_tiled_2d_kernel(form, BM, BN, BK, TM, TN):
         acc = cuda.local.array((TM, TN), float32)
         reg_a = cuda.local.array(TM, float32)
         reg_b = cuda.local.array(TN, float32)
-        tid = cuda.threadIdx.x
+        tid = cuda.threadIdx.x & 1023   # proves tid >= 0: see v5
         # Each thread owns rows trow + RS·t and columns tcol + CS·u: the strided
         # layout makes a warp's shared reads conflict-free and its C stores coalesced.
         tcol, trow = tid % CS, tid // CS
@@ -253,13 +256,112 @@ def register_tiled_2d_kernel(form, BM, BN, BK, TM, TN):
     return matmul_2d_register_tiled
 
 
+@functools.lru_cache(maxsize=None)
+def prefetch_kernel(form, BM, BN, BK, TM, TN):
+    """v4's register tiling with the global loads of slab k+1 issued before the
+    products of slab k, into registers, then stored into the other half of a
+    double-buffered shared tile: global latency hides behind the FMAs and one
+    barrier per slab suffices."""
+    a_t, b_t = form == "tn", form == "nt"
+    load_a, load_b = _loaders(form)
+    RS, CS = BM // TM, BN // TN
+    NT = RS * CS
+    LA, LB = BM * BK // NT, BN * BK // NT   # elements each thread stages per slab
+    # A slab stored down a column of sA when A is row-major: pad so the BK
+    # threads writing one row fall in different banks.
+    PA = BM + (0 if a_t else 4)
+    PB = BN + (4 if b_t else 0)
+
+    @cuda.jit(device=True, inline=True)
+    def a_pos(e):   # (row, k) inside the slab of the e-th staged A element
+        if a_t:
+            return e % BM, e // BM
+        return e // BK, e % BK
+
+    @cuda.jit(device=True, inline=True)
+    def b_pos(e):   # (k, col)
+        if b_t:
+            return e % BK, e // BK
+        return e // BN, e % BN
+
+    @cuda.jit
+    def matmul_prefetch(A, B, C, bias, act, M, N, K):
+        sA = cuda.shared.array((2, BK, PA), float32)
+        sB = cuda.shared.array((2, BK, PB), float32)
+        acc = cuda.local.array((TM, TN), float32)
+        reg_a = cuda.local.array(TM, float32)
+        reg_b = cuda.local.array(TN, float32)
+        pa = cuda.local.array(LA, float32)
+        pb = cuda.local.array(LB, float32)
+        # The mask proves tid >= 0 to LLVM, and with it every shared index
+        # below: Numba's negative-index wraparound selects then fold away,
+        # which leaves the inner loop FMAs and constant-offset shared loads.
+        tid = cuda.threadIdx.x & 1023
+        tcol, trow = tid % CS, tid // CS
+        tiles_k = (K + BK - 1) // BK
+        for tm in range(cuda.blockIdx.y, (M + BM - 1) // BM, cuda.gridDim.y):
+            for tn in range(cuda.blockIdx.x, (N + BN - 1) // BN, cuda.gridDim.x):
+                m0, n0 = tm * BM, tn * BN
+                for t in range(TM):
+                    for u in range(TN):
+                        acc[t, u] = float32(0.0)
+                for kt in range(tiles_k + 1):
+                    # Loads of slab kt go out first; the FMAs of slab kt-1
+                    # (already in shared memory) run while they are in flight.
+                    if kt < tiles_k:
+                        k0 = kt * BK
+                        for l in range(LA):
+                            r, kk = a_pos(tid + NT * l)
+                            i, k = m0 + r, k0 + kk
+                            pa[l] = load_a(A, i, k) if i < M and k < K else float32(0.0)
+                        for l in range(LB):
+                            kk, c = b_pos(tid + NT * l)
+                            k, j = k0 + kk, n0 + c
+                            pb[l] = load_b(B, k, j) if k < K and j < N else float32(0.0)
+                    if kt > 0:
+                        cur = (kt - 1) & 1
+                        for kk in range(BK):
+                            for t in range(TM):
+                                reg_a[t] = sA[cur, kk, trow + RS * t]
+                            for u in range(TN):
+                                reg_b[u] = sB[cur, kk, tcol + CS * u]
+                            for t in range(TM):
+                                for u in range(TN):
+                                    acc[t, u] += reg_a[t] * reg_b[u]
+                    if kt < tiles_k:
+                        nxt = kt & 1
+                        for l in range(LA):
+                            r, kk = a_pos(tid + NT * l)
+                            sA[nxt, kk, r] = pa[l]
+                        for l in range(LB):
+                            kk, c = b_pos(tid + NT * l)
+                            sB[nxt, kk, c] = pb[l]
+                    # Slab kt is staged and nobody reads slab kt-2's buffer any more.
+                    cuda.syncthreads()
+                for t in range(TM):
+                    for u in range(TN):
+                        i, j = m0 + trow + RS * t, n0 + tcol + CS * u
+                        if i < M and j < N:
+                            C[i, j] = acc[t, u]
+                if act >= 0:
+                    for t in range(TM):
+                        for u in range(TN):
+                            i, j = m0 + trow + RS * t, n0 + tcol + CS * u
+                            if i < M and j < N:
+                                C[i, j] = epilogue(C[i, j], bias, j, act)
+    return matmul_prefetch
+
+
 # -- launch ------------------------------------------------------------------
 # Production configurations; the simulator runs the same code with smaller
 # blocks where the block shape is only a launch choice (v1, v2 in the backend).
 NAIVE_BLOCK = (8, 8) if SIMULATOR else (16, 16)
 TILE = 16
-V3 = dict(BM=64, BN=64, BK=8, TM=8)             # 512 threads
+# 256 threads: at 512 (BN=64) the kernel needs more than 128 registers a
+# thread and an H100 refuses the launch (CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES).
+V3 = dict(BM=64, BN=32, BK=8, TM=8)
 V4 = dict(BM=128, BN=128, BK=8, TM=8, TN=8)     # 256 threads, 64 outputs each
+V5 = dict(BM=128, BN=128, BK=8, TM=8, TN=8)
 
 
 def problem_shape(form, a, b):
@@ -328,12 +430,18 @@ def launch(version, form, a, b, out=None, bias=None, act=STORE, config=None,
         kernel = register_tiled_2d_kernel(form, c["BM"], c["BN"], c["BK"], c["TM"], c["TN"])
         threads = (c["BM"] // c["TM"]) * (c["BN"] // c["TN"])
         kernel[_grid(M, N, c["BM"], c["BN"]), threads](*args)
+    elif version == "v5_prefetch_register_tiled":
+        c = dict(V5, **(config or {}))
+        kernel = prefetch_kernel(form, c["BM"], c["BN"], c["BK"], c["TM"], c["TN"])
+        threads = (c["BM"] // c["TM"]) * (c["BN"] // c["TN"])
+        kernel[_grid(M, N, c["BM"], c["BN"]), threads](*args)
     else:
         raise ValueError(f"unknown matmul version {version!r}; choose from {', '.join(VERSIONS)}")
     return out
 
 
-VERSIONS = ("v1_naive", "v2_shared_tiled", "v3_1d_register_tiled", "v4_2d_register_tiled")
+VERSIONS = ("v1_naive", "v2_shared_tiled", "v3_1d_register_tiled", "v4_2d_register_tiled",
+            "v5_prefetch_register_tiled")
 # v4's 128×128 tiles leave most of an H100's 132 SMs idle below ~64 tiles.
 V4_MIN_OUTPUTS = 64 * 128 * 128
 

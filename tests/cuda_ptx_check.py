@@ -39,6 +39,7 @@ def jobs():
         yield f"tiled {form}", cuda_matmul.tiled_kernel(form, cuda_matmul.TILE), mm
         yield f"v3 {form}", cuda_matmul.register_tiled_1d_kernel(form, **cuda_matmul.V3), mm
         yield f"v4 {form}", cuda_matmul.register_tiled_2d_kernel(form, **cuda_matmul.V4), mm
+        yield f"v5 {form}", cuda_matmul.prefetch_kernel(form, **cuda_matmul.V5), mm
     nn, up = cuda_nn, cuda_update
     yield "sigmoid_backward", nn.sigmoid_backward_kernel, (f1, f1, f1)
     yield "relu_backward", nn.relu_backward_kernel, (f1, f1, f1)
