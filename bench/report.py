@@ -101,7 +101,9 @@ def load(result_paths):
 
 
 def machine_label(machine: dict) -> str:
-    return f"{machine.get('hostname')}: {machine.get('cpu_model')}, {machine.get('cores')} cores"
+    label = f"{machine.get('hostname')}: {machine.get('cpu_model')}, {machine.get('cores')} cores"
+    gpu = machine.get("gpu") or {}
+    return label + (f", {gpu['name']}" if gpu.get("name") else "")
 
 
 def default_results(results_dir="results") -> list:
