@@ -10,9 +10,15 @@ import numpy as np
 from models import config_for, get_network
 from models.train import epoch_batches, prepare_inputs, prepare_targets
 
-# Relative to how far each tensor moved from its initial value: float32 rounding
-# differences stay far below this, while a kernel that is wrong by 1 % in any
-# one tensor's gradient exceeds it.
+# Per tensor, the L2 norm of the difference relative to the L2 norm of how far the
+# tensor moved from its initial value. A kernel wrong by 1 % in one tensor's gradient
+# gives ~1e-2 under SGD and momentum; float32 summation-order noise stays near 1e-5.
+# Not the largest element: max-pool is discontinuous, and where a window's two largest
+# inputs differ by less than float32 rounding a different summation order routes that
+# pixel's gradient elsewhere (cnn at batch 256: one window in 262,144 for numba), which
+# moves a few weights by 2 % of their step but the tensor by 0.1 %. Adam normalises
+# each step by the gradient's size, so no whole-network check sees a pure 1 % scale
+# error under Adam: the kernel families and the SGD parity tests catch those.
 TOLERANCE = 2e-3
 
 
@@ -45,13 +51,14 @@ def run_steps(backend, network, config, x, y, steps, seed=0):
     return trainer
 
 
-def max_param_error(got: dict, want: dict, init: dict) -> float:
-    """Largest per-tensor error, relative to that tensor's change from ``init``."""
+def param_error(got: dict, want: dict, init: dict) -> float:
+    """Largest per-tensor relative L2 error, relative to that tensor's change from ``init``."""
     worst = 0.0
     for k in want:
-        moved = float(np.max(np.abs(want[k] - init[k])))
-        floor = 1e-6 * max(1.0, float(np.max(np.abs(want[k]))))
-        worst = max(worst, float(np.max(np.abs(got[k] - want[k]))) / max(moved, floor))
+        moved = float(np.linalg.norm((want[k] - init[k]).ravel().astype(np.float64)))
+        floor = 1e-6 * max(1.0, float(np.linalg.norm(want[k].ravel().astype(np.float64))))
+        diff = float(np.linalg.norm((got[k] - want[k]).ravel().astype(np.float64)))
+        worst = max(worst, diff / max(moved, floor))
     return worst
 
 
@@ -81,11 +88,11 @@ def validate(backend_name, model_name, steps=3, batch_size=None, seed=0, overrid
         if not ok:
             return Validation(backend_name, model_name, False, float("nan"), steps, f"unavailable: {why}")
         got = run_steps(backend, network, config, x, y, steps, seed).params()
-        err = max_param_error(got, reference, network.init_params(seed))
+        err = param_error(got, reference, network.init_params(seed))
         if not np.isfinite(err) or err > tolerance:
             return Validation(backend_name, model_name, False, err, steps,
                               f"parameters differ from numpy after {steps} steps: "
-                              f"max relative error {err:.3g} > {tolerance:g}")
+                              f"relative error {err:.3g} > {tolerance:g}")
         return Validation(backend_name, model_name, True, err, steps)
     except Exception as e:  # any crash is a failed validation, with its error kept
         return Validation(backend_name, model_name, False, float("nan"), steps,

@@ -125,3 +125,20 @@ def test_conv_rejects_mismatched_channels():
     with pytest.raises(ValueError, match="same C"):
         conv.conv2d(np.zeros((1, 2, 5, 5), np.float32), np.zeros((1, 3, 3, 3), np.float32),
                     np.zeros(1, np.float32))
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_conv_weight_gradient_stays_accurate_over_a_full_batch(parallel):
+    # cnn's first layer at batch 256 sums 147,456 products per weight: the float32 sums
+    # must stay as accurate as BLAS's blocked ones (the check_shapes are far smaller).
+    rng = np.random.default_rng(0)
+    x = rng.random((256, 1, 28, 28), dtype=np.float32)
+    w = rng.standard_normal((32, 1, 5, 5)).astype(np.float32)
+    dy = (rng.standard_normal((256, 32, 24, 24)) + 0.5).astype(np.float32)
+    dw, db = np.empty_like(w), np.empty(32, np.float32)
+    conv.conv2d_backward(x, w, dy, dw, db, need_dx=False, parallel=parallel)
+    windows = np.lib.stride_tricks.sliding_window_view(x.astype(np.float64), (24, 24), axis=(2, 3))
+    want_dw = np.einsum("nfij,ncuvij->fcuv", dy.astype(np.float64), windows, optimize=True)
+    want_db = dy.astype(np.float64).sum(axis=(0, 2, 3))
+    assert np.max(np.abs(dw - want_dw)) / np.max(np.abs(want_dw)) < 1e-6
+    assert np.max(np.abs(db - want_db)) / np.max(np.abs(want_db)) < 1e-6

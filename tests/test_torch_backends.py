@@ -13,7 +13,7 @@ from bench.backends import get_backend  # noqa: E402
 from bench.backends.numpy_backend import NumpyOps  # noqa: E402
 from bench.backends.torch_backend import TorchOps  # noqa: E402
 from bench.backends.torch_backend import dropout_keep_mask as torch_keep_mask  # noqa: E402
-from bench.validate import TOLERANCE, max_param_error, run_steps, validate, validation_data  # noqa: E402
+from bench.validate import TOLERANCE, param_error, run_steps, validate, validation_data  # noqa: E402
 from models import config_for, get_network  # noqa: E402
 from models.ops import dropout_keep_mask  # noqa: E402
 from models.train import epoch_batches  # noqa: E402
@@ -226,7 +226,7 @@ def test_momentum_needs_zero_buffers_to_match_the_suites_rule():
     trainer.optimizer.state.clear()
     trainer.set_data(x, y)
     trainer.train_epoch(epoch_batches(96, 32, 0, 0))
-    assert max_param_error(trainer.params(), want, init) > 100 * TOLERANCE
+    assert param_error(trainer.params(), want, init) > 100 * TOLERANCE
 
 
 def test_torch_compile_parity_and_compile_time():
