@@ -163,13 +163,15 @@ def _write_up_batch(model):
 
 
 def representative(cells):
-    """Epoch cells at one setting per (machine, model): the write-up's batch size
-    where numpy measured it (else the most measured one), the most threads numpy
-    ran with there, and that dataset. Invalid and unavailable cells at that
-    setting are kept so that tables can show them."""
+    """Epoch cells at one setting per (machine, model), all from one run so that every
+    ratio in a row was measured side by side: the write-up's batch size where numpy
+    measured it (else the most measured one), the most threads numpy ran with there,
+    that dataset; of the runs that timed numpy there, the one that timed the most
+    backends (the newest on a tie). Invalid and unavailable cells of that run are kept
+    so that tables can show them; a newer run elsewhere does not supersede them here."""
     import pandas as pd
-    epoch = cells[(cells["kind"] == "epoch") & ~cells["superseded"]]
-    base = epoch[(epoch["backend"] == BASELINE) & epoch["usable"]]
+    epoch = cells[cells["kind"] == "epoch"]
+    base = epoch[(epoch["backend"] == BASELINE) & (epoch["status"] == "ok")]
     picks = []
     for (machine, model), group in base.groupby(["machine", "model"]):
         wanted = _write_up_batch(model)
@@ -177,10 +179,18 @@ def representative(cells):
         ranked = group.assign(pref=[(bs == wanted, counts[bs], th)
                                     for bs, th in zip(group["batch_size"], group["threads"])])
         best = max(ranked.to_dict("records"), key=lambda r: r["pref"])
-        picks.append(epoch[(epoch["machine"] == machine) & (epoch["model"] == model) &
-                           (epoch["batch_size"] == best["batch_size"]) &
-                           (epoch["threads"] == best["threads"]) &
-                           (epoch["dataset"] == best["dataset"])])
+        same = epoch[(epoch["machine"] == machine) & (epoch["model"] == model) &
+                     (epoch["batch_size"] == best["batch_size"]) &
+                     (epoch["threads"] == best["threads"]) &
+                     (epoch["dataset"] == best["dataset"])]
+        timed_numpy = set(same[(same["backend"] == BASELINE) & (same["status"] == "ok")]["run_id"])
+        run = max(timed_numpy, key=lambda r: (same[same["run_id"] == r]["backend"].nunique(),
+                                              same[same["run_id"] == r]["run_order"].max()))
+        pick = same[same["run_id"] == run]
+        picks.append(pick.assign(
+            superseded=False, usable=pick["status"] == "ok",
+            flags=[", ".join(f for f in fl.split(", ") if f and f != "superseded")
+                   for fl in pick["flags"]]))
     return pd.concat(picks) if picks else cells.iloc[0:0]
 
 

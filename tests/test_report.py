@@ -141,6 +141,26 @@ def test_newer_run_supersedes_same_coordinates(fixture_runs, tmp_path):
     assert cells["superseded"].sum() == 1
 
 
+def test_headline_row_comes_from_one_run(fixture_runs, tmp_path):
+    """A newer run that re-timed only numpy (twice as fast) must not be divided into the
+    first run's other backends: each row's ratios are measured side by side."""
+    xeon = next(p for p in fixture_runs if "xeon" in p)
+    lines = [json.loads(line) for line in open(xeon)]
+    header = dict(lines[0])
+    numpy_cell = next(c for c in lines[1:] if c.get("kind") == "epoch" and c["backend"] == "numpy"
+                      and c["model"] == "nielsen" and c["batch_size"] == 10 and c["threads"] == 4)
+    faster = dict(numpy_cell, samples_s=[v / 2 for v in numpy_cell["samples_s"]],
+                  median_s=numpy_cell["median_s"] / 2)
+    header.update(run_id="20250201-000000-fixture-xeon-dddddd", started="2025-02-01T00:00:00+00:00")
+    newer = tmp_path / (header["run_id"] + ".jsonl")
+    newer.write_text(json.dumps(header) + "\n" + json.dumps(faster) + "\n")
+    _, cells, _ = report.load(fixture_runs + [str(newer)])
+    rows = report.speedup_table(cells)
+    nielsen = rows[(rows["model"] == "nielsen") & rows["machine"].str.contains("Xeon")].set_index("backend")
+    assert nielsen.loc["numpy", "epoch_s"] == pytest.approx(numpy_cell["median_s"])
+    assert nielsen.loc["numba", "speedup"] == pytest.approx(6.0 / 2.2, rel=0.1)
+
+
 def test_default_results_takes_newest_run_per_machine(fixture_runs):
     results_dir = os.path.dirname(os.path.dirname(fixture_runs[0]))
     assert sorted(report.default_results(results_dir)) == sorted(fixture_runs)
