@@ -204,6 +204,7 @@ def speedup_table(cells):
         b_q1, b_q3 = np.percentile(base["samples_s"], [25, 75])
         for _, c in group.iterrows():
             row = {"machine": machine, "model": model, "batch_size": c["batch_size"],
+                   "train_samples": c.get("train_samples"),
                    "threads": c["threads"], "dataset": c["dataset"], "backend": c["backend"],
                    "status": c["status"], "flags": c["flags"], "epoch_s": None, "speedup": None,
                    "speedup_low": None, "speedup_high": None}
@@ -310,6 +311,10 @@ def _run_text(header):
     return text + (f", run status {status}" if status != "complete" else "")
 
 
+def _batch_text(batch_size):
+    return f"batch {batch_size}" if batch_size else "full batch"
+
+
 def headline(cells, runs):
     """Markdown: epoch time per model x backend with the speed-up over numpy, one
     table per machine, each naming the CPU, the run and the commit."""
@@ -324,9 +329,10 @@ def headline(cells, runs):
         rows = []
         for model, mg in g.groupby("model"):
             synthetic = ", SYNTHETIC data" if mg["dataset"].iloc[0] == "synthetic" else ""
-            batch = mg["batch_size"].iloc[0]
-            batch = f"batch {batch}" if batch else "full batch"
-            row = [f"{model} ({batch}, {mg['threads'].iloc[0]} threads{synthetic})"]
+            batch = _batch_text(mg["batch_size"].iloc[0])
+            samples = mg["train_samples"].dropna()
+            samples = f", {int(samples.iloc[0]):,} samples" if len(samples) else ""
+            row = [f"{model} ({batch}, {mg['threads'].iloc[0]} threads{samples}{synthetic})"]
             for b in backends:
                 c = mg[mg["backend"] == b]
                 if c.empty:
@@ -359,7 +365,7 @@ def _figure(n_rows, n_cols, width=5.0, height=3.6):
 def _colors(cells):
     """One colour per backend, the same in every plot of the report."""
     from matplotlib import colormaps
-    palette = colormaps["tab10"].colors
+    palette = colormaps["tab20"].colors  # tab10 repeats after ten backends
     return {n: palette[i % len(palette)] for i, n in enumerate(sorted(set(cells["backend"])))}
 
 
@@ -426,7 +432,7 @@ def plot_speedup(cells):
         ax.margins(y=0.15)
         ax.set_xlim(-0.5, len(models) - 0.5)
         ax.set_xticks(range(len(models)),
-                      [f"{m}\nbatch {g[g['model'] == m]['batch_size'].iloc[0]}, "
+                      [f"{m}\n{_batch_text(g[g['model'] == m]['batch_size'].iloc[0])}, "
                        f"{g[g['model'] == m]['threads'].iloc[0]} threads" for m in models])
         ax.set_ylabel("speed-up over numpy (x)")
         ax.set_title(machine, fontsize=9)
@@ -485,9 +491,11 @@ def _size(shape):
 
 
 def plot_kernel_gflops(cells, machines):
-    k = cells[(cells["kind"] == "kernel") & cells["usable"] & cells["gflops"].notna()]
+    # float32, the dtype the networks train in; float64 cells are in the tables
+    k = cells[(cells["kind"] == "kernel") & cells["usable"] & cells["gflops"].notna() &
+              (cells["dtype"] == "float32")]
     if k.empty:
-        return None, "no valid kernel cells with GFLOP/s"
+        return None, "no valid float32 kernel cells with GFLOP/s"
     k = k.assign(size=[_size(s) for s in k["shape"]])
     panels = sorted({(m, f) for m, f in zip(k["machine_label"], k["model"])})
     machine_rows = list(dict.fromkeys(m for m, _ in panels))
@@ -511,15 +519,15 @@ def plot_kernel_gflops(cells, machines):
                 ceiling = blas.groupby("size")["gflops"].max()
                 ax.plot(ceiling.index, ceiling.values, color="gray", ls="--", lw=3, alpha=0.6,
                         zorder=0, label="measured BLAS ceiling (best BLAS version)")
-            machine = machines[g["run_id"].iloc[0]]
-            per_core, why = peak_per_core(machine)
+            info = machines[g["run_id"].iloc[0]]
+            per_core, why = peak_per_core(info)
             if per_core is None:
                 ax.text(0.01, 0.99, "theoretical peak omitted: " + why.split(":")[0], fontsize=7,
                         transform=ax.transAxes, va="top", color="firebrick")
             else:
-                cores = machine.get("cores") or 1
+                cores = info.get("cores") or 1
                 for th in sorted(set(g["threads"]), key=str):
-                    peak = peak_gflops(machine, th)
+                    peak = peak_gflops(info, th)
                     ax.axhline(peak, color="firebrick", ls=":", lw=1.2)
                     ax.text(g["size"].min(), peak, f" peak, {min(th or cores, cores)} cores: "
                             f"{peak:.0f} GFLOP/s", fontsize=7, va="bottom", color="firebrick")
@@ -528,7 +536,7 @@ def plot_kernel_gflops(cells, machines):
             _plain_log(ax, "y")
             ax.set_xlabel("size n (geometric mean of the shape; n x n x n matmul)")
             ax.set_ylabel("GFLOP/s (fp32)")
-            ax.set_title(f"{family}\n{machine_label(machine)}", fontsize=8)
+            ax.set_title(f"{family}\n{machine}", fontsize=8)
             ax.legend(fontsize=7, loc="lower right")
     fig.suptitle("Kernel GFLOP/s against size, with BLAS and peak ceilings", fontsize=10)
     return fig, None

@@ -122,7 +122,7 @@ def test_plots_without_data_are_skipped_with_a_reason(fixture_runs, tmp_path):
     assert {"kernel_gflops", "time_to_accuracy", "thread_scaling"} <= set(result["skipped"])
     assert "speedup" in result["plots"]
     with open(result["html"], encoding="utf-8") as f:
-        assert "skipped: no valid kernel cells" in f.read()
+        assert "skipped: no valid float32 kernel cells" in f.read()
 
 
 def test_newer_run_supersedes_same_coordinates(fixture_runs, tmp_path):
