@@ -135,8 +135,10 @@ def _children(pid):
 
 
 def _sweep_args(tmp_path, tiny_data):
+    # Long enough (tens of seconds uninterrupted) that the signal always lands mid-sweep:
+    # at 5 repeats the whole sweep once finished in 3 s, before a loaded CI's signal.
     return ["run", "--models", "nielsen,mlp", "--backends", "numpy,numpy-loop",
-            "--batch-sizes", "10,20,30", "--repeats", "5", "--data-dir", tiny_data,
+            "--batch-sizes", "10,20,30", "--repeats", "40", "--data-dir", tiny_data,
             "--results-dir", str(tmp_path / "results")]
 
 
