@@ -204,10 +204,49 @@ def register_tiled_1d_kernel(form, BM, BN, BK, TM):
 
 
 @functools.lru_cache(maxsize=None)
+def register_tile_ops(BM, BN, BK, TM, TN):
+    """Device functions v4 and v5 share. The thread owns rows trow + RS·t and
+    columns tcol + CS·u of the block tile: the strided layout makes a warp's
+    shared reads conflict-free and its C stores coalesced."""
+    RS, CS = BM // TM, BN // TN
+
+    @cuda.jit(device=True, inline=True)
+    def slab_products(sA, sB, acc, reg_a, reg_b, trow, tcol):
+        # acc += the thread's outer products over one BK-deep slab sA[k, row], sB[k, col]
+        for kk in range(BK):
+            for t in range(TM):
+                reg_a[t] = sA[kk, trow + RS * t]
+            for u in range(TN):
+                reg_b[u] = sB[kk, tcol + CS * u]
+            for t in range(TM):
+                for u in range(TN):
+                    acc[t, u] += reg_a[t] * reg_b[u]
+
+    @cuda.jit(device=True, inline=True)
+    def store_tile(C, acc, bias, act, m0, n0, trow, tcol, M, N):
+        # Two passes: the store loop must stay small enough for NVVM to unroll
+        # it fully, else acc is indexed dynamically and demoted from registers
+        # to local memory (seen in the PTX).
+        for t in range(TM):
+            for u in range(TN):
+                i, j = m0 + trow + RS * t, n0 + tcol + CS * u
+                if i < M and j < N:
+                    C[i, j] = acc[t, u]
+        if act >= 0:
+            for t in range(TM):
+                for u in range(TN):
+                    i, j = m0 + trow + RS * t, n0 + tcol + CS * u
+                    if i < M and j < N:
+                        C[i, j] = epilogue(C[i, j], bias, j, act)
+    return slab_products, store_tile
+
+
+@functools.lru_cache(maxsize=None)
 def register_tiled_2d_kernel(form, BM, BN, BK, TM, TN):
     RS, CS = BM // TM, BN // TN   # thread grid inside the block tile
     NT = RS * CS
     stage_tiles = tile_stager(form, BM, BN, BK, NT)
+    slab_products, store_tile = register_tile_ops(BM, BN, BK, TM, TN)
 
     @cuda.jit
     def matmul_2d_register_tiled(A, B, C, bias, act, M, N, K):
@@ -217,8 +256,6 @@ def register_tiled_2d_kernel(form, BM, BN, BK, TM, TN):
         reg_a = cuda.local.array(TM, float32)
         reg_b = cuda.local.array(TN, float32)
         tid = cuda.threadIdx.x & 1023   # proves tid >= 0: see v5
-        # Each thread owns rows trow + RS·t and columns tcol + CS·u: the strided
-        # layout makes a warp's shared reads conflict-free and its C stores coalesced.
         tcol, trow = tid % CS, tid // CS
         tiles_k = (K + BK - 1) // BK
         for tm in range(cuda.blockIdx.y, (M + BM - 1) // BM, cuda.gridDim.y):
@@ -230,29 +267,9 @@ def register_tiled_2d_kernel(form, BM, BN, BK, TM, TN):
                 for kt in range(tiles_k):
                     stage_tiles(A, B, sA, sB, tid, m0, n0, kt * BK, M, N, K)
                     cuda.syncthreads()
-                    for kk in range(BK):
-                        for t in range(TM):
-                            reg_a[t] = sA[kk, trow + RS * t]
-                        for u in range(TN):
-                            reg_b[u] = sB[kk, tcol + CS * u]
-                        for t in range(TM):
-                            for u in range(TN):
-                                acc[t, u] += reg_a[t] * reg_b[u]
+                    slab_products(sA, sB, acc, reg_a, reg_b, trow, tcol)
                     cuda.syncthreads()
-                # Two passes: the store loop must stay small enough for NVVM to
-                # unroll it fully, else acc is indexed dynamically and demoted
-                # from registers to local memory (seen in the PTX).
-                for t in range(TM):
-                    for u in range(TN):
-                        i, j = m0 + trow + RS * t, n0 + tcol + CS * u
-                        if i < M and j < N:
-                            C[i, j] = acc[t, u]
-                if act >= 0:
-                    for t in range(TM):
-                        for u in range(TN):
-                            i, j = m0 + trow + RS * t, n0 + tcol + CS * u
-                            if i < M and j < N:
-                                C[i, j] = epilogue(C[i, j], bias, j, act)
+                store_tile(C, acc, bias, act, m0, n0, trow, tcol, M, N)
     return matmul_2d_register_tiled
 
 
@@ -267,6 +284,7 @@ def prefetch_kernel(form, BM, BN, BK, TM, TN):
     RS, CS = BM // TM, BN // TN
     NT = RS * CS
     LA, LB = BM * BK // NT, BN * BK // NT   # elements each thread stages per slab
+    slab_products, store_tile = register_tile_ops(BM, BN, BK, TM, TN)
     # A slab stored down a column of sA when A is row-major: pad so the BK
     # threads writing one row fall in different banks.
     PA = BM + (0 if a_t else 4)
@@ -320,14 +338,7 @@ def prefetch_kernel(form, BM, BN, BK, TM, TN):
                             pb[l] = load_b(B, k, j) if k < K and j < N else float32(0.0)
                     if kt > 0:
                         cur = (kt - 1) & 1
-                        for kk in range(BK):
-                            for t in range(TM):
-                                reg_a[t] = sA[cur, kk, trow + RS * t]
-                            for u in range(TN):
-                                reg_b[u] = sB[cur, kk, tcol + CS * u]
-                            for t in range(TM):
-                                for u in range(TN):
-                                    acc[t, u] += reg_a[t] * reg_b[u]
+                        slab_products(sA[cur], sB[cur], acc, reg_a, reg_b, trow, tcol)
                     if kt < tiles_k:
                         nxt = kt & 1
                         for l in range(LA):
@@ -338,17 +349,7 @@ def prefetch_kernel(form, BM, BN, BK, TM, TN):
                             sB[nxt, kk, c] = pb[l]
                     # Slab kt is staged and nobody reads slab kt-2's buffer any more.
                     cuda.syncthreads()
-                for t in range(TM):
-                    for u in range(TN):
-                        i, j = m0 + trow + RS * t, n0 + tcol + CS * u
-                        if i < M and j < N:
-                            C[i, j] = acc[t, u]
-                if act >= 0:
-                    for t in range(TM):
-                        for u in range(TN):
-                            i, j = m0 + trow + RS * t, n0 + tcol + CS * u
-                            if i < M and j < N:
-                                C[i, j] = epilogue(C[i, j], bias, j, act)
+                store_tile(C, acc, bias, act, m0, n0, trow, tcol, M, N)
     return matmul_prefetch
 
 
