@@ -92,12 +92,18 @@ def load(result_paths):
         newest[key] = max(newest.get(key, -1), run_order)
     cells["superseded"] = [ro < newest[k] for k, ro in zip(keys, cells["run_order"])]
     cells["usable"] = (cells["status"] == "ok") & ~cells["superseded"]
-    cells["flags"] = [", ".join(f for f, on in (("INVALID", s == "invalid"), ("ERROR", s == "error"),
-                                                 ("unavailable", s == "unavailable"), ("noisy", n),
-                                                 ("synthetic data", syn), ("superseded", sup)) if on)
-                      for s, n, syn, sup in zip(cells["status"], cells["noisy"], cells["synthetic"],
-                                                cells["superseded"])]
+    cells["flags"] = _flags(cells)
     return runs, cells, machines
+
+
+def _flags(cells):
+    """Each cell's marks for tables, from its status and the noisy / synthetic /
+    superseded columns."""
+    return [", ".join(f for f, on in (("INVALID", s == "invalid"), ("ERROR", s == "error"),
+                                      ("unavailable", s == "unavailable"), ("noisy", n),
+                                      ("synthetic data", syn), ("superseded", sup)) if on)
+            for s, n, syn, sup in zip(cells["status"], cells["noisy"], cells["synthetic"],
+                                      cells["superseded"])]
 
 
 def machine_label(machine: dict) -> str:
@@ -186,11 +192,8 @@ def representative(cells):
         timed_numpy = set(same[(same["backend"] == BASELINE) & (same["status"] == "ok")]["run_id"])
         run = max(timed_numpy, key=lambda r: (same[same["run_id"] == r]["backend"].nunique(),
                                               same[same["run_id"] == r]["run_order"].max()))
-        pick = same[same["run_id"] == run]
-        picks.append(pick.assign(
-            superseded=False, usable=pick["status"] == "ok",
-            flags=[", ".join(f for f in fl.split(", ") if f and f != "superseded")
-                   for fl in pick["flags"]]))
+        pick = same[same["run_id"] == run].assign(superseded=False)
+        picks.append(pick.assign(usable=pick["status"] == "ok", flags=_flags(pick)))
     return pd.concat(picks) if picks else cells.iloc[0:0]
 
 
