@@ -136,7 +136,7 @@ def _children(pid):
 
 def _sweep_args(tmp_path, tiny_data):
     return ["run", "--models", "nielsen,mlp", "--backends", "numpy,numpy-loop",
-            "--batch-sizes", "10,20,30", "--repeats", "20", "--data-dir", tiny_data,
+            "--batch-sizes", "10,20,30", "--repeats", "5", "--data-dir", tiny_data,
             "--results-dir", str(tmp_path / "results")]
 
 
