@@ -7,14 +7,15 @@ import sys
 
 # subcommand -> (module, one-line help)
 COMMANDS = {
-    "list": ("bench.cli", "models and backends, and whether each is available here"),
-    "data": ("bench.cli", "inspect, verify or download a dataset"),
-    "run": ("bench.harness", "sweep models x backends x batch sizes x threads; validated timings"),
-    "kernels": ("bench.kernel_sweep", "kernel-level sweep: matmul, update, conv across backends"),
-    "import": ("bench.store", "bring a pytest-benchmark --benchmark-json file into the results store"),
-    "report": ("bench.report", "aggregate results into HTML/Markdown tables and plots"),
-    "compare": ("bench.compare", "two runs side by side with a regression verdict"),
-    "profile": ("bench.profile", "one training epoch under py-spy: flamegraph and time breakdown"),
+    "list": (".cli", "models and backends, and whether each is available here"),
+    "data": (".cli", "inspect, verify or download a dataset"),
+    "run": (".harness", "sweep models x backends x batch sizes x threads; validated timings"),
+    "kernels": (".kernel_sweep", "kernel-level sweep: matmul, update, conv across backends"),
+    "gpu": (".gpu", "the GPU measurements (CUDA kernels vs cuBLAS, GPU epochs) as store cells"),
+    "import": (".importers", "bring a pytest-benchmark or GPU-script JSON file into the results store"),
+    "report": (".report", "aggregate results into HTML/Markdown tables and plots"),
+    "compare": (".compare", "two runs side by side with a regression verdict"),
+    "profile": (".profile", "one training epoch under py-spy: flamegraph and time breakdown"),
 }
 
 
@@ -50,7 +51,7 @@ def main(args=None):
     for name, (module_name, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         try:
-            modules[name] = importlib.import_module(module_name)
+            modules[name] = importlib.import_module(module_name, __package__)
         except ImportError as e:
             modules[name] = None
             p.set_defaults(_missing=f"'{name}' cannot load ({e})")
@@ -63,7 +64,7 @@ def main(args=None):
     if getattr(args, "_missing", None):
         print(f"mnist-bench: error: {args._missing}", file=sys.stderr)
         return 2
-    from bench.data import DataError
+    from .data import DataError
     try:
         return modules[args.command].main(args) or 0
     except (UserError, DataError, ValueError, FileNotFoundError) as e:
@@ -77,8 +78,8 @@ def main(args=None):
 def cmd_list(args):
     import json
 
-    from bench.backends import backend_names, get_backend
-    from models import NETWORKS
+    from .backends import backend_names, get_backend
+    from ..models import NETWORKS
     rows = []
     for bname in backend_names():
         backend = get_backend(bname)
@@ -113,7 +114,7 @@ def cmd_list(args):
 
 
 def cmd_data(args):
-    from bench import data
+    from . import data
     if args.action == "download":
         name = args.dataset if args.dataset in ("mnist", "fashion-mnist") else "mnist"
         data.download(name, f"{data.cache_dir()}/{name}")
@@ -137,5 +138,5 @@ import numpy as np  # noqa: E402  (used by cmd_data; kept out of the import-time
 
 if __name__ == "__main__":
     # Re-import so subcommands raise the same UserError class this main catches.
-    from bench.cli import main as package_main
+    from .cli import main as package_main
     sys.exit(package_main())

@@ -1,21 +1,33 @@
-"""`mnist-bench compare A B`: two runs side by side, with a regression verdict only
-beyond the noise.
+"""`mnist-bench compare A B`: two runs side by side, each matched cell with a
+verdict and its reason.
 
-Cells are matched on their coordinates (MATCH_KEY). A matched pair of valid
-cells is a regression when B is slower by at least ``--threshold`` (ratio of
-medians B/A) *and* a one-sided Mann-Whitney U test on the stored samples says
-B's times are larger (p < ``--alpha``). Either condition alone is noise: a big
-ratio from two or three scattered samples, or a tiny but consistent shift.
-Cells that are not valid on both sides (invalid, error, unavailable) are listed
-with their status and never compared as timings; a cell valid in A but invalid
-or crashing in B is a correctness regression and fails the comparison too.
+Cells are matched on their coordinates (MATCH_KEY). For a matched pair of valid
+cells, B/A is the Hodges-Lehmann estimate of the ratio of their times (the
+median of every pairwise log-ratio) with its 1 - alpha interval from the
+Mann-Whitney U distribution, and a one-sided Mann-Whitney test gives p:
 
-Exit status: 0 when nothing regressed, 1 on a regression (for CI), 2 on bad input.
+- slower: B/A >= --threshold and p < --alpha (a regression);
+- faster: B/A <= 1/--threshold and p < --alpha;
+- same:   the whole interval lies within [1/threshold, threshold];
+- too noisy: none of these -- the interval reaches past the threshold without
+  the test deciding (the reason says by how much), or the sample counts are
+  too small for any interval at alpha.
+
+Either condition alone of "slower" is noise: a big ratio from two or three
+scattered samples, or a tiny but consistent shift. Cells not valid on both
+sides (invalid, error, unavailable) are listed with their status and never
+compared as timings; a cell valid in A but invalid or crashing in B is a
+correctness regression ("broken").
+
+Exit status: 0 when nothing regressed, 1 on a regression or breakage (for CI),
+2 on bad input.
 """
 import math
 import os
 
 import numpy as np
+
+from .stats import _u_null_counts, shift
 
 MATCH_KEY = ("kind", "model", "backend", "batch_size", "threads", "dataset", "shape", "dtype")
 # Exact U distribution below this many samples in all (without ties); beyond it
@@ -38,27 +50,6 @@ def _rank_average(values):
         ranks[order[i:j + 1]] = (i + j) / 2 + 1
         i = j + 1
     return ranks, sorted_vals
-
-
-def _u_null_counts(n1, n2):
-    """How many of the C(n1+n2, n1) orderings give each U = 0 .. n1*n2 (no ties).
-
-    counts(m, n) = counts(m-1, n) shifted by n  +  counts(m, n-1): the largest
-    observation is either one of the m (it beats all n) or one of the n.
-    """
-    table = {}
-    for m in range(n1 + 1):
-        for n in range(n2 + 1):
-            if m == 0 or n == 0:
-                table[m, n] = np.ones(1)
-                continue
-            c = np.zeros(m * n + 1)
-            a = table[m - 1, n]
-            c[n:n + len(a)] += a
-            b = table[m, n - 1]
-            c[:len(b)] += b
-            table[m, n] = c
-    return table[n1, n2]
 
 
 def mann_whitney_greater(x, y) -> float:
@@ -128,7 +119,7 @@ def _key_value(v):
 
 def load_run(path):
     """(run header, {match key: cell row}) of one run file."""
-    from bench.store import read_results
+    from .store import read_results
     runs, cells = read_results([path])
     if len(runs) != 1:
         raise ValueError(f"{path}: holds {len(runs)} runs; compare takes one run per side")
@@ -152,8 +143,8 @@ def compare_cells(a, b, threshold=1.10, alpha=0.01) -> dict:
     """Verdict for one matched pair of cells (either may be None: only in one run)."""
     out = {"a_status": a["status"] if a is not None else "absent",
            "b_status": b["status"] if b is not None else "absent",
-           "a_median_s": None, "b_median_s": None, "ratio": None, "p_slower": None,
-           "p_faster": None, "verdict": "", "note": ""}
+           "a_median_s": None, "b_median_s": None, "ratio": None, "ratio_low": None,
+           "ratio_high": None, "p_slower": None, "p_faster": None, "verdict": "", "note": ""}
     if a is None or b is None:
         out["verdict"] = "only in A" if b is None else "only in B"
         return out
@@ -172,24 +163,28 @@ def compare_cells(a, b, threshold=1.10, alpha=0.01) -> dict:
         out["note"] = "no timing samples stored"
         return out
     out["a_median_s"], out["b_median_s"] = float(np.median(sa)), float(np.median(sb))
-    ratio = out["b_median_s"] / out["a_median_s"] if out["a_median_s"] > 0 else math.inf
-    out["ratio"] = ratio
+    est, low, high, resolvable = shift(sb, sa, alpha)
+    ratio, r_low, r_high = math.exp(est), math.exp(low), math.exp(high)
+    out.update(ratio=ratio, ratio_low=r_low, ratio_high=r_high)
     out["p_slower"] = mann_whitney_greater(sb, sa)
     out["p_faster"] = mann_whitney_greater(sa, sb)
-    # The smallest p-value the exact test can reach with these sample counts.
-    floor = 1 / math.comb(len(sa) + len(sb), len(sa))
-    if ratio >= threshold and out["p_slower"] < alpha:
-        out["verdict"] = "regression"
-    elif ratio <= 1 / threshold and out["p_faster"] < alpha:
-        out["verdict"] = "improvement"
-    elif floor >= alpha and (ratio >= threshold or ratio <= 1 / threshold):
-        out["verdict"] = "untested"
+    interval = f"B/A {ratio:.3f} ({100 * (1 - alpha):g} % interval {r_low:.3f}-{r_high:.3f})"
+    if not resolvable:
+        out["verdict"] = "too noisy"
         out["note"] = (f"{len(sa)} vs {len(sb)} samples cannot reach p < {alpha:g} "
-                       f"(smallest possible p {floor:.3g})")
-    else:
+                       f"(smallest possible p {1 / math.comb(len(sa) + len(sb), len(sa)):.3g})")
+    elif ratio >= threshold and out["p_slower"] < alpha:
+        out["verdict"] = "slower"
+        out["note"] = f"{interval}, p {out['p_slower']:.2g}"
+    elif ratio <= 1 / threshold and out["p_faster"] < alpha:
+        out["verdict"] = "faster"
+        out["note"] = f"{interval}, p {out['p_faster']:.2g}"
+    elif r_low >= 1 / threshold and r_high <= threshold:
         out["verdict"] = "same"
-        if ratio >= threshold or ratio <= 1 / threshold:
-            out["note"] = "beyond the threshold but within the noise"
+        out["note"] = interval
+    else:
+        out["verdict"] = "too noisy"
+        out["note"] = f"{interval} reaches past ±{100 * (threshold - 1):.0f} % without p < {alpha:g}"
     return out
 
 
@@ -267,8 +262,9 @@ def main(args):
     for r in rows:
         counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
     print("\n" + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())) +
-          f" (regression: B/A >= {args.threshold:g} and one-sided Mann-Whitney p < {args.alpha:g})")
-    failed = counts.get("regression", 0) + counts.get("broken", 0)
+          f" (slower: B/A >= {args.threshold:g} and one-sided Mann-Whitney p < {args.alpha:g}; "
+          f"same: the {100 * (1 - args.alpha):g} % interval of B/A within ±{100 * (args.threshold - 1):.0f} %)")
+    failed = counts.get("slower", 0) + counts.get("broken", 0)
     if failed:
         print(f"FAIL: {failed} cells regressed")
         return 1

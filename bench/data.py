@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..models.cache import cache_root
+
 IDX_IMAGES_MAGIC = 0x00000803
 IDX_LABELS_MAGIC = 0x00000801
 FILES = {
@@ -49,8 +51,7 @@ class DataError(Exception):
 
 
 def cache_dir() -> str:
-    return os.environ.get("MNIST_BENCH_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mnist-numba-bench")
+    return cache_root()
 
 
 # -- IDX files ---------------------------------------------------------------

@@ -1,44 +1,62 @@
-"""`mnist-bench kernels`: the kernel-level sweep. Every module of the ``kernels``
-package that defines ``FAMILIES`` (a list of kernels.family.KernelFamily, each
-with ``sweep_shapes`` and ``dtypes``) is swept: every version on every shape and
-dtype, validated against the family's reference before anything of that version
-is timed. A version wrong on any shape is stored invalid on all of them and
-never timed. Each thread count runs in its own worker process (see
-bench.harness), so Numba, BLAS and torch pools start with that many threads.
+"""`mnist-bench kernels`: the kernel-level sweep.
+
+Every module of the kernels package that defines ``FAMILIES`` (a list of
+kernels.family.KernelFamily) is found by itself, plus the modules named in
+MNIST_BENCH_PLUGINS. Each version runs in a worker of its own library (numba,
+numpy, torch, cuda) at the sweep's thread count, so no two libraries' thread
+pools share a process. The sweep goes one group at a time -- one family, shape,
+dtype and thread count -- and interleaves that group's versions in rounds
+(bench/supervise.py), so the ratios between versions are paired.
+
+In its worker each version is first checked against the family's float64
+reference on the family's odd check shapes (1, 7, 33, 257 ...) and on the timed
+shape, every output on its own; a version wrong on any of them is stored
+invalid, never timed.
 """
 import importlib
+import importlib.util
 import os
 import pkgutil
 import sys
 import time
 
+from .backends import plugin_modules
+
+PACKAGE = __package__.rpartition(".")[0]
+
 
 def add_arguments(parser):
     parser.add_argument("--families", default=None,
-                        help="comma-separated kernel families (default: all; see kernels/)")
+                        help="comma-separated kernel families (default: all CPU families)")
     parser.add_argument("--versions", default=None,
                         help="comma-separated version names (default: every version)")
     parser.add_argument("--sizes", default=None,
                         help="keep only shapes whose largest dimension is one of these "
                              "(comma-separated integers)")
+    parser.add_argument("--shapes", default=None,
+                        help="time these shapes instead of the families' own, e.g. 1024x1024x1024")
+    parser.add_argument("--dtypes", default=None, help="comma-separated (default: each family's)")
     parser.add_argument("--threads", default=None,
                         help=f"comma-separated thread counts (default: {os.cpu_count()})")
-    parser.add_argument("--repeats", type=int, default=10, help="timed samples per cell")
+    parser.add_argument("--repeats", type=int, default=10,
+                        help="rounds: timed samples per cell, one per round (default 10)")
     parser.add_argument("--results-dir", default="results", help="results store (default results/)")
 
 
-def discover_families(package="kernels") -> dict:
-    """name -> KernelFamily over every module of ``package`` that has FAMILIES."""
+def discover_families(package=f"{PACKAGE}.kernels") -> dict:
+    """name -> KernelFamily over every module of ``package`` that has FAMILIES, and
+    the plugin modules."""
     pkg = importlib.import_module(package)
-    families = {}
+    modules = []
     for info in pkgutil.iter_modules(pkg.__path__):
         if info.name.startswith("_") or info.name == "family":
             continue
         try:
-            module = importlib.import_module(f"{package}.{info.name}")
+            modules.append(importlib.import_module(f"{package}.{info.name}"))
         except ImportError as e:  # e.g. a GPU module on a machine without its library
             print(f"kernels: skipping {package}.{info.name}: {e}", file=sys.stderr)
-            continue
+    families = {}
+    for module in modules + plugin_modules():
         for family in getattr(module, "FAMILIES", ()):
             if family.name in families:
                 raise ValueError(f"kernel family {family.name!r} is defined twice "
@@ -47,14 +65,23 @@ def discover_families(package="kernels") -> dict:
     return families
 
 
-def select(families: dict, names, versions, sizes) -> list:
-    """[(family, versions, shapes)] to sweep; unknown names raise ValueError."""
+def parse_shape(text):
+    try:
+        return tuple(int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--shapes: {text!r} is not like 1024x1024x1024") from None
+
+
+def select(families: dict, names, versions, sizes, shapes=None, dtypes=None, default_device="cpu"):
+    """[(family, versions, shapes, dtypes)] to sweep; unknown names raise ValueError."""
     if names:
         unknown = [n for n in names if n not in families]
         if unknown:
             raise ValueError(f"unknown kernel family {unknown[0]!r}; choose from "
                              f"{', '.join(families) or '(none found in kernels/)'}")
-    chosen = [families[n] for n in (names or families)]
+        chosen = [families[n] for n in names]
+    else:
+        chosen = [f for f in families.values() if f.device == default_device]
     if versions:
         known = {v for f in chosen for v in f.versions}
         unknown = [v for v in versions if v not in known]
@@ -64,138 +91,202 @@ def select(families: dict, names, versions, sizes) -> list:
     out = []
     for f in chosen:
         vs = [v for v in f.versions if not versions or v in versions]
-        shapes = [tuple(s) for s in f.sweep_shapes if not sizes or max(s) in sizes]
-        if vs and shapes:
-            out.append((f, vs, shapes))
+        if shapes:
+            wrong = [s for s in shapes if len(s) != len(f.sweep_shapes[0])]
+            if wrong:
+                raise ValueError(f"--shapes: {f.name} takes {len(f.sweep_shapes[0])} dimensions "
+                                 f"(like {'x'.join(map(str, f.sweep_shapes[0]))}), got "
+                                 f"{'x'.join(map(str, wrong[0]))}")
+        fs = list(shapes) if shapes else [s for s in f.sweep_shapes if not sizes or max(s) in sizes]
+        ds = [d for d in (dtypes or f.dtypes)]
+        bad = [d for d in ds if d not in ("float32", "float64")]
+        if bad:
+            raise ValueError(f"--dtypes: {bad[0]!r} is not float32 or float64")
+        if vs and fs and ds:
+            out.append((f, vs, fs, ds))
     if not out:
         raise ValueError("no kernel version and shape matches --families/--versions/--sizes")
     return out
 
 
-def sweep_family(family, versions, shapes, threads, repeats):
-    """Yield one cell per (version, dtype, shape): validated on every shape first."""
-    from bench.machine import thread_settings
-    from bench.stats import summarize
-    base = {"kind": "kernel", "model": family.name, "threads": threads}
-    ok, why = family.available()
-    for version in versions:
-        for dtype in family.dtypes:
-            coords = [dict(base, backend=version, dtype=dtype, shape=list(s)) for s in shapes]
-            if not ok:
-                yield from (c | {"status": "unavailable", "error": why} for c in coords)
-                continue
-            skip = getattr(family, "skip_timing", lambda v, s: False)
-            skipped = [c for c, s in zip(coords, shapes) if skip(version, s)]
-            yield from (c | {"status": "unavailable",
-                             "error": "not timed at this size: minutes per call (family.skip_timing)"}
-                        for c in skipped)
-            coords = [c for c in coords if c not in skipped]
-            timed = [tuple(c["shape"]) for c in coords]
-            if not timed:
-                continue
-            cold_s = first_call_seconds(family, version, timed[0], dtype)
-            # Every timed shape, plus the family's odd-sized check shapes (1, 7, 33...)
-            # that catch edge-handling bugs the round sweep sizes hide.
-            checks = [family.check(version, s, dtype)
-                      for s in [*timed, *map(tuple, getattr(family, "check_shapes", ()))]]
-            bad = next((c for c in checks if not c.ok), None)
-            validation = {"ok": bad is None, "shapes": len(checks),
-                          "max_error": max((c.max_error for c in checks
-                                            if c.max_error == c.max_error), default=None)}  # NaN: crashed
-            if bad is not None:
-                error = f"wrong on shape {list(bad.shape)}: {bad.error}"
-                yield from (c | {"status": "invalid", "error": error, "validation": validation}
-                            for c in coords)
-                continue
-            for cell, shape in zip(coords, timed):
-                try:
-                    t = family.time(version, shape, dtype, repeats)
-                except Exception as e:  # a crash while timing is stored; the sweep goes on
-                    yield cell | {"status": "error", "error": f"{type(e).__name__}: {e}",
-                                  "validation": validation}
-                    continue
-                cell |= summarize(t.samples_s)
-                yield cell | {
-                    "status": "ok", "validation": validation, "samples_s": list(t.samples_s),
-                    "compile": {"cold_s": cold_s, "measured_on": list(timed[0])},
-                    "flops": t.flops or None, "bytes": t.bytes or None,
-                    "gflops": t.flops / cell["median_s"] / 1e9 if t.flops else None,
-                    "gbytes_per_s": t.bytes / cell["median_s"] / 1e9 if t.bytes else None,
-                    "env": thread_settings()}
+def cells_of(plan, threads) -> list:
+    """Groups of cells: one group per family x dtype x shape x thread count."""
+    groups = []
+    for family, versions, shapes, dtypes in plan:
+        for dtype in dtypes:
+            for shape in shapes:
+                for n in threads:
+                    group = len(groups)
+                    groups.append([{"kind": "kernel", "model": family.name, "backend": v,
+                                    "library": family.versions[v].library,
+                                    "device": family.device, "shape": list(shape),
+                                    "dtype": dtype, "threads": n, "group": group}
+                                   for v in versions])
+    i = 0
+    for group in groups:
+        for cell in group:
+            cell["id"], i = i, i + 1
+    return groups
 
 
-def first_call_seconds(family, version, shape, dtype):
-    """The first call of a version in this process: JIT compilation included. Not a
-    result, only the compile cost; a crash here is left to validation to record."""
-    import numpy as np
+# -- the worker side -----------------------------------------------------------------
+
+_families = None
+_validated = {}
+
+
+def families():
+    global _families
+    if _families is None:
+        _families = discover_families()
+    return _families
+
+
+def library_missing(library):
+    if library in ("torch", "jax") and importlib.util.find_spec(library) is None:
+        return f"{library} is not installed"
+    return None
+
+
+class KernelUnit:
+    """One version of a family on one shape and dtype, in its library's worker."""
+
+    def __init__(self, cell):
+        self.cell = cell
+        self.family = families()[cell["model"]]
+        self.version = self.family.versions[cell["backend"]]
+        self.shape, self.dtype = tuple(cell["shape"]), cell["dtype"]
+
+    def setup(self) -> dict:
+        from .measure import CpuTimer, CudaTimer, thread_mismatches, thread_pools
+        fam, v = self.family, self.version
+        ok, why = fam.available()
+        why = None if ok else why
+        why = why or library_missing(v.library)
+        if why:
+            return {"status": "unavailable", "error": why}
+        if fam.skip_timing(v.name, self.shape):
+            return {"status": "unavailable",
+                    "error": "not timed at this size: minutes per call (the family's skip_timing)"}
+        self._configure_threads(v.library, self.cell["threads"])
+        out = {}
+        key = (fam.name, v.name, self.dtype)
+        first = key not in _validated
+        inputs = fam.inputs(self.shape, self.dtype)
+        if first:  # the version's first call in this process: JIT compilation or cache load
+            t0 = time.perf_counter()
+            try:
+                fam.call(v.name, tuple(a.copy() if hasattr(a, "copy") else a for a in inputs))
+                out["compile"] = {"first_call_s": time.perf_counter() - t0,
+                                  "measured_on": list(self.shape)}
+            except Exception:
+                pass  # left for the check to record
+            _validated[key] = [fam.check(v.name, s, self.dtype) for s in fam.check_shapes]
+        checks = _validated[key] + [fam.check(v.name, self.shape, self.dtype)]
+        bad = next((c for c in checks if not c.ok), None)
+        finite = [c.max_error for c in checks if c.max_error == c.max_error]
+        out["validation"] = {"ok": bad is None, "shapes": len(checks),
+                             "max_error": max(finite, default=None)}
+        if bad is not None:
+            return out | {"status": "invalid",
+                          "error": f"wrong on shape {list(bad.shape)}: {bad.error}"}
+        self.inputs = fam.to_device(inputs)
+        self.timer = CudaTimer() if fam.device == "cuda" else CpuTimer()
+        self.loops = self.timer.calibrate(self.call)
+        pools = thread_pools()
+        out["env"] = pools
+        wrong = thread_mismatches(pools, self.cell["threads"])
+        if wrong:
+            return out | {"status": "error", "error": f"thread pools differ from the cell's "
+                                                      f"{self.cell['threads']} threads: {'; '.join(wrong)}"}
+        itemsize = 8 if self.dtype == "float64" else 4
+        out.update(loops=self.loops, flops=float(fam.flops(self.shape)) or None,
+                   bytes=float(fam.nbytes(self.shape, itemsize)) or None,
+                   timer=self.timer.name)
+        return out | {"status": "ready"}
+
+    @staticmethod
+    def _configure_threads(library, n):
+        if library == "numba":
+            import numba
+            numba.set_num_threads(n)
+        elif library == "torch":
+            import torch
+            torch.set_num_threads(n)
+
+    def call(self):
+        self.version.fn(*self.inputs)
+
+    def sample(self, index) -> dict:
+        return {"seconds": self.timer(self.call, self.loops)}
+
+    def finish(self) -> dict:
+        return {}
+
+
+def finalize(cell):
+    from .stats import NOISY_STEAL
+    if cell.get("median_s"):
+        if cell.get("flops"):
+            cell["gflops"] = cell["flops"] / cell["median_s"] / 1e9
+        if cell.get("bytes"):
+            cell["gbytes_per_s"] = cell["bytes"] / cell["median_s"] / 1e9
+    steal = (cell.get("noise") or {}).get("steal_max")
+    if steal is not None and steal > NOISY_STEAL:
+        cell["noisy"] = True
+        cell["noisy_reason"] = f"up to {steal:.0%} of the CPU stolen by the hypervisor in a sample"
+
+
+# -- the command ---------------------------------------------------------------------
+
+def worker_key(cell):
+    return cell["library"], cell["threads"], cell["device"]
+
+
+def run_groups(groups, settings, results_dir, repeats):
+    """Run kernel groups through the supervisor into one new results file."""
+    from .store import RunWriter, default_header
+    from .supervise import Progress, Supervisor, thread_env
+    writer = RunWriter(results_dir, default_header(settings))
+    total = sum(len(g) for g in groups)
+    print(f"run {writer.run_id}: {total} kernel cells in {len(groups)} groups, {repeats} rounds "
+          f"-> {writer.path}", file=sys.stderr)
+    supervisor = Supervisor(worker_key, lambda key: thread_env(key[1]), writer.put, finalize,
+                            repeats, seed=int(writer.run_id[-6:], 16))
+    writer.header["settings"]["round_order_seed"] = supervisor.seed
     try:
-        inputs = family.make_inputs(shape, np.dtype(dtype), np.random.default_rng(0))
-        t0 = time.perf_counter()
-        family.versions[version](*inputs)
-        family.synchronize()
-    except Exception:
-        return None
-    return time.perf_counter() - t0
-
-
-def _csv(text):
-    return [s.strip() for s in text.split(",") if s.strip()] if text else None
-
-
-def main(args):
-    from bench.harness import Progress, _ints, run_worker
-    from bench.store import RunWriter, default_header
-    if args.repeats < 1:
-        raise ValueError("--repeats must be at least 1")
-    names, versions = _csv(args.families), _csv(args.versions)
-    sizes = _ints(args.sizes, "sizes", 1) if args.sizes else None
-    threads = _ints(args.threads, "threads", 1) if args.threads else [os.cpu_count()]
-    plan = select(discover_families(), names, versions, sizes)
-    total = sum(len(vs) * len(f.dtypes) * len(shapes) for f, vs, shapes in plan) * len(threads)
-    settings = {"families": [f.name for f, _, _ in plan], "versions": versions, "sizes": sizes,
-                "threads": threads, "repeats": args.repeats}
-    writer = RunWriter(args.results_dir, default_header(settings))
-    print(f"run {writer.run_id}: {total} kernel cells -> {writer.path}", file=sys.stderr)
-    progress = Progress(total)
-    def on_cell(cell):
-        writer.add(cell)
-        progress.update(cell)
-    try:
-        for n in threads:
-            job = {"threads": n, "families": names, "versions": versions, "sizes": sizes,
-                   "repeats": args.repeats}
-            status, tail = run_worker("bench.kernel_sweep", job, on_cell)
-            if status != 0:
-                print(f"kernel worker ({n} threads) exited with status {status}: {tail}",
-                      file=sys.stderr)
+        supervisor.run(groups, Progress(total, repeats))
         writer.close("complete")
     except KeyboardInterrupt:
         writer.close("interrupted")
-        print(f"interrupted: {len(writer.cells)} finished cells kept in {writer.path}",
-              file=sys.stderr)
-        return 130
-    print(f"results: {writer.path} ({len(writer.cells)} cells)")
-    return 0
+        print(f"interrupted: {len(writer.cells)} cells kept in {writer.path}", file=sys.stderr)
+        return writer, 130
+    except BaseException:
+        writer.close("failed")
+        raise
+    finally:
+        supervisor.close()
+    return writer, 0
 
 
-def worker_main() -> int:
-    import json
-    out = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)  # library chatter goes to stderr, never into the cell stream
-    from bench.store import _json_safe
-    try:
-        job = json.load(sys.stdin)
-        for family, versions, shapes in select(discover_families(), job["families"],
-                                               job["versions"], job["sizes"]):
-            for cell in sweep_family(family, versions, shapes, job["threads"], job["repeats"]):
-                out.write(json.dumps(_json_safe(cell)) + "\n")
-                out.flush()
-    except KeyboardInterrupt:
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    if sys.argv[1:] == ["--worker"]:
-        sys.exit(worker_main())
-    sys.exit("usage: mnist-bench kernels ... (--worker mode is for the sweep itself)")
+def main(args):
+    from .plan import csv, ints
+    if args.repeats < 1:
+        raise ValueError("--repeats must be at least 1")
+    names = csv(args.families, "families") if args.families else None
+    versions = csv(args.versions, "versions") if args.versions else None
+    sizes = ints(args.sizes, "sizes", 1) if args.sizes else None
+    shapes = [parse_shape(s) for s in csv(args.shapes, "shapes")] if args.shapes else None
+    dtypes = csv(args.dtypes, "dtypes") if args.dtypes else None
+    threads = ints(args.threads, "threads", 1) if args.threads else [os.cpu_count()]
+    plan = select(discover_families(), names, versions, sizes, shapes, dtypes)
+    groups = cells_of(plan, threads)
+    settings = {"families": [f.name for f, *_ in plan], "versions": versions, "sizes": sizes,
+                "shapes": [list(s) for s in shapes] if shapes else None, "threads": threads,
+                "repeats": args.repeats}
+    writer, status = run_groups(groups, settings, args.results_dir, args.repeats)
+    counts = {}
+    for c in writer.cells:
+        counts[c["status"]] = counts.get(c["status"], 0) + 1
+    print(f"results: {writer.path} ({', '.join(f'{n} {s}' for s, n in counts.items())})")
+    return status

@@ -20,7 +20,7 @@ import sys
 import time
 from collections import Counter
 
-from bench.cli import UserError
+from .cli import UserError
 
 PROFILED_FUNCTION = "profiled_epoch"
 
@@ -45,7 +45,7 @@ FIX_PERMISSIONS = ("py-spy may not read the child's memory. Run as root, or allo
 
 
 def add_arguments(parser):
-    from bench.cli import add_data_arguments
+    from .cli import add_data_arguments
     parser.add_argument("--model", required=True, help="linear, nielsen, mlp or cnn")
     parser.add_argument("--backend", required=True, help="a backend name (see `mnist-bench list`)")
     add_data_arguments(parser)
@@ -64,7 +64,7 @@ def add_arguments(parser):
 def child_main(argv):
     import argparse
 
-    from bench import data
+    from . import data
 
     parser = argparse.ArgumentParser(prog="python -m bench.profile --child")
     add_arguments(parser)
@@ -83,10 +83,10 @@ def child_main(argv):
 def run_child(args):
     import numpy as np
 
-    from bench import data
-    from bench.backends import get_backend
-    from models import config_for, get_network
-    from models.train import epoch_batches, prepare_inputs, prepare_targets
+    from . import data
+    from .backends import get_backend
+    from ..models import config_for, get_network
+    from ..models.train import epoch_batches, prepare_inputs, prepare_targets
 
     ds = data.load(args.dataset, args.data_dir, allow_download=not args.no_download,
                    log=lambda msg: print(msg, file=sys.stderr))
@@ -137,13 +137,11 @@ def find_py_spy():
 def record(py_spy, fmt, output, child_args, info_path, rate) -> dict:
     """One py-spy recording of a fresh child; returns the child's epoch figures,
     raises with the reason on failure."""
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))
     # --idle keeps samples where the main thread waits on BLAS/Numba/torch worker
     # threads: those are part of the epoch's wall time.
     cmd = [py_spy, "record", "--native", "--idle", "--rate", str(rate), "--format", fmt,
-           "--output", output, "--", sys.executable, "-m", "bench.profile", "--child", *child_args]
+           "--output", output, "--", sys.executable, "-m", __name__, "--child", *child_args]
     if os.path.exists(info_path):
         os.remove(info_path)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -246,8 +244,8 @@ def format_table(summary) -> str:
 
 
 def main(args):
-    from bench.backends import get_backend
-    from models import get_network
+    from .backends import get_backend
+    from ..models import get_network
     get_network(args.model)  # unknown names: ValueError listing the known ones
     backend = get_backend(args.backend)
     ok, why = backend.available()

@@ -64,8 +64,8 @@ def load(result_paths):
     ``usable`` (ok and not superseded) and ``flags``."""
     import pandas as pd
 
-    from bench.compare import MATCH_KEY, _key_value
-    from bench.store import read_results
+    from .compare import MATCH_KEY, _key_value
+    from .store import read_results
     runs, cells = read_results(list(result_paths))
     if cells.empty:
         raise ValueError(f"no cells in {', '.join(map(str, result_paths))}: nothing to report")
@@ -116,7 +116,7 @@ def default_results(results_dir="results") -> list:
     """The newest run of each machine for each kind of cell (epoch, tta, kernel) in
     ``results_dir/runs``: a kernel sweep and a training sweep are separate runs.
     Runs still marked ``running`` count only where no finished one has that kind."""
-    from bench.store import read_results
+    from .store import read_results
     runs_dir = os.path.join(results_dir, "runs")
     if not os.path.isdir(runs_dir) or not any(f.endswith(".jsonl") for f in os.listdir(runs_dir)):
         raise ValueError(f"no run files in {runs_dir}: run `mnist-bench run` first or name "
@@ -163,7 +163,7 @@ def peak_gflops(machine, threads):
 # -- tables ------------------------------------------------------------------------------
 
 def _write_up_batch(model):
-    from models import NETWORKS
+    from ..models import NETWORKS
     cls = NETWORKS.get(model)
     return cls.defaults.get("batch_size") if cls else None
 

@@ -1,7 +1,7 @@
 """The results store: one JSON Lines file per run under ``results/runs/``, schema in
 results/SCHEMA.md. ``RunWriter`` writes a run cell by cell, atomically;
-``read_results`` merges any number of run files into two DataFrames; and
-``mnist-bench import`` brings a pytest-benchmark ``--benchmark-json`` file in.
+``read_results`` merges any number of run files into two DataFrames
+(bench/importers.py brings other tools' files in).
 """
 import datetime
 import glob
@@ -13,16 +13,17 @@ import secrets
 import socket
 import sys
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: rounds, confidence intervals, noise readings, thread pools
 KINDS = ("epoch", "tta", "kernel")
 CELL_STATUSES = ("ok", "invalid", "unavailable", "error")
 RUN_STATUSES = ("running", "complete", "interrupted", "failed")
 # Columns every cells frame has, even when no file sets them (see SCHEMA.md).
-CELL_COLUMNS = ("run_id", "machine", "git_commit", "git_dirty", "kind", "model", "backend",
-                "batch_size", "threads", "dataset", "synthetic", "shape", "dtype", "status",
-                "error", "validation.ok", "validation.max_error", "compile.cold_s",
-                "samples_s", "median_s", "iqr_s", "noisy", "samples_per_s", "gflops",
-                "gbytes_per_s", "accuracy", "loss", "source")
+CELL_COLUMNS = ("run_id", "machine", "git_commit", "git_dirty", "id", "group", "kind", "model",
+                "backend", "batch_size", "threads", "dataset", "synthetic", "shape", "dtype",
+                "status", "error", "validation.ok", "validation.max_error", "compile.cold_s",
+                "compile.cache_hit_s", "samples_s", "rounds", "median_s", "iqr_s", "ci_low_s",
+                "ci_high_s", "noisy", "samples_per_s", "gflops", "gbytes_per_s", "flops", "bytes",
+                "accuracy", "loss", "source", "device")
 
 
 def now_iso() -> str:
@@ -70,7 +71,7 @@ def check_cell(cell: dict):
 
 def default_header(settings: dict, command=None) -> dict:
     """The run header for this process: command line, git, machine and versions."""
-    from bench.machine import git_info, machine_info, versions
+    from .machine import git_info, machine_info, versions
     return {"command": list(sys.argv if command is None else command), "git": git_info(),
             "machine": machine_info(), "versions": versions(), "settings": settings}
 
@@ -86,7 +87,8 @@ class RunWriter:
             raise ValueError(f"run header lacks {', '.join(sorted(missing))} (see default_header)")
         self.header = {"type": "run", "schema_version": SCHEMA_VERSION,
                        "run_id": header.get("run_id") or new_run_id(),
-                       "started": now_iso(), "finished": None, "status": "running"}
+                       "started": header.get("started") or now_iso(), "finished": None,
+                       "status": "running"}
         self.header.update({k: v for k, v in header.items() if k not in self.header})
         self.cells = []
         self.dir = os.path.join(results_dir, "runs")
@@ -101,9 +103,22 @@ class RunWriter:
         return self.header["run_id"]
 
     def add(self, cell: dict):
+        self.put(cell)
+
+    def put(self, cell: dict):
+        """Store a cell, replacing the earlier version of the same ``id`` (a cell is
+        rewritten after every round), and rewrite the file."""
         cell = _json_safe({"type": "cell", **cell})
         check_cell(cell)
-        self.cells.append(cell)
+        if "id" in cell:
+            for i, old in enumerate(self.cells):
+                if old.get("id") == cell["id"]:
+                    self.cells[i] = cell
+                    break
+            else:
+                self.cells.append(cell)
+        else:
+            self.cells.append(cell)
         self._write()
 
     def close(self, status="complete"):
@@ -206,86 +221,3 @@ def read_results(paths):
         if column not in cells:
             cells[column] = None
     return runs, cells
-
-
-# -- pytest-benchmark import ------------------------------------------------------
-
-def import_pytest_benchmark(json_path, results_dir="results") -> tuple:
-    """Store the benchmarks of a pytest-benchmark ``--benchmark-json`` file made by
-    the bench/ suites as one run; returns (run file path, cells stored, skipped names).
-    Benchmarks without the suites' extra_info (kind, model, backend, validation)
-    are not ours and are skipped, never stored as validated times."""
-    try:
-        with open(json_path, encoding="utf-8") as f:
-            data = json.load(f)
-    except ValueError as e:
-        raise ValueError(f"{json_path}: not a JSON file ({e})") from None
-    if not isinstance(data, dict) or "benchmarks" not in data:
-        raise ValueError(f"{json_path}: not a pytest-benchmark JSON file (no 'benchmarks')")
-    info = data.get("machine_info") or {}
-    ours = info.get("mnist_bench") or {}  # what bench/conftest.py adds
-    commit = data.get("commit_info") or {}
-    cpu = info.get("cpu") or {}
-    header = {
-        "command": ["pytest-benchmark", os.path.abspath(json_path)],
-        "git": {"commit": commit.get("id"), "dirty": commit.get("dirty")},
-        "machine": ours.get("machine") or {"hostname": info.get("node"),
-                                           "cpu_model": cpu.get("brand_raw"),
-                                           "cores": cpu.get("count"), "isa_flags": [],
-                                           "memory_gb": None, "gpu": None},
-        "versions": ours.get("versions") or {"python": info.get("python_version")},
-        "settings": {"source": "pytest-benchmark", "file": os.path.abspath(json_path),
-                     "datetime": data.get("datetime"),
-                     "pytest_benchmark_version": data.get("version")},
-    }
-    cells, skipped = [], []
-    for bench in data["benchmarks"]:
-        extra = bench.get("extra_info") or {}
-        if extra.get("kind") not in KINDS or "validation" not in extra:
-            skipped.append(bench.get("fullname") or bench.get("name"))
-            continue
-        stats = bench.get("stats") or {}
-        median = stats.get("median")
-        cell = {k: v for k, v in extra.items() if k not in ("flops", "bytes", "samples")}
-        cell.update({"status": "ok", "source": "pytest-benchmark", "name": bench.get("fullname"),
-                     # pytest-benchmark keeps every round only with --benchmark-save-data
-                     "samples_s": stats.get("data") or [median],
-                     "median_s": median, "iqr_s": stats.get("iqr"),
-                     "noisy": bool(median and stats.get("iqr", 0) / median > 0.10),
-                     "rounds": stats.get("rounds")})
-        if median:
-            if extra.get("flops"):
-                cell["gflops"] = extra["flops"] / median / 1e9
-            if extra.get("bytes"):
-                cell["gbytes_per_s"] = extra["bytes"] / median / 1e9
-            if extra.get("samples"):
-                cell["samples_per_s"] = extra["samples"] / median
-        cells.append(cell)
-    if not cells:
-        raise ValueError(f"{json_path}: none of its {len(data['benchmarks'])} benchmarks comes "
-                         f"from the bench/ suites (pytest bench/ --benchmark-only)")
-    writer = RunWriter(results_dir, header)
-    for cell in cells:
-        writer.add(cell)
-    writer.close("complete")
-    return writer.path, len(cells), skipped
-
-
-def add_arguments(parser):
-    parser.add_argument("json_files", nargs="+", metavar="JSON",
-                        help="files written by pytest bench/ --benchmark-json=FILE")
-    parser.add_argument("--results-dir", default="results", help="results store (default results/)")
-
-
-def main(args):
-    for path in args.json_files:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: no such file")
-    for path in args.json_files:
-        out, stored, skipped = import_pytest_benchmark(path, args.results_dir)
-        print(f"{path}: {stored} benchmarks -> {out}")
-        if skipped:
-            print(f"  skipped {len(skipped)} benchmarks not from the bench/ suites "
-                  f"(no validation recorded): {', '.join(skipped[:5])}"
-                  f"{' ...' if len(skipped) > 5 else ''}")
-    return 0

@@ -8,14 +8,12 @@ backends:
 The data are MNIST-shaped synthetic images (bench.validate.validation_data):
 the time of an epoch does not depend on the pixel values.
 """
-import os
-
 import pytest
 
-from bench.backends import backend_names, get_backend
-from bench.validate import validate, validation_data
-from models import NETWORKS, config_for, get_network
-from models.train import epoch_batches
+from mnist_numba_bench.bench.backends import backend_names, get_backend
+from mnist_numba_bench.bench.validate import validate, validation_data
+from mnist_numba_bench.models import NETWORKS, config_for, get_network
+from mnist_numba_bench.models.train import epoch_batches
 
 ROUNDS = 5
 
@@ -33,11 +31,13 @@ def _cases():
 
 
 @pytest.mark.parametrize("model, backend_name, batch_size", _cases())
-def test_epoch(benchmark, request, model, backend_name, batch_size):
+def test_epoch(benchmark, request, threads, model, backend_name, batch_size):
+    n_threads, verified = threads
     backend = get_backend(backend_name)
     for ok, why in (backend.available(), backend.supports(model)):
         if not ok:
             pytest.skip(why)
+    backend.configure_threads(n_threads)
     check = validate(backend_name, model, batch_size=batch_size or None)
     if not check.ok:
         pytest.fail(f"{backend_name} trains {model} wrongly, not timed: {check.error}")
@@ -53,12 +53,13 @@ def test_epoch(benchmark, request, model, backend_name, batch_size):
         trainer.train_epoch(batches)
         trainer.synchronize()
 
+    epoch()  # JIT compilation, first-touch pages: outside every round
+    pools = verified()
     benchmark.group = f"epoch {model} bs={batch_size}"
     benchmark.extra_info.update({
         "kind": "epoch", "model": model, "backend": backend_name, "batch_size": batch_size,
-        "threads": int(os.environ.get("NUMBA_NUM_THREADS") or os.cpu_count()),
+        "threads": n_threads, "env": pools,
         "dataset": "synthetic", "synthetic": True, "train_samples": n, "samples": n,
         "flops": float(network.flops_per_sample() * n),
         "validation": {"ok": True, "max_error": check.max_error, "steps": check.steps}})
-    # The warm-up epoch carries any JIT compilation and is not measured.
     benchmark.pedantic(epoch, rounds=ROUNDS, iterations=1, warmup_rounds=1)

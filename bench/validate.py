@@ -1,25 +1,35 @@
-"""Backend validation: a backend must reach the same parameters as the NumPy
-reference after a few optimizer steps from the same init and batch order before
-any time of it is reported. Used by the harness, the pytest-benchmark suites and
-the tests alike.
+"""Backend validation: a backend must reach the NumPy reference's parameters after
+a few optimizer steps from the same init and batch order before any time of it
+is recorded. Used by the epoch workers, the pytest-benchmark suites and the
+tests alike.
+
+Two scenarios, both from the network's canonical init:
+- ``standard``: ``steps`` mini-batches of MNIST-shaped data;
+- ``large inputs`` (networks with a softmax cross-entropy): two mini-batches of
+  the same images scaled by LARGE_INPUT, which drives the logits into the
+  thousands, where a softmax without the max shift overflows; the reference's
+  stays finite.
 """
 from dataclasses import dataclass
 
 import numpy as np
 
-from models import config_for, get_network
-from models.train import epoch_batches, prepare_inputs, prepare_targets
+from ..models import config_for, get_network
+from ..models.checks import compare
+from ..models.train import epoch_batches, prepare_inputs, prepare_targets
 
-# Per tensor, the L2 norm of the difference relative to the L2 norm of how far the
-# tensor moved from its initial value. A kernel wrong by 1 % in one tensor's gradient
-# gives ~1e-2 under SGD and momentum; float32 summation-order noise stays near 1e-5.
-# Not the largest element: max-pool is discontinuous, and where a window's two largest
-# inputs differ by less than float32 rounding a different summation order routes that
-# pixel's gradient elsewhere (cnn at batch 256: one window in 262,144 for numba), which
-# moves a few weights by 2 % of their step but the tensor by 0.1 %. Adam normalises
-# each step by the gradient's size, so no whole-network check sees a pure 1 % scale
-# error under Adam: the kernel families and the SGD parity tests catch those.
+# Per tensor, the L2 norm of the difference relative to how far the tensor moved
+# from its initial value. A kernel wrong by 1 % in one tensor's gradient gives
+# ~1e-2 under SGD and momentum; float32 summation-order noise stays near 1e-5.
+# Not the largest element: max-pool is discontinuous, and where a window's two
+# largest inputs differ by less than float32 rounding a different summation order
+# routes that pixel's gradient elsewhere (cnn at batch 256: one window in 262,144
+# for numba), which moves a few weights by 2 % of their step but the tensor by
+# 0.1 %. Adam normalises each step by the gradient's size, so no whole-network
+# check sees a pure scale error of the gradient under Adam: the kernel families
+# and the SGD parity tests catch those.
 TOLERANCE = 2e-3
+LARGE_INPUT = 1000.0
 
 
 @dataclass
@@ -32,13 +42,14 @@ class Validation:
     error: str = ""
 
 
-def validation_data(network, n, seed=0):
+def validation_data(network, n, seed=0, scale=1.0):
     """MNIST-shaped inputs with a learnable structure (synthetic, deterministic)."""
     rng = np.random.default_rng(seed + 12345)
     labels = rng.integers(0, 10, n)
     protos = rng.random((10, 784)).astype(np.float32)
     x = np.clip(0.6 * protos[labels] + 0.4 * rng.random((n, 784), dtype=np.float32), 0, 1)
-    return prepare_inputs(network, x.astype(np.float32)), prepare_targets(network, labels), labels
+    return (prepare_inputs(network, (x * np.float32(scale)).astype(np.float32)),
+            prepare_targets(network, labels), labels)
 
 
 def run_steps(backend, network, config, x, y, steps, seed=0):
@@ -51,21 +62,33 @@ def run_steps(backend, network, config, x, y, steps, seed=0):
     return trainer
 
 
-def param_error(got: dict, want: dict, init: dict) -> float:
-    """Largest per-tensor relative L2 error, relative to that tensor's change from ``init``."""
-    worst = 0.0
+def param_error(got: dict, want: dict, init: dict):
+    """(ok under TOLERANCE, largest per-tensor relative L2 error, message): each
+    tensor's distance from the reference relative to how far it moved from ``init``."""
+    scale = {}
     for k in want:
         moved = float(np.linalg.norm((want[k] - init[k]).ravel().astype(np.float64)))
         floor = 1e-6 * max(1.0, float(np.linalg.norm(want[k].ravel().astype(np.float64))))
-        diff = float(np.linalg.norm((got[k] - want[k]).ravel().astype(np.float64)))
-        worst = max(worst, diff / max(moved, floor))
-    return worst
+        scale[k] = max(moved, floor)
+    result = compare(got, want, TOLERANCE, scale=scale, elementwise=False)
+    return result.worst, result.message
+
+
+def scenarios(network, config, steps, seed):
+    """(name, inputs, targets, steps) of every scenario the network is checked in."""
+    n = config["batch_size"] * steps
+    x, y, _ = validation_data(network, n, seed)
+    yield "standard", x, y, steps
+    if network.target == "index":
+        x, y, _ = validation_data(network, config["batch_size"] * 2, seed, LARGE_INPUT)
+        yield "large inputs", x, y, 2
 
 
 def validate(backend_name, model_name, steps=3, batch_size=None, seed=0, overrides=None,
              tolerance=TOLERANCE) -> Validation:
-    """Compare ``backend_name`` with ``numpy`` after ``steps`` steps; never raises."""
-    from bench.backends import get_backend
+    """Compare ``backend_name`` with ``numpy`` in every scenario; never raises."""
+    from .backends import get_backend
+    worst = 0.0
     try:
         network = get_network(model_name)
         config = config_for(network, overrides)
@@ -80,20 +103,21 @@ def validate(backend_name, model_name, steps=3, batch_size=None, seed=0, overrid
             config["batch_size"] = batch_size
         elif config["batch_size"] == 0:
             config["batch_size"] = 64  # full-batch models: a small "full" batch
-        n = config["batch_size"] * steps
-        x, y, _ = validation_data(network, n, seed)
-        reference = run_steps(get_backend("numpy"), network, config, x, y, steps, seed).params()
         backend = get_backend(backend_name)
         ok, why = backend.available()
         if not ok:
             return Validation(backend_name, model_name, False, float("nan"), steps, f"unavailable: {why}")
-        got = run_steps(backend, network, config, x, y, steps, seed).params()
-        err = param_error(got, reference, network.init_params(seed))
-        if not np.isfinite(err) or err > tolerance:
-            return Validation(backend_name, model_name, False, err, steps,
-                              f"parameters differ from numpy after {steps} steps: "
-                              f"relative error {err:.3g} > {tolerance:g}")
-        return Validation(backend_name, model_name, True, err, steps)
+        init = network.init_params(seed)
+        for name, x, y, n_steps in scenarios(network, config, steps, seed):
+            reference = run_steps(get_backend("numpy"), network, config, x, y, n_steps, seed).params()
+            got = run_steps(backend, network, config, x, y, n_steps, seed).params()
+            err, message = param_error(got, reference, init)
+            worst = max(worst, err)
+            if not np.isfinite(err) or err > tolerance:
+                return Validation(backend_name, model_name, False, err, steps,
+                                  f"parameters differ from numpy after {n_steps} steps ({name}): "
+                                  f"{message or f'relative error {err:.3g}'}")
+        return Validation(backend_name, model_name, True, worst, steps)
     except Exception as e:  # any crash is a failed validation, with its error kept
         return Validation(backend_name, model_name, False, float("nan"), steps,
                           f"{type(e).__name__}: {e}")

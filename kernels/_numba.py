@@ -1,44 +1,45 @@
 """Numba settings shared by the CPU kernel files; import this before any @njit.
 
-Two choices made here, both measured on the development machine (Xeon, Emerald
-Rapids, AVX-512):
-
-- LLVM tunes Skylake-X and later Xeons with ``prefer-256-bit``, so Numba's
-  loops are vectorised 8 floats wide (ymm) although the cores execute 16-wide
-  (zmm) FMAs at full rate. Dropping that tuning flag doubles the FMA
-  throughput of the matmul micro-kernel. The flag only changes how LLVM
-  vectorises; the features list is otherwise the host's own, and it is left
-  alone entirely when the user set NUMBA_CPU_FEATURES or NUMBA_CPU_NAME.
+- The compile target (kernels/target.py): the host, or NUMBA_CPU_NAME. Numba's
+  JIT passes the *host's* feature list to LLVM even when NUMBA_CPU_NAME names
+  another CPU, so ``NUMBA_CPU_NAME=haswell`` alone would still emit AVX-512;
+  with a CPU name and no NUMBA_CPU_FEATURES the features are left to LLVM's
+  definition of that CPU.
+- LLVM tunes Skylake-X and later Xeons with ``prefer-256-bit``, vectorising 8
+  floats wide (ymm) although the cores execute 16-wide (zmm) FMAs at full rate;
+  on an AVX-512 host the feature list gets ``-prefer-256-bit``. Left alone when
+  the user sets NUMBA_CPU_FEATURES or NUMBA_CPU_NAME.
+- Numba's on-disk cache does not key compiled code by the values of the
+  globals it froze in (the tile sizes), so the cache directory is: it is
+  ``<NUMBA_CACHE_DIR or the suite's cache>/numba/<target and tile key>``.
 - ``fastmath`` without ``nnan``/``ninf``: reassociation and FMA contraction
   let LLVM vectorise reductions, while NaN/inf checks keep their meaning.
 """
 import os
+import types
 
-import llvmlite.binding as llvm
+import numba.core.config as _config
 
+from ..models.cache import cache_root
+from . import target as _target
 
-def _host_features_without_256bit_preference() -> str:
-    features = llvm.get_host_cpu_features().flatten()
-    if "+avx512f" not in features:
-        return ""
-    return ",".join(f for f in features.split(",") if "prefer-256-bit" not in f) + ",-prefer-256-bit"
-
-
-WIDE_VECTORS = False
-if not os.environ.get("NUMBA_CPU_FEATURES") and not os.environ.get("NUMBA_CPU_NAME"):
-    _features = _host_features_without_256bit_preference()
-    if _features:
-        # Read by Numba's CPU codegen when it is first created (the first
-        # compilation), so this takes effect even if numba was already imported,
-        # as long as nothing has been compiled for the CPU yet.
-        os.environ["NUMBA_CPU_FEATURES"] = _features
-        import numba.core.config as _config
-
-        if not _config.CPU_FEATURES:
-            _config.CPU_FEATURES = _features
-        WIDE_VECTORS = _config.CPU_FEATURES == _features
+TARGET, TILE = _target.choose()
+if not os.environ.get("NUMBA_CPU_FEATURES"):
+    if os.environ.get("NUMBA_CPU_NAME"):
+        _config.CPU_FEATURES = ""
+    elif TARGET["isa"] == "avx512":
+        import llvmlite.binding as _llvm
+        _features = _llvm.get_host_cpu_features().flatten()
+        _config.CPU_FEATURES = ",".join(f for f in _features.split(",") if "prefer-256-bit" not in f) \
+            + ",-prefer-256-bit"
+TARGET["cache_key"] = _target.cache_key(TARGET, TILE)
+_config.CACHE_DIR = os.path.join(os.environ.get("NUMBA_CACHE_DIR") or os.path.join(cache_root(), "numba"),
+                                 TARGET["cache_key"])
 
 import numba  # noqa: E402  (after the settings above)
+from numba import types as _types  # noqa: E402
+from numba.core import cgutils  # noqa: E402
+from numba.extending import intrinsic  # noqa: E402
 
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 # Every CPU kernel: cached on disk so later processes skip compilation.
@@ -54,3 +55,68 @@ def njit(fn=None, **overrides):
 
 def njit_parallel(fn=None, **overrides):
     return njit(fn, **dict(JIT_PARALLEL, **overrides))
+
+
+def _copy(fn, suffix, globals_=None):
+    twin = types.FunctionType(fn.__code__, fn.__globals__ if globals_ is None else globals_,
+                              fn.__name__ + suffix, fn.__defaults__, fn.__closure__)
+    twin.__qualname__ = fn.__qualname__ + suffix
+    twin.__doc__ = fn.__doc__
+    return twin
+
+
+def serial_and_parallel(fn):
+    """One body compiled twice: (serial, parallel) dispatchers of ``fn``.
+
+    ``prange`` is a plain ``range`` without ``parallel=True``, so the same loop
+    runs on one thread or on Numba's pool. The parallel copy is a new function
+    object named ``<name>_parallel``: Numba's on-disk cache keys entries by the
+    function's name, signature and target but not by the parallel flag, so two
+    dispatchers of one function object would load each other's machine code.
+    """
+    return njit(fn), njit_parallel(_copy(fn, "_parallel"))
+
+
+def specialize(functions, suffix, constants, parallel=(), cache=True):
+    """Compile a set of functions again with some of their module's globals
+    replaced by ``constants`` (tile sizes): {name: dispatcher}.
+
+    Each copy shares its body with the original and gets ``suffix`` on its name;
+    calls between the functions of the set go to the copies (they resolve their
+    globals in one new namespace), and names listed in ``parallel`` compile
+    with parallel=True. Numba freezes global values at compile time, so each
+    set is its own machine code: float64 gets its own tile this way, and the
+    tuner compiles candidates without touching the module.
+    """
+    namespace = dict(functions[0].__globals__)
+    namespace.update(constants)
+    out = {}
+    for fn in functions:
+        options = dict(JIT_PARALLEL if fn.__name__ in parallel else JIT, cache=cache)
+        out[fn.__name__] = numba.njit(**options)(_copy(fn, suffix, namespace))
+        namespace[fn.__name__] = out[fn.__name__]
+    return out
+
+
+@intrinsic
+def stack_array(typingctx, size, dtype):
+    """A 1-D array of ``size`` (a compile-time constant) items on the stack.
+
+    Memory that never escapes the function is provably disjoint from every
+    argument, so once the loops over it are unrolled LLVM keeps it in registers;
+    a heap array (np.empty) could alias the operands and stays in memory."""
+    if not isinstance(size, _types.IntegerLiteral):
+        return None
+    n, dt = size.literal_value, dtype.dtype
+    array_type = _types.Array(dt, 1, "C")
+
+    def codegen(context, builder, signature, args):
+        item = context.get_data_type(dt)
+        intp = context.get_value_type(_types.intp)
+        itemsize = context.get_abi_sizeof(item)
+        array = context.make_array(array_type)(context, builder)
+        context.populate_array(array, data=cgutils.alloca_once(builder, item, size=n),
+                               shape=[intp(n)], strides=[intp(itemsize)],
+                               itemsize=intp(itemsize), meminfo=None)
+        return array._getvalue()
+    return array_type(size, dtype), codegen

@@ -1,6 +1,6 @@
 """The elementwise and reduction kernels of backprop, fused where that saves passes.
 
-    python -m kernels.backprop        # validate every version, then time the sweep
+    mnist-bench kernels --families bias_activation,softmax_cross_entropy,dropout
 
 - bias + activation after a layer's matmul, one pass over z (NumPy: 2-4 passes
   and temporaries);
@@ -13,16 +13,19 @@
   the same MurmurHash3 finaliser re-implemented here, so masks are identical
   bit for bit.
 
-Serial and prange versions of each; activations are coded as integers (ACT)
-because they are compiled arguments.
+Every loop body is written once and compiled serial and parallel (prange);
+activations are integer codes (ACT) because they are compiled arguments.
 """
 import numpy as np
 from numba import prange
 
-from kernels._numba import njit, njit_parallel
-from kernels.family import KernelFamily
+from ..models.ops import dropout_keep_mask
+from ..models.reference import NumpyOps
+from ._numba import njit, serial_and_parallel
+from .family import KernelFamily
 
 ACT = {"none": 0, "sigmoid": 1, "relu": 2}
+CHUNK = 1 << 14  # elements per parallel task of the flat elementwise kernels
 
 
 def act_code(activation: str) -> int:
@@ -42,7 +45,8 @@ def sigmoid(z):
 
 
 @njit
-def _bias_act_row(z, b, act, i):
+def bias_act_row(z, b, act, i):
+    """z[i] <- act(z[i] + b), one row."""
     n = z.shape[1]
     if act == 1:
         for j in range(n):
@@ -55,17 +59,10 @@ def _bias_act_row(z, b, act, i):
             z[i, j] += b[j]
 
 
-@njit
-def bias_act_serial(z, b, act):
+def _bias_act(z, b, act):
     """z <- act(z + b) in place (z: (m, n), b: (n,))."""
-    for i in range(z.shape[0]):
-        _bias_act_row(z, b, act, i)
-
-
-@njit_parallel
-def bias_act_parallel(z, b, act):
     for i in prange(z.shape[0]):
-        _bias_act_row(z, b, act, i)
+        bias_act_row(z, b, act, i)
 
 
 @njit
@@ -81,34 +78,16 @@ def _act_backward_chunk(a, da, out, act, lo, hi):
             out[i] = da[i]
 
 
-CHUNK = 1 << 14
-
-
-@njit
-def act_backward_serial(a, da, out, act):
+def _act_backward(a, da, out, act):
     """out = dL/dz from the layer output a and dL/da (flat, same length)."""
-    _act_backward_chunk(a, da, out, act, 0, a.size)
-
-
-@njit_parallel
-def act_backward_parallel(a, da, out, act):
     n = a.size
     for c in prange((n + CHUNK - 1) // CHUNK):
         _act_backward_chunk(a, da, out, act, c * CHUNK, min(n, (c + 1) * CHUNK))
 
 
-@njit
-def bias_grad_serial(dz, out):
-    """out[j] = sum_i dz[i, j]."""
-    out[:] = 0
-    for i in range(dz.shape[0]):
-        for j in range(dz.shape[1]):
-            out[j] += dz[i, j]
-
-
-@njit_parallel
-def bias_grad_parallel(dz, out):
-    # Each thread sums a strip of columns over every row: no shared writes.
+def _bias_grad(dz, out):
+    """out[j] = sum_i dz[i, j]. Each task sums a strip of columns over every row:
+    no two tasks write the same element, and rows are read contiguously."""
     m, n = dz.shape
     strip = 64
     for s in prange((n + strip - 1) // strip):
@@ -121,7 +100,7 @@ def bias_grad_parallel(dz, out):
 
 
 @njit
-def _xent_row(logits, labels, grad, i, scale):
+def xent_row(logits, labels, grad, i, scale):
     """Writes row i of dL/dlogits (already divided by the batch); returns -log p[label]."""
     n = logits.shape[1]
     mx = logits[i, 0]
@@ -141,7 +120,7 @@ def _xent_row(logits, labels, grad, i, scale):
 
 
 @njit
-def _check_labels(labels, m, n):
+def check_labels(labels, m, n):
     if labels.shape[0] != m:
         raise ValueError("softmax cross-entropy: one label per row of logits is needed")
     for i in range(m):
@@ -149,31 +128,19 @@ def _check_labels(labels, m, n):
             raise ValueError("softmax cross-entropy: a label lies outside [0, number of classes)")
 
 
-@njit
-def softmax_xent_serial(logits, labels, grad):
+def _softmax_xent(logits, labels, grad):
     """Mean cross-entropy of softmax(logits) against class indices; grad = dL/dlogits."""
     m = logits.shape[0]
-    _check_labels(labels, m, logits.shape[1])
-    scale = logits.dtype.type(1.0 / m)
-    total = 0.0
-    for i in range(m):
-        total += _xent_row(logits, labels, grad, i, scale)
-    return total / m
-
-
-@njit_parallel
-def softmax_xent_parallel(logits, labels, grad):
-    m = logits.shape[0]
-    _check_labels(labels, m, logits.shape[1])
+    check_labels(labels, m, logits.shape[1])
     scale = logits.dtype.type(1.0 / m)
     total = 0.0
     for i in prange(m):
-        total += _xent_row(logits, labels, grad, i, scale)
+        total += xent_row(logits, labels, grad, i, scale)
     return total / m
 
 
 @njit
-def quadratic_serial(a, y, grad):
+def quadratic(a, y, grad):
     """(mean over rows of ½‖a - y‖², grad = (a - y)/rows), a and y flattened."""
     rows = a.shape[0]
     inv = a.dtype.type(1.0 / rows)
@@ -219,35 +186,29 @@ def _dropout_chunk(x, y, mask, base, threshold, scale, lo, hi):
         y[i] = x[i] * s
 
 
-@njit
-def dropout_serial(x, y, mask, base, threshold, scale):
+def _dropout(x, y, mask, base, threshold, scale):
     """y = x·mask, mask = keep/(1-rate) (flat arrays)."""
-    _dropout_chunk(x, y, mask, base, threshold, scale, 0, x.size)
-
-
-@njit_parallel
-def dropout_parallel(x, y, mask, base, threshold, scale):
     n = x.size
     for c in prange((n + CHUNK - 1) // CHUNK):
         _dropout_chunk(x, y, mask, base, threshold, scale, c * CHUNK, min(n, (c + 1) * CHUNK))
 
 
-@njit
-def mul_serial(a, b, out):
-    for i in range(a.size):
-        out[i] = a[i] * b[i]
-
-
-@njit_parallel
-def mul_parallel(a, b, out):
+def _mul(a, b, out):
     for i in prange(a.size):
         out[i] = a[i] * b[i]
 
 
+bias_act_serial, bias_act_parallel = serial_and_parallel(_bias_act)
+act_backward_serial, act_backward_parallel = serial_and_parallel(_act_backward)
+bias_grad_serial, bias_grad_parallel = serial_and_parallel(_bias_grad)
+softmax_xent_serial, softmax_xent_parallel = serial_and_parallel(_softmax_xent)
+dropout_serial, dropout_parallel = serial_and_parallel(_dropout)
+mul_serial, mul_parallel = serial_and_parallel(_mul)
+
+
 # -- families ---------------------------------------------------------------------
-def _numpy_ops():
-    from bench.backends.numpy_backend import NumpyOps
-    return NumpyOps()
+REF = NumpyOps()
+ACT_NAMES = {v: k for k, v in ACT.items()}
 
 
 def _bias_act_family():
@@ -256,23 +217,22 @@ def _bias_act_family():
         return rng.standard_normal((m, n)).astype(dtype) * 4, rng.standard_normal(n).astype(dtype), act
 
     def reference(z, b, act):
-        name = {v: k for k, v in ACT.items()}[act]
         out = z + b
-        if name == "sigmoid":
+        if ACT_NAMES[act] == "sigmoid":
             return 1 / (1 + np.exp(-out))
-        return np.maximum(out, 0) if name == "relu" else out
+        return np.maximum(out, 0) if ACT_NAMES[act] == "relu" else out
 
-    fam = KernelFamily("bias_activation", reference, make,
-                       nbytes=lambda s: 8.0 * s[0] * s[1])
+    fam = KernelFamily("bias_activation", reference, make, outputs=("z",),
+                       nbytes=lambda s, itemsize: 2.0 * itemsize * s[0] * s[1],
+                       dtypes=("float32", "float64"),
+                       check_shapes=[(1, 1, a) for a in (0, 1, 2)] + [(7, 33, a) for a in (0, 1, 2)]
+                       + [(257, 10, 1)],
+                       sweep_shapes=[(10, 30, 1), (10, 10, 1), (128, 128, 2), (128, 10, 0),
+                                     (256, 1024, 2), (60000, 10, 0)])
     fam.version(lambda z, b, act: (bias_act_serial(z, b, act), z)[1], name="numba_serial")
     fam.version(lambda z, b, act: (bias_act_parallel(z, b, act), z)[1], name="numba_parallel")
-    fam.version(lambda z, b, act: _numpy_ops().dense(z, np.eye(z.shape[1], dtype=z.dtype), b,
-                                                      {v: k for k, v in ACT.items()}[act]),
-                name="numpy_dense_identity")
-    fam.check_shapes = [(1, 1, a) for a in (0, 1, 2)] + [(7, 33, a) for a in (0, 1, 2)] + [(257, 10, 1)]
-    fam.sweep_shapes = [(10, 30, 1), (10, 10, 1), (128, 128, 2), (128, 10, 0), (256, 1024, 2),
-                        (60000, 10, 0)]
-    fam.dtypes = ("float32", "float64")
+    fam.version(lambda z, b, act: REF.dense(z, np.eye(z.shape[1], dtype=z.dtype), b, ACT_NAMES[act]),
+                name="numpy_dense_identity", library="numpy")
     return fam
 
 
@@ -289,60 +249,51 @@ def _xent_family():
         m = len(labels)
         grad = np.exp(logp)
         grad[np.arange(m), labels] -= 1
-        return np.append(grad.ravel() / m, -logp[np.arange(m), labels].mean())
+        return np.float64(-logp[np.arange(m), labels].mean()), grad / m
 
     def run(kernel):
         def version(logits, labels):
             grad = np.empty_like(logits)
             loss = kernel(logits, labels, grad)
-            return np.append(grad.ravel(), loss).astype(logits.dtype)
+            return np.float64(loss), grad
         return version
 
-    def numpy_version(logits, labels):
-        loss, grad = _numpy_ops().softmax_cross_entropy(logits, labels)
-        return np.append(grad.ravel(), loss).astype(logits.dtype)
-
-    fam = KernelFamily("softmax_cross_entropy", reference, make,
-                       nbytes=lambda s: 8.0 * s[0] * s[1])
+    fam = KernelFamily("softmax_cross_entropy", reference, make, outputs=("loss", "grad"),
+                       nbytes=lambda s, itemsize: 2.0 * itemsize * s[0] * s[1],
+                       depth=lambda s: s[1], dtypes=("float32",),
+                       check_shapes=[(1, 1), (1, 10), (7, 10), (33, 7), (257, 10)],
+                       sweep_shapes=[(10, 10), (128, 10), (256, 10), (60000, 10)])
     fam.version(run(softmax_xent_serial), name="numba_serial")
     fam.version(run(softmax_xent_parallel), name="numba_parallel")
-    fam.version(numpy_version, name="numpy")
-    fam.check_shapes = [(1, 1), (1, 10), (7, 10), (33, 7), (257, 10)]
-    fam.sweep_shapes = [(10, 10), (128, 10), (256, 10), (60000, 10)]
-    fam.dtypes = ("float32",)
+    fam.version(lambda logits, labels: REF.softmax_cross_entropy(logits, labels), name="numpy",
+                library="numpy")
     return fam
 
 
 def _dropout_family():
-    from models.ops import dropout_keep_mask
-
     def make(shape, dtype, rng):
         return rng.standard_normal(shape).astype(dtype), 0.5, 12345
 
     def reference(x, rate, key):
-        return x * dropout_keep_mask(x.shape, rate, key) / (1 - rate)
+        mask = dropout_keep_mask(x.shape, rate, key) / (1 - rate)
+        return x * mask, mask
 
     def run(kernel):
         def version(x, rate, key):
             y, mask = np.empty_like(x), np.empty_like(x)
             base, threshold = dropout_constants(rate, key)
             kernel(x.ravel(), y.ravel(), mask.ravel(), base, threshold, x.dtype.type(1 / (1 - rate)))
-            return y
+            return y, mask
         return version
 
-    fam = KernelFamily("dropout", reference, make, nbytes=lambda s: 12.0 * int(np.prod(s)))
+    fam = KernelFamily("dropout", reference, make, outputs=("y", "mask"),
+                       nbytes=lambda s, itemsize: 3.0 * itemsize * int(np.prod(s)),
+                       dtypes=("float32",), check_shapes=[(1, 1), (7, 33), (257, 1024)],
+                       sweep_shapes=[(256, 1024)])
     fam.version(run(dropout_serial), name="numba_serial")
     fam.version(run(dropout_parallel), name="numba_parallel")
-    fam.version(lambda x, rate, key: _numpy_ops().dropout(x, rate, key)[0], name="numpy")
-    fam.check_shapes = [(1, 1), (7, 33), (257, 1024)]
-    fam.sweep_shapes = [(256, 1024)]
-    fam.dtypes = ("float32",)
+    fam.version(lambda x, rate, key: REF.dropout(x, rate, key), name="numpy", library="numpy")
     return fam
 
 
 FAMILIES = [_bias_act_family(), _xent_family(), _dropout_family()]
-
-
-if __name__ == "__main__":
-    from kernels.family import main
-    raise SystemExit(main(FAMILIES))

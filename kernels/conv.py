@@ -1,23 +1,24 @@
 """Valid, stride-1 NCHW convolution and 2x2 max-pool, forward and backward (the cnn).
 
-    python -m kernels.conv            # validate every version, then time the sweep
+    mnist-bench kernels --families conv2d_forward,conv2d_backward,maxpool2
 
 Two forward designs are kept as versions so the choice stays measured:
   direct      loops n, f, c, kh, kw over whole output rows: the innermost loop
               runs along an output row, contiguous in x and y;
   im2col_gemm the patches of each sample copied into a (C·KH·KW, OH·OW)
               matrix, then one packed matmul per sample (kernels.matmul).
-The backend uses ``direct`` for forward and backward (see DESIGN below, the
-measurement that decided it). Both spread samples over threads in the
-parallel versions; the weight gradient is spread over output channels
-instead, so no two threads add into the same dw element.
+The backend uses ``direct`` for forward and backward. Both spread samples
+over threads in the parallel versions; the weight gradient is spread over
+output channels instead, so no two threads add into the same dw element.
+Every loop body is written once and compiled serial and parallel.
 """
 import numpy as np
 from numba import prange
 
-from kernels._numba import njit, njit_parallel
-from kernels.family import KernelFamily
-from kernels.matmul import _packed_serial
+from ..models.reference import NumpyOps
+from ._numba import njit, serial_and_parallel
+from .family import KernelFamily
+from .matmul import _packed_serial
 
 
 def _check_conv(x, w):
@@ -48,16 +49,12 @@ def _conv_sample(x, w, b, y, n):
                             yrow[j] += wv * xrow[j]
 
 
-@njit
-def conv2d_direct_serial(x, w, b, y):
-    for n in range(x.shape[0]):
-        _conv_sample(x, w, b, y, n)
-
-
-@njit_parallel
-def conv2d_direct_parallel(x, w, b, y):
+def _conv2d_direct(x, w, b, y):
     for n in prange(x.shape[0]):
         _conv_sample(x, w, b, y, n)
+
+
+conv2d_direct_serial, conv2d_direct_parallel = serial_and_parallel(_conv2d_direct)
 
 
 @njit
@@ -84,16 +81,12 @@ def _conv_im2col_sample(x, w2, b, y2, n, kh_, kw_):
             y2[n, f, q] += b[f]
 
 
-@njit
-def conv2d_im2col_serial(x, w2, b, y2, kh_, kw_):
-    for n in range(x.shape[0]):
-        _conv_im2col_sample(x, w2, b, y2, n, kh_, kw_)
-
-
-@njit_parallel
-def conv2d_im2col_parallel(x, w2, b, y2, kh_, kw_):
+def _conv2d_im2col(x, w2, b, y2, kh_, kw_):
     for n in prange(x.shape[0]):
         _conv_im2col_sample(x, w2, b, y2, n, kh_, kw_)
+
+
+conv2d_im2col_serial, conv2d_im2col_parallel = serial_and_parallel(_conv2d_im2col)
 
 
 def conv2d(x, w, b, parallel=False, method="direct"):
@@ -155,22 +148,15 @@ def _conv_dx_sample(w, dy, dx, n):
                             dxrow[j] += wv * dyrow[j]
 
 
-@njit
-def conv2d_backward_serial(x, w, dy, dw, db, dx, need_dx):
-    for f in range(w.shape[0]):
-        _conv_dw_filter(x, dy, dw, db, f)
-    if need_dx:
-        for n in range(x.shape[0]):
-            _conv_dx_sample(w, dy, dx, n)
-
-
-@njit_parallel
-def conv2d_backward_parallel(x, w, dy, dw, db, dx, need_dx):
+def _conv2d_backward(x, w, dy, dw, db, dx, need_dx):
     for f in prange(w.shape[0]):
         _conv_dw_filter(x, dy, dw, db, f)
     if need_dx:
         for n in prange(x.shape[0]):
             _conv_dx_sample(w, dy, dx, n)
+
+
+conv2d_backward_serial, conv2d_backward_parallel = serial_and_parallel(_conv2d_backward)
 
 
 def conv2d_backward(x, w, dy, dw_out, db_out, need_dx=True, parallel=False):
@@ -203,16 +189,12 @@ def _pool_sample(x, y, arg, n):
                 arg[n, c, i, j] = k
 
 
-@njit
-def maxpool2_serial(x, y, arg):
-    for n in range(x.shape[0]):
-        _pool_sample(x, y, arg, n)
-
-
-@njit_parallel
-def maxpool2_parallel(x, y, arg):
+def _maxpool2(x, y, arg):
     for n in prange(x.shape[0]):
         _pool_sample(x, y, arg, n)
+
+
+maxpool2_serial, maxpool2_parallel = serial_and_parallel(_maxpool2)
 
 
 @njit
@@ -225,16 +207,12 @@ def _unpool_sample(dy, arg, dx, n):
                 dx[n, c, 2 * i + k // 2, 2 * j + k % 2] = dy[n, c, i, j]
 
 
-@njit
-def maxpool2_backward_serial(dy, arg, dx):
-    for n in range(dy.shape[0]):
-        _unpool_sample(dy, arg, dx, n)
-
-
-@njit_parallel
-def maxpool2_backward_parallel(dy, arg, dx):
+def _maxpool2_backward(dy, arg, dx):
     for n in prange(dy.shape[0]):
         _unpool_sample(dy, arg, dx, n)
+
+
+maxpool2_backward_serial, maxpool2_backward_parallel = serial_and_parallel(_maxpool2_backward)
 
 
 def maxpool2(x, parallel=False):
@@ -257,9 +235,7 @@ def maxpool2_backward(dy, arg, x_shape, parallel=False):
 
 
 # -- families ------------------------------------------------------------------------------
-def _numpy_ops():
-    from bench.backends.numpy_backend import NumpyOps
-    return NumpyOps()
+REF = NumpyOps()
 
 
 def _conv_inputs(shape, dtype, rng):
@@ -280,14 +256,14 @@ CONV_CHECK = [(1, 1, 5, 1, 5), (2, 3, 7, 4, 3), (3, 2, 9, 5, 5), (1, 1, 33, 2, 1
 
 
 def _forward_family():
-    fam = KernelFamily("conv2d_forward", lambda x, w, b: _numpy_ops().conv2d(x, w, b),
-                       _conv_inputs, flops=_conv_flops)
+    fam = KernelFamily("conv2d_forward", lambda x, w, b: REF.conv2d(x, w, b), _conv_inputs,
+                       outputs=("y",), flops=_conv_flops, depth=lambda s: s[1] * s[4] * s[4],
+                       dtypes=("float32", "float64"), sweep_shapes=CONV_SWEEP, check_shapes=CONV_CHECK)
     for method in ("direct", "im2col"):
         for parallel in (False, True):
             fam.version(lambda x, w, b, m=method, p=parallel: conv2d(x, w, b, p, m),
                         name=f"{method}_{'parallel' if parallel else 'serial'}")
-    fam.version(lambda x, w, b: _numpy_ops().conv2d(x, w, b), name="numpy_einsum")
-    fam.sweep_shapes, fam.check_shapes, fam.dtypes = CONV_SWEEP, CONV_CHECK, ("float32", "float64")
+    fam.version(lambda x, w, b: REF.conv2d(x, w, b), name="numpy_einsum", library="numpy")
     return fam
 
 
@@ -297,22 +273,25 @@ def _backward_family():
         n, c, h, f, k = shape
         return x, w, rng.standard_normal((n, f, h - k + 1, h - k + 1)).astype(dtype)
 
-    def pack(dw, db, dx):
-        return np.concatenate([dw.ravel(), db.ravel(), dx.ravel()])
-
     def reference(x, w, dy):
         dw, db = np.empty_like(w), np.empty(w.shape[0], w.dtype)
-        dx = _numpy_ops().conv2d_backward(x, w, dy, dw, db)
-        return pack(dw, db, dx)
+        dx = REF.conv2d_backward(x, w, dy, dw, db)
+        return dw, db, dx
 
-    fam = KernelFamily("conv2d_backward", reference, make, flops=lambda s: 2 * _conv_flops(s))
+    def depth(s):  # dw sums over every output pixel of every sample
+        n, c, h, f, k = s
+        return n * (h - k + 1) ** 2
+
+    fam = KernelFamily("conv2d_backward", reference, make, outputs=("dw", "db", "dx"),
+                       flops=lambda s: 2 * _conv_flops(s), depth=depth,
+                       dtypes=("float32", "float64"), sweep_shapes=CONV_SWEEP, check_shapes=CONV_CHECK)
     for parallel in (False, True):
         def version(x, w, dy, p=parallel):
             dw, db = np.empty_like(w), np.empty(w.shape[0], w.dtype)
-            return pack(dw, db, conv2d_backward(x, w, dy, dw, db, True, p))
+            dx = conv2d_backward(x, w, dy, dw, db, True, p)
+            return dw, db, dx
         fam.version(version, name=f"direct_{'parallel' if parallel else 'serial'}")
-    fam.version(reference, name="numpy_einsum")
-    fam.sweep_shapes, fam.check_shapes, fam.dtypes = CONV_SWEEP, CONV_CHECK, ("float32", "float64")
+    fam.version(reference, name="numpy_einsum", library="numpy")
     return fam
 
 
@@ -323,27 +302,20 @@ def _pool_family():
         return (x,)
 
     def reference(x):
-        y, arg = _numpy_ops().maxpool2(x)
-        dx = _numpy_ops().maxpool2_backward(y * 2 + 1, arg, x.shape)
-        return np.concatenate([y.ravel(), dx.ravel()])
+        y, arg = REF.maxpool2(x)
+        return y, REF.maxpool2_backward(y * 2 + 1, arg, x.shape)
 
-    fam = KernelFamily("maxpool2", reference, make, nbytes=lambda s: 8.0 * int(np.prod(s)))
+    fam = KernelFamily("maxpool2", reference, make, outputs=("y", "dx"),
+                       nbytes=lambda s, itemsize: 2.0 * itemsize * int(np.prod(s)),
+                       dtypes=("float32", "float64"), sweep_shapes=[(256, 32, 24, 24), (256, 64, 8, 8)],
+                       check_shapes=[(1, 1, 2, 2), (2, 3, 7, 9), (3, 2, 24, 24)])
     for parallel in (False, True):
         def version(x, p=parallel):
             y, arg = maxpool2(x, p)
-            dx = maxpool2_backward(y * 2 + 1, arg, x.shape, p)
-            return np.concatenate([y.ravel(), dx.ravel()])
+            return y, maxpool2_backward(y * 2 + 1, arg, x.shape, p)
         fam.version(version, name="numba_parallel" if parallel else "numba_serial")
-    fam.version(reference, name="numpy")
-    fam.sweep_shapes = [(256, 32, 24, 24), (256, 64, 8, 8)]
-    fam.check_shapes = [(1, 1, 2, 2), (2, 3, 7, 9), (3, 2, 24, 24)]
-    fam.dtypes = ("float32", "float64")
+    fam.version(reference, name="numpy", library="numpy")
     return fam
 
 
 FAMILIES = [_forward_family(), _backward_family(), _pool_family()]
-
-
-if __name__ == "__main__":
-    from kernels.family import main
-    raise SystemExit(main(FAMILIES))

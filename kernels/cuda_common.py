@@ -1,6 +1,6 @@
 """What every CUDA kernel file shares: whether a real GPU is there, launch sizes
 that stay small under the CUDA simulator, host/device array handling, and a
-KernelFamily that times kernels on device-resident inputs.
+KernelFamily whose versions are timed on device-resident inputs.
 
 Every kernel of the suite loops over its work (elements, output tiles) with a
 grid stride, so it is correct for any grid: on a GPU the grid covers the
@@ -13,7 +13,7 @@ import math
 import numpy as np
 from numba import config, cuda
 
-from kernels.family import KernelFamily
+from .family import KernelFamily
 
 # numba-cuda up to 0.30 registers an overload for np.row_stack while compiling
 # its first kernel; NumPy 2.5 removed that alias of np.vstack, and every CUDA
@@ -70,25 +70,18 @@ def check_out(out, shape, name="out"):
 
 
 class CudaKernelFamily(KernelFamily):
-    """A KernelFamily whose timings exclude host<->device copies: ``check`` feeds
-    the versions host arrays (uploaded inside the call), ``time`` uploads the
-    inputs once and hands the versions device arrays."""
+    """A KernelFamily on the GPU: ``check`` feeds the versions host arrays (each
+    version uploads what it is given), timing hands them device-resident inputs
+    (``to_device``) so that host<->device copies stay outside every sample."""
+
+    device = "cuda"
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("synchronize", cuda.synchronize)
         kwargs.setdefault("available", gpu_available)
         super().__init__(*args, **kwargs)
-        self._timing = False
 
-    def _inputs(self, shape, dtype, seed):
-        inputs = super()._inputs(shape, dtype, seed)
-        if self._timing:
-            return tuple(cuda.to_device(a) if isinstance(a, np.ndarray) else a for a in inputs)
-        return inputs
+    def to_device(self, inputs):
+        return tuple(cuda.to_device(a) if isinstance(a, np.ndarray) else a for a in inputs)
 
-    def time(self, *args, **kwargs):
-        self._timing = True
-        try:
-            return super().time(*args, **kwargs)
-        finally:
-            self._timing = False
+    def synchronize(self):
+        cuda.synchronize()

@@ -13,20 +13,14 @@ Phase 5 fuses each parameter's gradient (a sum over the batch rows) with its
 optimizer update, so no gradient buffer is ever written. The grid is as large
 as a cooperative launch allows (every block resident); the simulator runs
 cooperative grids of one block only, which is how the tests run it.
-Designed for an H100, untimed in this session.
 """
 import functools
 import math
-import time
 
-import numba
-import numpy as np
 from numba import cuda, float32
 
-from kernels.cuda_common import SIMULATOR, THREADS
-from kernels.cuda_matmul import sigmoid
-from models.params import pack, total_size, unpack
-from models.train import Trainer
+from .cuda_common import THREADS
+from .cuda_matmul import sigmoid
 
 SUPPORTED = ("nielsen", "mlp")
 IMAGE, CLASSES = 784, 10
@@ -168,73 +162,3 @@ def kernel_for(network, config):
     nielsen = network.name == "nielsen"
     return epoch_kernel(network.hidden, "sigmoid" if nielsen else "relu", nielsen, nielsen,
                         config["optimizer"] == "momentum")
-
-
-class PersistentEpochTrainer(Trainer):
-    """Trainer whose train_epoch is one launch of the epoch kernel."""
-
-    def __init__(self, network, init_params, config, seed=0):
-        super().__init__(network, init_params, config, seed)
-        self.kernel = kernel_for(network, self.config)
-        self.shapes = network.param_shapes()
-        self.flat = cuda.to_device(pack(init_params, self.shapes))
-        self.velocity = cuda.to_device(np.zeros(total_size(self.shapes), np.float32))
-        self.scratch_rows = 0
-        self.transfer_s = None
-        self.blocks = None
-
-    def set_data(self, x, y):
-        from bench.backends.numba_cuda import check_labels
-        check_labels(self.net, np.asarray(y))
-        t0 = time.perf_counter()
-        self.x = cuda.to_device(np.ascontiguousarray(x, np.float32).reshape(len(x), IMAGE))
-        y = np.asarray(y)
-        self.y = cuda.to_device(np.ascontiguousarray(y, np.float32 if y.dtype.kind == "f"
-                                                     else np.int64))
-        cuda.synchronize()
-        self.transfer_s = time.perf_counter() - t0
-
-    def _scratch(self, rows):
-        if rows > self.scratch_rows:
-            h = self.net.hidden
-            self.a1, self.d1 = (cuda.device_array((rows, h), np.float32) for _ in range(2))
-            self.a2, self.d2 = (cuda.device_array((rows, CLASSES), np.float32) for _ in range(2))
-            self.scratch_rows = rows
-
-    def _grid_blocks(self, args):
-        """As many blocks as can be resident at once (a cooperative launch's limit)."""
-        if SIMULATOR:
-            return 1   # the simulator's cooperative grids have one block
-        if self.blocks is None:
-            kernel = self.kernel.compile(tuple(numba.typeof(a) for a in args))
-            work = math.ceil(total_size(self.shapes) / THREADS)
-            self.blocks = max(1, min(kernel.max_cooperative_grid_blocks(THREADS), work))
-        return self.blocks
-
-    def train_epoch(self, batches):
-        from bench.backends.numba_cuda import epoch_order
-        order, bounds = epoch_order(batches, self.x.shape[0])
-        starts = np.array([s for s, _ in bounds] + [bounds[-1][1] if bounds else 0], np.int64)
-        self._scratch(max((e - s for s, e in bounds), default=1))
-        losses = cuda.device_array(max(len(bounds), 1), np.float32)
-        c = self.config
-        args = (self.x, self.y, cuda.to_device(order), cuda.to_device(starts), self.flat,
-                self.velocity, self.a1, self.a2, self.d1, self.d2, losses,
-                np.float32(c["lr"]), np.float32(c.get("beta", 0.0)),
-                np.float32(1 - c.get("beta", 0.0)))   # 1 - β rounded once, as NumPy does
-        self.kernel[self._grid_blocks(args), THREADS](*args)
-        self.step += len(bounds)
-        return float(np.mean(losses.copy_to_host()[:len(bounds)]))
-
-    def predict(self, x, chunk=1000):
-        from bench.backends.numba_cuda import CudaOps
-        ops = CudaOps()
-        p = ops.views(self.flat, self.shapes)
-        return np.concatenate([ops.to_numpy(self.net.predict(ops, p, ops.asarray(
-            np.ascontiguousarray(x[i:i + chunk], np.float32)))) for i in range(0, len(x), chunk)])
-
-    def params(self):
-        return unpack(self.flat.copy_to_host(), self.shapes)
-
-    def synchronize(self):
-        cuda.synchronize()

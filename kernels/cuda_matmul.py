@@ -28,7 +28,7 @@ layer's epilogue: act < 0 stores A·B as it is, otherwise bias[j] is added and
 act selects none/sigmoid/relu (the fused forward of kernels/cuda_nn.py).
 Measured on an H100 (results/gpu/): v5 reaches 0.43-0.53x cuBLAS fp32 at 4096³.
 
-    python -m kernels.cuda_matmul     # validates, then times on a real GPU
+    mnist-bench gpu --sections matmul # validates, then times on a real GPU
 """
 import functools
 import math
@@ -36,7 +36,7 @@ import math
 import numpy as np
 from numba import cuda, float32
 
-from kernels.cuda_common import (MAX_BLOCKS, SIMULATOR, CudaKernelFamily, check_float32,
+from .cuda_common import (MAX_BLOCKS, SIMULATOR, CudaKernelFamily, check_float32,
                                  check_out, device)
 
 STORE, ACT_NONE, ACT_SIGMOID, ACT_RELU = -1, 0, 1, 2
@@ -473,22 +473,18 @@ def _family(form):
         return (rng.standard_normal(a_shape).astype(dtype),
                 rng.standard_normal(b_shape).astype(dtype))
 
-    fam = CudaKernelFamily(f"cuda_matmul_{form}", _REFERENCES[form], make_inputs,
-                           flops=lambda s: 2.0 * s[0] * s[1] * s[2],
-                           nbytes=lambda s: 4.0 * (s[0] * s[2] + s[2] * s[1] + s[0] * s[1]))
-    for version in VERSIONS:
-        fam.version(functools.partial(launch, version, form), name=version)
     # shape = (m, n, k): C is m×n, the reduction is k long.
-    fam.sweep_shapes = [(128, 128, 784), (784, 128, 128), (128, 784, 128),
-                        (1024, 1024, 1024), (4096, 4096, 4096)]
-    fam.dtypes = ("float32",)
+    fam = CudaKernelFamily(f"cuda_matmul_{form}", _REFERENCES[form], make_inputs, outputs=("C",),
+                           flops=lambda s: 2.0 * s[0] * s[1] * s[2],
+                           nbytes=lambda s, itemsize: itemsize * (s[0] * s[2] + s[2] * s[1] + s[0] * s[1]),
+                           depth=lambda s: s[2],
+                           sweep_shapes=[(128, 128, 784), (784, 128, 128), (128, 784, 128),
+                                         (1024, 1024, 1024), (4096, 4096, 4096)],
+                           check_shapes=[(1, 1, 1), (7, 5, 33), (33, 3, 40), (130, 67, 129)])
+    for version in VERSIONS:
+        fam.version(functools.partial(launch, version, form), name=version, library="cuda")
     return fam
 
 
 matmul_nn, matmul_nt, matmul_tn = (_family(f) for f in FORMS)
 FAMILIES = [matmul_nn, matmul_nt, matmul_tn]
-
-
-if __name__ == "__main__":
-    from kernels.family import main
-    raise SystemExit(main(FAMILIES))

@@ -7,18 +7,18 @@ mini-batch row gather, and the cnn's conv2d and 2×2 max-pool forward/backward.
 Host functions take device arrays, return device arrays (allocated with
 ``alloc``, so a caller can recycle buffers) and raise ValueError on bad shapes.
 Each kernel walks its elements with a grid stride (kernels/cuda_common.py).
-Designed for an H100, untimed in this session.
 
-    python -m kernels.cuda_nn     # validates the families, then times on a real GPU
+    mnist-bench gpu               # validates the families, then times them on a real GPU
 """
 import math
 
 import numpy as np
 from numba import cuda, float32, int8, uint64
 
-from kernels.cuda_common import (SIMULATOR, THREADS, CudaKernelFamily, blocks_for,
+from .cuda_common import (SIMULATOR, THREADS, CudaKernelFamily, blocks_for,
                                  check_float32, check_out, device)
-from kernels.cuda_matmul import ACTIVATION_CODES, matmul_auto
+from .cuda_matmul import ACTIVATION_CODES, matmul_auto
+from ..models.reference import NumpyOps
 
 # Threads of the one-block reductions (losses, conv weight gradients): a power of 2.
 REDUCE_THREADS = 32 if SIMULATOR else 256
@@ -446,9 +446,7 @@ def maxpool2_backward(dy, argmax, x_shape, alloc=cuda.device_array):
 
 
 # -- kernel families ---------------------------------------------------------------------------------
-def _host_dense(activation):
-    from bench.backends.numpy_backend import NumpyOps
-    return lambda x, w, b: NumpyOps().dense(x, w, b, activation)
+REF = NumpyOps()
 
 
 def _dense_family(activation):
@@ -458,33 +456,34 @@ def _dense_family(activation):
                 (rng.standard_normal((k, n)) / np.sqrt(k)).astype(dtype),
                 rng.standard_normal(n).astype(dtype))
 
-    fam = CudaKernelFamily(f"cuda_dense_{activation}", _host_dense(activation), make_inputs,
-                           flops=lambda s: 2.0 * s[0] * s[1] * s[2])
+    fam = CudaKernelFamily(f"cuda_dense_{activation}", lambda x, w, b: REF.dense(x, w, b, activation),
+                           make_inputs, outputs=("y",), flops=lambda s: 2.0 * s[0] * s[1] * s[2],
+                           depth=lambda s: s[2],
+                           sweep_shapes=[(10, 30, 784), (128, 128, 784), (256, 1024, 1024)],
+                           check_shapes=[(1, 1, 1), (7, 33, 65), (33, 10, 784)])
     fam.version(lambda x, w, b: dense(device(x), device(w), device(b), activation),
-                name="v1_matmul_epilogue")
-    fam.sweep_shapes = [(10, 30, 784), (128, 128, 784), (256, 1024, 1024)]
+                name="v1_matmul_epilogue", library="cuda")
     return fam
-
-
-def _softmax_xent_reference(logits, labels):
-    from bench.backends.numpy_backend import NumpyOps
-    return NumpyOps().softmax_cross_entropy(logits.astype(np.float32), labels)[1]
 
 
 def _softmax_inputs(shape, dtype, rng):
     n, classes = shape
-    return (rng.standard_normal(shape).astype(dtype) * 30, rng.integers(0, classes, n))
+    logits = rng.standard_normal(shape).astype(dtype) * 30
+    logits[0, 0] = 1e4  # the stable form must not overflow
+    return logits, rng.integers(0, classes, n)
 
 
-softmax_xent = CudaKernelFamily("cuda_softmax_xent_grad", _softmax_xent_reference, _softmax_inputs)
-softmax_xent.version(lambda z, y: softmax_cross_entropy(device(z), device(y))[1],
-                     name="v1_one_block")
-softmax_xent.sweep_shapes = [(128, 10), (256, 10), (50000, 10)]
+def _softmax_reference(logits, labels):
+    loss, grad = REF.softmax_cross_entropy(logits, labels)
+    return np.array([loss]), grad
 
 
-def _conv_reference(x, w, b):
-    from bench.backends.numpy_backend import NumpyOps
-    return NumpyOps().conv2d(x, w, b)
+softmax_xent = CudaKernelFamily("cuda_softmax_cross_entropy", _softmax_reference, _softmax_inputs,
+                                outputs=("loss", "grad"), depth=lambda s: s[1],
+                                sweep_shapes=[(128, 10), (256, 10), (50000, 10)],
+                                check_shapes=[(1, 10), (7, 10), (33, 7)])
+softmax_xent.version(lambda z, y: softmax_cross_entropy(device(z), device(y)),
+                     name="v1_one_block", library="cuda")
 
 
 def _conv_inputs(shape, dtype, rng):
@@ -493,19 +492,14 @@ def _conv_inputs(shape, dtype, rng):
             rng.standard_normal((f, c, k, k)).astype(dtype), rng.standard_normal(f).astype(dtype))
 
 
-conv2d_forward = CudaKernelFamily("cuda_conv2d", _conv_reference, _conv_inputs,
-                                  flops=lambda s: 2.0 * s[0] * s[3] * s[1] * s[4] ** 2
-                                  * (s[2] - s[4] + 1) ** 2)
-conv2d_forward.version(lambda x, w, b: conv2d(device(x), device(w), device(b)),
-                       name="v1_direct")
 # shape = (images, channels, height = width, filters, kernel size): the cnn's two convs.
-conv2d_forward.sweep_shapes = [(256, 1, 28, 32, 5), (256, 32, 12, 64, 5)]
+conv2d_forward = CudaKernelFamily("cuda_conv2d", lambda x, w, b: REF.conv2d(x, w, b), _conv_inputs,
+                                  outputs=("y",), depth=lambda s: s[1] * s[4] ** 2,
+                                  flops=lambda s: 2.0 * s[0] * s[3] * s[1] * s[4] ** 2
+                                  * (s[2] - s[4] + 1) ** 2,
+                                  sweep_shapes=[(256, 1, 28, 32, 5), (256, 32, 12, 64, 5)],
+                                  check_shapes=[(1, 1, 5, 1, 5), (2, 3, 7, 4, 3)])
+conv2d_forward.version(lambda x, w, b: conv2d(device(x), device(w), device(b)),
+                       name="v1_direct", library="cuda")
 
 FAMILIES = [_dense_family("sigmoid"), _dense_family("relu"), softmax_xent, conv2d_forward]
-for _fam in FAMILIES:
-    _fam.dtypes = ("float32",)
-
-
-if __name__ == "__main__":
-    from kernels.family import main
-    raise SystemExit(main(FAMILIES))

@@ -3,17 +3,17 @@ launch over the flat parameter buffer (every parameter of a network lives in
 one contiguous float32 array, models/train.py), grid-stride over its elements.
 
 They are bandwidth-bound: Adam reads p, g, m, v and writes p, m, v, 28 bytes
-per parameter; bench/gpu_bench.py compares the launch with that floor over
-the measured device-to-device copy bandwidth. Untimed in this session.
-
-    python -m kernels.cuda_update     # validates, then times on a real GPU
+per parameter; `mnist-bench gpu` compares the launch with that floor over the
+measured device-to-device copy bandwidth, the L2 cache flushed before each sample.
 """
 import math
 
 import numpy as np
 from numba import cuda
 
-from kernels.cuda_common import THREADS, CudaKernelFamily, blocks_for, device
+from ..models import NETWORKS
+from ..models.params import total_size
+from .cuda_common import THREADS, CudaKernelFamily, blocks_for, device
 
 
 @cuda.jit
@@ -99,43 +99,46 @@ def _sgd_reference(p, g):
 
 def _momentum_reference(p, g, v):
     v = HYPER["beta"] * v + (1 - HYPER["beta"]) * g
-    return p - HYPER["lr"] * v
+    return p - HYPER["lr"] * v, v
 
 
 def _adam_reference(p, g, m, v):
     b1, b2, t = HYPER["beta1"], HYPER["beta2"], HYPER["step"]
     m = b1 * m + (1 - b1) * g
     v = b2 * v + (1 - b2) * g * g
-    return p - HYPER["lr"] * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + HYPER["eps"])
+    return p - HYPER["lr"] * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + HYPER["eps"]), m, v
+
+
+PARAM_COUNTS = {name: total_size(cls().param_shapes()) for name, cls in NETWORKS.items()}
+
+
+def _family(name, reference, k, outputs):
+    return CudaKernelFamily(name, reference, _buffers(k), outputs=outputs,
+                            nbytes=lambda s, itemsize: itemsize * s[0] * (1.0 + 2 * len(outputs)),
+                            # the mlp's and the cnn's (the Adam network's) parameters; 2^24
+                            # for bandwidth
+                            sweep_shapes=[(PARAM_COUNTS["mlp"],), (PARAM_COUNTS["cnn"],), (1 << 24,)],
+                            check_shapes=[(1,), (33,), (4099,)])
 
 
 def _on_device(update):
-    """A version: upload host inputs, update in place, return the parameters."""
+    """A version: upload host inputs, update in place, return every updated buffer."""
     def version(*arrays):
         arrays = [device(a) for a in arrays]
         update(*arrays)
-        return arrays[0]
+        return (arrays[0],) + tuple(arrays[2:])
     return version
 
 
-sgd = CudaKernelFamily("cuda_sgd", _sgd_reference, _buffers(2), nbytes=lambda s: 12.0 * s[0])
-sgd.version(_on_device(lambda p, g: sgd_update(p, g, HYPER["lr"])), name="v1_grid_stride")
-momentum = CudaKernelFamily("cuda_momentum", _momentum_reference, _buffers(3),
-                            nbytes=lambda s: 20.0 * s[0])
+sgd = _family("cuda_sgd", _sgd_reference, 2, ("p",))
+sgd.version(_on_device(lambda p, g: sgd_update(p, g, HYPER["lr"])), name="v1_grid_stride",
+            library="cuda")
+momentum = _family("cuda_momentum", _momentum_reference, 3, ("p", "v"))
 momentum.version(_on_device(lambda p, g, v: momentum_update(p, g, v, HYPER["lr"], HYPER["beta"])),
-                 name="v1_grid_stride")
-adam = CudaKernelFamily("cuda_adam", _adam_reference, _buffers(4), nbytes=lambda s: 28.0 * s[0])
+                 name="v1_grid_stride", library="cuda")
+adam = _family("cuda_adam", _adam_reference, 4, ("p", "m", "v"))
 adam.version(_on_device(lambda p, g, m, v: adam_update(
     p, g, m, v, HYPER["step"], HYPER["lr"], HYPER["beta1"], HYPER["beta2"], HYPER["eps"])),
-    name="v1_grid_stride")
+    name="v1_grid_stride", library="cuda")
 
 FAMILIES = [sgd, momentum, adam]
-for _fam in FAMILIES:
-    # 1,111,946 = the cnn's parameter count (the Adam network); 2^24 for bandwidth.
-    _fam.sweep_shapes = [(101_770,), (1_111_946,), (1 << 24,)]
-    _fam.dtypes = ("float32",)
-
-
-if __name__ == "__main__":
-    from kernels.family import main
-    raise SystemExit(main(FAMILIES))

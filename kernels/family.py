@@ -1,18 +1,34 @@
 """The llm.c way of keeping kernels honest, as a small class.
 
 A kernel family (one file: kernels/matmul.py, kernels/update.py, ...) holds a
-reference, numbered versions, the shapes that matter, and the FLOP/byte count
-of one call. ``validate`` runs every version against the reference on every
-shape and dtype; ``benchmark`` times only the versions that passed, first
-recording the cold call (JIT compile) apart from the steady state. Adding a
-version is adding one decorated function: it is checked and timed at once.
+reference, numbered versions, the shapes that matter and the FLOP / byte count
+of one call. Every version returns each buffer it writes, under the names the
+family declares in ``outputs`` (an in-place Adam returns p, m and v; a loss
+kernel returns the loss and the gradient), and ``check`` compares each output
+with the reference's on its own (models/checks.py), with a tolerance that
+grows with the reduction length. Adding a version is one decorated function:
+`mnist-bench kernels` then checks it on every check shape before it times it.
 
-    python -m kernels.matmul            # "All results match. Starting benchmarks."
+Each version names the ``library`` whose code it runs (numba, numpy, torch,
+cuda): the sweep hosts each library in its own worker process, so thread pools
+of different libraries never share a process. Timing lives in the measurement
+core (bench/measure.py), not here.
 """
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from ..models.checks import compare, tolerance_for
+
+LIBRARIES = ("numba", "numpy", "torch", "jax", "cuda")
+
+
+@dataclass
+class Version:
+    name: str
+    fn: object
+    library: str = "numba"
+    config: dict = None
 
 
 @dataclass
@@ -23,186 +39,98 @@ class Check:
     ok: bool
     max_error: float = float("nan")
     error: str = ""
-
-
-@dataclass
-class Timing:
-    version: str
-    shape: tuple
-    dtype: str
-    first_call_s: float          # includes JIT compilation for Numba kernels
-    samples_s: list = field(default_factory=list)
-    flops: float = 0.0
-    bytes: float = 0.0
-
-    @property
-    def median_s(self):
-        return float(np.median(self.samples_s))
-
-    @property
-    def gflops(self):
-        return self.flops / self.median_s / 1e9 if self.flops else float("nan")
-
-    @property
-    def gbytes_per_s(self):
-        return self.bytes / self.median_s / 1e9 if self.bytes else float("nan")
+    errors: dict = field(default_factory=dict)
 
 
 class KernelFamily:
-    """reference(*inputs) -> expected array; make_inputs(shape, dtype, rng) -> tuple;
-    each version(*inputs) -> result array (in-place kernels return what they updated)."""
+    """reference(*inputs) -> outputs in float64; make_inputs(shape, dtype, rng) ->
+    tuple of inputs; each version(*inputs) -> outputs (a tuple in ``outputs``
+    order, or one array when there is one output)."""
 
-    def __init__(self, name, reference, make_inputs, flops=None, nbytes=None,
-                 rtol=None, synchronize=None, available=None):
+    device = "cpu"
+
+    def __init__(self, name, reference, make_inputs, outputs=("out",), flops=None, nbytes=None,
+                 depth=None, dtypes=("float32",), sweep_shapes=(), check_shapes=(),
+                 available=None, skip_timing=None):
         self.name, self.reference, self.make_inputs = name, reference, make_inputs
+        self.outputs = tuple(outputs)
         self.flops = flops or (lambda shape: 0.0)
-        self.nbytes = nbytes or (lambda shape: 0.0)
-        self.rtol = rtol or {"float32": 2e-5, "float64": 1e-12}
-        self.synchronize = synchronize or (lambda: None)
+        # nbytes(shape, itemsize): the bytes one call must move at least.
+        self.nbytes = nbytes or (lambda shape, itemsize: 0.0)
+        self.depth = depth or (lambda shape: 1)
+        self.dtypes = tuple(dtypes)
+        self.sweep_shapes = [tuple(s) for s in sweep_shapes]
+        self.check_shapes = [tuple(s) for s in check_shapes]
         self.available = available or (lambda: (True, ""))
+        self.skip_timing = skip_timing or (lambda version, shape: False)
         self.versions = {}
 
-    def version(self, fn=None, *, name=None):
-        """Decorator: register ``fn`` as the next numbered version of the family."""
+    def version(self, fn=None, *, name=None, library="numba", config=None):
+        """Decorator: register ``fn`` as the next version of the family."""
+        if library not in LIBRARIES:
+            raise ValueError(f"unknown library {library!r}; choose from {', '.join(LIBRARIES)}")
+
         def register(f):
-            self.versions[name or f.__name__] = f
+            key = name or f.__name__
+            if key in self.versions:
+                raise ValueError(f"{self.name}: version {key!r} registered twice")
+            self.versions[key] = Version(key, f, library, config)
             return f
         return register(fn) if fn is not None else register
 
-    def _inputs(self, shape, dtype, seed):
-        return self.make_inputs(shape, np.dtype(dtype), np.random.default_rng(seed))
+    # -- inputs, on the host or the family's device --------------------------------
+    def inputs(self, shape, dtype, seed=0):
+        return self.make_inputs(tuple(shape), np.dtype(dtype), np.random.default_rng(seed))
+
+    def to_device(self, inputs):
+        """The inputs where the versions are timed (the host, for CPU families)."""
+        return inputs
+
+    def synchronize(self):
+        """Wait for queued device work (CUDA families)."""
 
     @staticmethod
-    def _copy(inputs):
-        return tuple(a.copy() if isinstance(a, np.ndarray) else a for a in inputs)
+    def host(value):
+        return value.copy_to_host() if hasattr(value, "copy_to_host") else value
 
+    def call(self, version, inputs):
+        """Run a version and bring its outputs to the host as a tuple."""
+        got = self.versions[version].fn(*inputs)
+        self.synchronize()
+        got = got if isinstance(got, tuple) else (got,)
+        return tuple(np.asarray(self.host(g)) for g in got)
+
+    # -- checking ----------------------------------------------------------------
     def check(self, version, shape, dtype, seed=0) -> Check:
-        """Run one version on one shape; compare with the reference computed in float64."""
+        """One version on one shape, every output against the float64 reference."""
         dtype = np.dtype(dtype).name
-        inputs = self._inputs(shape, dtype, seed)
+        shape = tuple(shape)
+        inputs = self.inputs(shape, dtype, seed)
         wide = tuple(a.astype(np.float64) if isinstance(a, np.ndarray) and a.dtype.kind == "f"
-                     else a for a in self._copy(inputs))
+                     else a for a in _copy(inputs))
         try:
-            expected = np.asarray(self.reference(*wide), dtype=np.float64)
-            got = self.versions[version](*self._copy(inputs))
-            self.synchronize()
-            got = np.asarray(got.copy_to_host() if hasattr(got, "copy_to_host") else got)
+            want = self.reference(*wide)
+            want = want if isinstance(want, tuple) else (want,)
+            got = self.call(version, _copy(inputs))
         except Exception as e:  # a crashing kernel is a failed check, recorded
             return Check(version, shape, dtype, False, error=f"{type(e).__name__}: {e}")
-        if got.shape != expected.shape:
+        if len(got) != len(self.outputs):
             return Check(version, shape, dtype, False,
-                         error=f"shape {got.shape}, expected {expected.shape}")
-        if got.dtype != np.dtype(dtype) and got.dtype.kind == "f":
-            return Check(version, shape, dtype, False, error=f"dtype {got.dtype}, expected {dtype}")
-        scale = max(1.0, float(np.max(np.abs(expected)))) if expected.size else 1.0
-        err = float(np.max(np.abs(got - expected))) / scale if expected.size else 0.0
-        ok = bool(np.isfinite(err) and err <= self._tolerance(shape, dtype))
-        return Check(version, shape, dtype, ok, err,
-                     "" if ok else f"max error {err:.3g} over tolerance")
+                         error=f"{len(got)} outputs, expected {len(self.outputs)} "
+                               f"({', '.join(self.outputs)})")
+        for name, g in zip(self.outputs, got):
+            if g.ndim and g.dtype.kind == "f" and g.dtype != np.dtype(dtype):
+                return Check(version, shape, dtype, False, error=f"{name}: dtype {g.dtype}, "
+                                                                 f"expected {dtype}")
+        result = compare(got, want, tolerance_for(dtype, self.depth(shape)), names=self.outputs)
+        return Check(version, shape, dtype, result.ok, result.worst, result.message, result.errors)
 
-    def _tolerance(self, shape, dtype):
-        # Accumulated rounding grows with the reduction length (the largest dim).
-        depth = max(shape) if len(shape) else 1
-        return self.rtol[dtype] * max(1.0, np.sqrt(depth))
-
-    def validate(self, shapes, dtypes=("float32",), versions=None):
+    def validate(self, shapes=None, dtypes=None, versions=None):
+        """Every version x dtype x shape (default: the check shapes and sweep shapes)."""
+        shapes = shapes if shapes is not None else self.check_shapes
         return [self.check(v, s, d) for v in (versions or self.versions)
-                for d in dtypes for s in shapes]
-
-    def time(self, version, shape, dtype="float32", repeats=10, min_time=0.05) -> Timing:
-        """Cold first call, then ``repeats`` samples, each looping to at least min_time."""
-        inputs = self._inputs(shape, dtype, 0)
-        fn = self.versions[version]
-        t0 = time.perf_counter()
-        fn(*inputs)
-        self.synchronize()
-        first = time.perf_counter() - t0
-        t0, loops = time.perf_counter(), 0
-        while loops < 3 or time.perf_counter() - t0 < min_time / 4:
-            fn(*inputs)
-            loops += 1
-        self.synchronize()
-        per_call = (time.perf_counter() - t0) / loops
-        inner = max(1, int(min_time / max(per_call, 1e-9)))
-        samples = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for _ in range(inner):
-                fn(*inputs)
-            self.synchronize()
-            samples.append((time.perf_counter() - t0) / inner)
-        return Timing(version, tuple(shape), np.dtype(dtype).name, first, samples,
-                      float(self.flops(shape)), float(self.nbytes(shape)))
-
-    def benchmark(self, shapes, dtypes=("float32",), versions=None, repeats=10, log=print):
-        """Validate everything first; time only what matched (failures are returned too)."""
-        checks = self.validate(shapes, dtypes, versions)
-        failed = {(c.version, c.dtype) for c in checks if not c.ok}
-        for c in checks:
-            if not c.ok:
-                log(f"  FAIL {self.name}.{c.version} {c.shape} {c.dtype}: {c.error}")
-        if not failed:
-            log("All results match. Starting benchmarks.")
-        timings = []
-        for v in (versions or self.versions):
-            for d in dtypes:
-                if (v, d) in failed:
-                    continue
-                for s in shapes:
-                    t = self.time(v, s, d, repeats)
-                    timings.append(t)
-                    extra = f"{t.gflops:8.1f} GFLOP/s" if t.flops else f"{t.gbytes_per_s:8.1f} GB/s"
-                    log(f"  {self.name}.{v:<28} {str(s):<22} {d:<8} {t.median_s * 1e6:12.1f} us {extra}")
-        return checks, timings
+                for d in (dtypes or self.dtypes) for s in shapes]
 
 
-def main(families, argv=None, description="validate every version, then time it"):
-    """The command line of every kernel file (``python -m kernels.<file>``).
-
-    Validates each family on its ``check_shapes`` (default: its sweep shapes) in
-    every dtype it declares; only if all match does it time the versions on the
-    sweep shapes. A family may define ``skip_timing(version, shape)`` for
-    versions that would take minutes per call at the largest shapes.
-    """
-    import argparse
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--families", default=None, help="comma-separated (default: all)")
-    parser.add_argument("--versions", default=None, help="comma-separated (default: all)")
-    parser.add_argument("--shapes", default=None, help="e.g. 1024x1024x1024,60000x784x10")
-    parser.add_argument("--dtypes", default="float32", help="dtypes to time")
-    parser.add_argument("--repeats", type=int, default=7)
-    args = parser.parse_args(argv)
-    chosen = [f for f in families if not args.families or f.name in args.families.split(",")]
-    versions = args.versions.split(",") if args.versions else None
-    failed = False
-    for fam in chosen:
-        ok, why = fam.available()
-        if not ok:
-            print(f"{fam.name}: not timed ({why})")
-        names = [v for v in (versions or fam.versions) if v in fam.versions]
-        checks = fam.validate(getattr(fam, "check_shapes", fam.sweep_shapes),
-                              getattr(fam, "dtypes", ("float32",)), names)
-        for c in checks:
-            if not c.ok:
-                print(f"  FAIL {fam.name}.{c.version} {c.shape} {c.dtype}: {c.error}")
-                failed = True
-    if failed:
-        return 1
-    print("All results match. Starting benchmarks.")
-    skip = lambda fam, v, s: getattr(fam, "skip_timing", lambda v, s: False)(v, s)
-    for fam in chosen:
-        if not fam.available()[0]:
-            continue
-        shapes = ([tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
-                  if args.shapes else fam.sweep_shapes)
-        for v in [v for v in (versions or fam.versions) if v in fam.versions]:
-            for d in args.dtypes.split(","):
-                for s in shapes:
-                    if skip(fam, v, s):
-                        continue
-                    t = fam.time(v, s, d, args.repeats)
-                    rate = (f"{t.gflops:8.1f} GFLOP/s" if t.flops else
-                            f"{t.gbytes_per_s:8.1f} GB/s" if t.bytes else "")
-                    print(f"  {fam.name}.{v:<22} {str(s):<22} {d:<8} "
-                          f"{t.median_s * 1e6:12.1f} us {rate}")
-    return 0
+def _copy(inputs):
+    return tuple(a.copy() if isinstance(a, np.ndarray) else a for a in inputs)

@@ -17,11 +17,12 @@ import numpy as np
 
 from numba import get_num_threads, prange
 
-from kernels._numba import njit, njit_parallel
-from kernels.backprop import bias_act_serial, bias_grad_serial, quadratic_serial, sigmoid
-from kernels.backprop import softmax_xent_serial
-from kernels.matmul import PARALLEL_MIN_WORK, _stack_array, gemm_into
-from kernels.update import adam_serial, momentum_serial, sgd_serial
+from ._numba import njit, njit_parallel
+from .backprop import bias_act_serial, bias_grad_serial, quadratic
+from .backprop import softmax_xent_serial
+from ._numba import stack_array as _stack_array
+from .matmul import PARALLEL_MIN_WORK, gemm_into
+from .update import adam_serial, momentum_serial, sgd_serial
 
 OPTIMIZER_CODES = {"sgd": 0, "momentum": 1, "adam": 2}
 SIGMOID, RELU, NONE = 1, 2, 0
@@ -203,7 +204,7 @@ def nielsen_epoch(X, onehot, order, starts, contiguous, flat, gflat, s1, s2, hid
         bias_act_serial(a1, b1, SIGMOID)
         gemm_into(a1, w2, a2, True, parallel)
         bias_act_serial(a2, b2, SIGMOID)
-        total += quadratic_serial(a2, yb, dz2)
+        total += quadratic(a2, yb, dz2)
         for i in range(n):
             for j in range(c):
                 dz2[i, j] *= a2[i, j] * (1 - a2[i, j])
@@ -418,21 +419,3 @@ def mlp_epoch(X, labels, order, starts, contiguous, flat, gflat, s1, s2, hidden,
 
 
 EPOCHS = {"linear": linear_epoch, "nielsen": nielsen_epoch, "mlp": mlp_epoch}
-
-
-def batch_index(batches, n):
-    """Shared batch order -> (order, starts, contiguous) for the fused epochs."""
-    if len(batches) == 1 and isinstance(batches[0], slice):
-        s = batches[0]
-        start, stop, stride = s.indices(n)
-        if stride != 1:
-            raise ValueError(f"batch slices must have step 1, got {s}")
-        return np.arange(start, stop, dtype=np.int64), np.array([0, stop - start], np.int64), start == 0
-    parts = [np.arange(*b.indices(n)) if isinstance(b, slice) else np.asarray(b, np.int64)
-             for b in batches]
-    order = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
-    if order.size and (order.min() < 0 or order.max() >= n):
-        raise ValueError(f"batch indices must lie in [0, {n}), got [{order.min()}, {order.max()}]")
-    starts = np.zeros(len(parts) + 1, np.int64)
-    np.cumsum([len(p) for p in parts], out=starts[1:])
-    return order, starts, False

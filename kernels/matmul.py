@@ -1,6 +1,6 @@
 """Matmul in the three forms backprop needs: A·B, A·Bᵀ and Aᵀ·B.
 
-    python -m kernels.matmul          # validate every version, then time the sweep
+    mnist-bench kernels --families matmul_nn,matmul_nt,matmul_tn   # check, then time
 
 Every version works on *logical* operands A (m, k) and B (k, n): the Bᵀ and Aᵀ
 forms pass ``b.T`` / ``a.T``, which are views (Fortran-ordered), never copies;
@@ -35,12 +35,10 @@ provably non-negative: with runtime offsets, Numba's negative-index wraparound
 defeats LLVM's alias checks and the loops run scalar.
 """
 import numpy as np
-from numba import prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import prange
 
-from kernels._numba import njit, njit_parallel
-from kernels.family import KernelFamily
+from ._numba import njit, njit_parallel, stack_array as _stack_array
+from .family import KernelFamily
 
 MR, NR = 8, 32           # register tile: rows of A x columns of B per micro-kernel call
 KC, MC, NC = 256, 128, 2048  # cache blocks: depth, rows of A, columns of B
@@ -81,30 +79,6 @@ def _blocked(A, B, C):
 
 
 # -- v3, v4: packing and the micro-kernel -----------------------------------------
-@intrinsic
-def _stack_array(typingctx, size, dtype):
-    """A 1-D array of ``size`` (a compile-time constant) items on the stack.
-
-    Memory that never escapes the function is provably disjoint from every
-    argument, so once the loops over it are unrolled LLVM keeps it in registers;
-    a heap array (np.empty) could alias the operands and stays in memory."""
-    if not isinstance(size, types.IntegerLiteral):
-        return None
-    n, dt = size.literal_value, dtype.dtype
-    array_type = types.Array(dt, 1, "C")
-
-    def codegen(context, builder, signature, args):
-        item = context.get_data_type(dt)
-        intp = context.get_value_type(types.intp)
-        itemsize = context.get_abi_sizeof(item)
-        array = context.make_array(array_type)(context, builder)
-        context.populate_array(array, data=cgutils.alloca_once(builder, item, size=n),
-                               shape=[intp(n)], strides=[intp(itemsize)],
-                               itemsize=intp(itemsize), meminfo=None)
-        return array._getvalue()
-    return array_type(size, dtype), codegen
-
-
 TILE = MR * NR  # a module constant, so Numba types it as a literal for _stack_array
 
 
@@ -498,15 +472,14 @@ def _reference(form):
 
 def _make_family(form):
     logical, kernel = FORMS[form]
-    fam = KernelFamily(f"matmul_{form}", _reference(form), _make_inputs(form),
+    fam = KernelFamily(f"matmul_{form}", _reference(form), _make_inputs(form), outputs=("C",),
                        flops=lambda s: 2.0 * s[0] * s[1] * s[2],
-                       nbytes=lambda s: 4.0 * (s[0] * s[1] + s[1] * s[2] + s[0] * s[2]))
-    fam.sweep_shapes = SQUARES + NETWORK_SHAPES[form]
-    fam.check_shapes = CHECK_SHAPES
-    fam.dtypes = ("float32", "float64")
-    # The naive loops take minutes per call past ~300M multiply-adds; the smaller
-    # shapes already show where they stand.
-    fam.skip_timing = lambda version, s: version == "v1_naive" and s[0] * s[1] * s[2] > 300e6
+                       nbytes=lambda s, itemsize: itemsize * (s[0] * s[1] + s[1] * s[2] + s[0] * s[2]),
+                       depth=lambda s: s[1], dtypes=("float32", "float64"),
+                       sweep_shapes=SQUARES + NETWORK_SHAPES[form], check_shapes=CHECK_SHAPES,
+                       # The naive loops take minutes per call past ~300M multiply-adds;
+                       # the smaller shapes already show where they stand.
+                       skip_timing=lambda version, s: version == "v1_naive" and s[0] * s[1] * s[2] > 300e6)
 
     def logical_out(a, b):
         A, B = logical(a, b)
@@ -532,31 +505,17 @@ def _make_family(form):
     def v4_parallel(a, b):
         return kernel(a, b, parallel=True)
 
-    @fam.version
+    @fam.version(library="numpy")
     def numpy_blas(a, b):
         A, B = logical(a, b)
         return np.matmul(A, B)
 
-    torch = _torch()
-    if torch is not None:
-        @fam.version
-        def torch_mm(a, b):
-            A, B = logical(torch.from_numpy(a), torch.from_numpy(b))
-            return torch.mm(A, B).numpy()
+    @fam.version(library="torch")
+    def torch_mm(a, b):
+        import torch
+        A, B = logical(torch.from_numpy(a), torch.from_numpy(b))
+        return torch.mm(A, B).numpy()
     return fam
 
 
-def _torch():
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch
-
-
 FAMILIES = [_make_family(form) for form in FORMS]
-
-
-if __name__ == "__main__":
-    from kernels.family import main
-    raise SystemExit(main(FAMILIES))

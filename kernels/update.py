@@ -1,49 +1,33 @@
 """Batched optimizer updates: SGD, momentum, Adam over one flat parameter buffer.
 
-    python -m kernels.update          # validate every version, then time the sweep
+    mnist-bench kernels --families sgd_update,momentum_update,adam_update
 
 Each compiled version makes ONE pass over the buffers, in place: per element it
 reads g (and m, v), updates the state and p, and writes them back, where the
 NumPy expression form of the reference backend streams the arrays through
-memory several times and allocates temporaries.
+memory several times and allocates temporaries. Every version returns every
+buffer it writes (p, and v or m and v), and each is checked on its own.
 
-Versions: numpy_expression (the reference/baseline: NumpyOps' code),
-numba_serial, numba_parallel (prange), torch_foreach (torch._foreach_* on
-tensors sharing the arrays' memory, the multi-tensor path torch.optim uses).
+Versions: numpy_expression (the reference backend's code), numba_serial and
+numba_parallel (one body, compiled both ways), torch_foreach (torch._foreach_*
+on tensors sharing the arrays' memory, the multi-tensor path torch.optim uses).
 """
 import numpy as np
 from numba import prange
 
-from kernels._numba import njit, njit_parallel
-from kernels.family import KernelFamily
+from ..models import NETWORKS
+from ..models.params import total_size
+from ._numba import serial_and_parallel
+from .family import KernelFamily
 
 
-# -- the compiled kernels (also called from the fused epochs) -----------------------
-@njit
-def sgd_serial(p, g, lr):
-    lr = p.dtype.type(lr)
-    for i in range(p.size):
-        p[i] -= lr * g[i]
-
-
-@njit_parallel
-def sgd_parallel(p, g, lr):
+def _sgd(p, g, lr):
     lr = p.dtype.type(lr)
     for i in prange(p.size):
         p[i] -= lr * g[i]
 
 
-@njit
-def momentum_serial(p, g, v, lr, beta):
-    lr, beta, rest = p.dtype.type(lr), p.dtype.type(beta), p.dtype.type(1 - beta)
-    for i in range(p.size):
-        vi = beta * v[i] + rest * g[i]
-        v[i] = vi
-        p[i] -= lr * vi
-
-
-@njit_parallel
-def momentum_parallel(p, g, v, lr, beta):
+def _momentum(p, g, v, lr, beta):
     lr, beta, rest = p.dtype.type(lr), p.dtype.type(beta), p.dtype.type(1 - beta)
     for i in prange(p.size):
         vi = beta * v[i] + rest * g[i]
@@ -51,28 +35,9 @@ def momentum_parallel(p, g, v, lr, beta):
         p[i] -= lr * vi
 
 
-def adam_constants(step, lr, beta1, beta2):
-    """(1-β1, 1-β2, 1/(1-β1^t), 1/(1-β2^t)) in double precision, as torch computes them."""
-    return 1.0 - beta1, 1.0 - beta2, 1.0 / (1.0 - beta1 ** step), 1.0 / (1.0 - beta2 ** step)
-
-
-@njit
-def adam_serial(p, g, m, v, step, lr, beta1, beta2, eps):
-    t = p.dtype.type
-    b1, b2, lr_, eps_ = t(beta1), t(beta2), t(lr), t(eps)
-    r1, r2 = t(1.0 - beta1), t(1.0 - beta2)
-    c1, c2 = t(1.0 - beta1 ** step), t(1.0 - beta2 ** step)
-    for i in range(p.size):
-        gi = g[i]
-        mi = b1 * m[i] + r1 * gi
-        vi = b2 * v[i] + r2 * gi * gi
-        m[i] = mi
-        v[i] = vi
-        p[i] -= lr_ * (mi / c1) / (np.sqrt(vi / c2) + eps_)
-
-
-@njit_parallel
-def adam_parallel(p, g, m, v, step, lr, beta1, beta2, eps):
+def _adam(p, g, m, v, step, lr, beta1, beta2, eps):
+    # 1 - β and the bias corrections are formed in double precision and rounded
+    # once, as NumPy's float32 expressions of the reference do.
     t = p.dtype.type
     b1, b2, lr_, eps_ = t(beta1), t(beta2), t(lr), t(eps)
     r1, r2 = t(1.0 - beta1), t(1.0 - beta2)
@@ -86,7 +51,12 @@ def adam_parallel(p, g, m, v, step, lr, beta1, beta2, eps):
         p[i] -= lr_ * (mi / c1) / (np.sqrt(vi / c2) + eps_)
 
 
-# -- the NumPy expression forms (exactly NumpyOps') ------------------------------
+sgd_serial, sgd_parallel = serial_and_parallel(_sgd)
+momentum_serial, momentum_parallel = serial_and_parallel(_momentum)
+adam_serial, adam_parallel = serial_and_parallel(_adam)
+
+
+# -- the NumPy expression forms (exactly the reference's) ------------------------------
 def sgd_numpy(p, g, lr):
     p -= p.dtype.type(lr) * g
 
@@ -109,53 +79,7 @@ def adam_numpy(p, g, m, v, step, lr, beta1, beta2, eps):
     p -= t(lr) * mhat / (np.sqrt(vhat) + t(eps))
 
 
-# -- families -------------------------------------------------------------------------
-# Flat parameter counts of the networks: linear, nielsen, mlp, cnn; plus 1 and odd sizes.
-PARAM_COUNTS = {"linear": 7850, "nielsen": 23860, "mlp": 101770, "cnn": 1111946}
-CHECK_SHAPES = [(1,), (7,), (33,), (257,), (4099,), (101770,)]
-HYPER = dict(lr=0.01, beta=0.9, beta1=0.9, beta2=0.999, eps=1e-8, step=3)
-
-
-def _torch():
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch
-
-
-def _make_family(name, n_state, reference, serial, parallel, torch_version):
-    def make(shape, dtype, rng):
-        p = rng.standard_normal(shape).astype(dtype)
-        g = rng.standard_normal(shape).astype(dtype)
-        state = [np.abs(rng.standard_normal(shape)).astype(dtype) * 0.1 for _ in range(n_state)]
-        return (p, g, *state)
-
-    def run(fn):
-        def version(p, g, *state):
-            fn(p, g, *state, *args)
-            return p
-        return version
-
-    args = {"sgd": (HYPER["lr"],), "momentum": (HYPER["lr"], HYPER["beta"]),
-            "adam": (HYPER["step"], HYPER["lr"], HYPER["beta1"], HYPER["beta2"], HYPER["eps"])}[name]
-    fam = KernelFamily(f"{name}_update", run(reference), make,
-                       nbytes=lambda s, k=n_state: 4.0 * s[0] * (3 + 2 * k))
-    fam.sweep_shapes = [(n,) for n in PARAM_COUNTS.values()] + [(1 << 22,)]
-    fam.check_shapes = CHECK_SHAPES
-    fam.dtypes = ("float32", "float64")
-    fam.version(run(reference), name="numpy_expression")
-    fam.version(run(serial), name="numba_serial")
-    fam.version(run(parallel), name="numba_parallel")
-    torch = _torch()
-    if torch is not None:
-        def foreach(p, g, *state):
-            torch_version(torch, *(torch.from_numpy(a) for a in (p, g, *state)), *args)
-            return p
-        fam.version(foreach, name="torch_foreach")
-    return fam
-
-
+# -- torch's multi-tensor forms ---------------------------------------------------------
 def _sgd_torch(torch, p, g, lr):
     torch._foreach_add_([p], [g], alpha=-lr)
 
@@ -178,13 +102,50 @@ def _adam_torch(torch, p, g, m, v, step, lr, beta1, beta2, eps):
     torch._foreach_addcdiv_([p], [m], denom, -lr / bc1)
 
 
+# -- families ------------------------------------------------------------------------------
+# Flat parameter counts of the networks, then 2^22 for bandwidth; odd sizes for the checks.
+PARAM_COUNTS = {name: total_size(cls().param_shapes()) for name, cls in NETWORKS.items()}
+CHECK_SHAPES = [(1,), (7,), (33,), (257,), (4099,), (PARAM_COUNTS["mlp"],)]
+HYPER = dict(lr=0.01, beta=0.9, beta1=0.9, beta2=0.999, eps=1e-8, step=3)
+STATE = {"sgd": ("p",), "momentum": ("p", "v"), "adam": ("p", "m", "v")}
+ARGS = {"sgd": ("lr",), "momentum": ("lr", "beta"), "adam": ("step", "lr", "beta1", "beta2", "eps")}
+
+
+def _make_family(name, reference, serial, parallel, torch_version):
+    outputs = STATE[name]
+    args = tuple(HYPER[a] for a in ARGS[name])
+
+    def make(shape, dtype, rng):
+        p = rng.standard_normal(shape).astype(dtype)
+        g = rng.standard_normal(shape).astype(dtype)
+        state = [np.abs(rng.standard_normal(shape)).astype(dtype) * 0.1 for _ in outputs[1:]]
+        return (p, g, *state)
+
+    def run(fn):
+        def version(p, g, *state):
+            fn(p, g, *state, *args)
+            return (p, *state)
+        return version
+
+    fam = KernelFamily(f"{name}_update", run(reference), make, outputs=outputs,
+                       nbytes=lambda s, itemsize: itemsize * s[0] * (1.0 + 2 * len(outputs)),
+                       dtypes=("float32", "float64"),
+                       sweep_shapes=[(n,) for n in PARAM_COUNTS.values()] + [(1 << 22,)],
+                       check_shapes=CHECK_SHAPES)
+    fam.version(run(reference), name="numpy_expression", library="numpy")
+    fam.version(run(serial), name="numba_serial")
+    fam.version(run(parallel), name="numba_parallel")
+
+    def foreach(p, g, *state):
+        import torch
+        torch_version(torch, *(torch.from_numpy(a) for a in (p, g, *state)), *args)
+        return (p, *state)
+    fam.version(foreach, name="torch_foreach", library="torch")
+    return fam
+
+
 FAMILIES = [
-    _make_family("sgd", 0, sgd_numpy, sgd_serial, sgd_parallel, _sgd_torch),
-    _make_family("momentum", 1, momentum_numpy, momentum_serial, momentum_parallel, _momentum_torch),
-    _make_family("adam", 2, adam_numpy, adam_serial, adam_parallel, _adam_torch),
+    _make_family("sgd", sgd_numpy, sgd_serial, sgd_parallel, _sgd_torch),
+    _make_family("momentum", momentum_numpy, momentum_serial, momentum_parallel, _momentum_torch),
+    _make_family("adam", adam_numpy, adam_serial, adam_parallel, _adam_torch),
 ]
-
-
-if __name__ == "__main__":
-    from kernels.family import main
-    raise SystemExit(main(FAMILIES))

@@ -3,7 +3,7 @@
 A network (models/networks.py) is written once against these methods and never
 knows which backend runs it. A backend is a subclass that implements them on its
 own arrays (NumPy arrays, Numba-compiled kernels, torch tensors, CUDA device
-arrays). ``NumpyOps`` in bench/backends/numpy_backend.py is the reference that
+arrays). ``NumpyOps`` in models/reference.py is the reference that
 every other implementation is checked against.
 
 Conventions shared by every implementation:

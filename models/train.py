@@ -22,6 +22,31 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int):
     return [perm[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
+def batch_order(batches, n: int):
+    """An epoch's batches as one index array: (order, starts, contiguous).
+
+    Batch b is ``order[starts[b]:starts[b + 1]]``; ``contiguous`` says the epoch
+    is one slice from row 0 in order (full-batch gradient descent), so a
+    compiled epoch may use the rows in place instead of gathering them. The
+    form the whole-epoch backends (numba-fused, the persistent CUDA kernel,
+    jax-scan) take, so each gets the identical order from one place.
+    """
+    if len(batches) == 1 and isinstance(batches[0], slice):
+        start, stop, stride = batches[0].indices(n)
+        if stride != 1:
+            raise ValueError(f"batch slices must have step 1, got {batches[0]}")
+        return (np.arange(start, stop, dtype=np.int64), np.array([0, stop - start], np.int64),
+                start == 0)
+    parts = [np.arange(*b.indices(n)) if isinstance(b, slice) else np.asarray(b, np.int64)
+             for b in batches]
+    order = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+    if order.size and (order.min() < 0 or order.max() >= n):
+        raise ValueError(f"batch indices must lie in [0, {n}), got [{order.min()}, {order.max()}]")
+    starts = np.zeros(len(parts) + 1, np.int64)
+    np.cumsum([len(p) for p in parts], out=starts[1:])
+    return order, starts, False
+
+
 def dropout_key(seed: int, step: int) -> int:
     """The dropout mask key of optimizer step ``step`` (shared by every backend)."""
     return (seed * 1000003 + step) & 0xFFFFFFFF

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 from numba import types  # noqa: E402
 from numba.cuda import compile_ptx  # noqa: E402
 
-from kernels import cuda_epoch, cuda_matmul, cuda_nn, cuda_update  # noqa: E402
+from mnist_numba_bench.kernels import cuda_epoch, cuda_matmul, cuda_nn, cuda_update  # noqa: E402
 
 
 def jobs():

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from bench import store
+from mnist_numba_bench.bench import importers, store
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,7 +30,7 @@ def test_one_tiny_benchmark_passes_and_imports(tmp_path):
                    f"--benchmark-json={out}", "-q")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "1 passed" in r.stdout
-    path, stored, skipped = store.import_pytest_benchmark(out, tmp_path / "results")
+    path, stored, skipped = importers.import_pytest_benchmark(out, tmp_path / "results")
     assert (stored, skipped) == (1, [])
     _, cells = store.read_results([path])
     cell = cells.iloc[0]

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from bench import compare
-from bench.cli import main as cli
+from mnist_numba_bench.bench import compare
+from mnist_numba_bench.bench.cli import main as cli
 from fixtures.make_results import write_fixture
 
 
@@ -47,7 +47,7 @@ def slow_down_twice(cell):
 def test_planted_2x_regression_is_flagged(baseline, tmp_path, capsys):
     b = variant(baseline, tmp_path, 1, slow_down_twice)
     _, _, rows = compare.compare_runs(baseline, b)
-    flagged = [r for r in rows if r["verdict"] == "regression"]
+    flagged = [r for r in rows if r["verdict"] == "slower"]
     assert [(r["model"], r["backend"], r["batch_size"], r["threads"]) for r in flagged] == \
         [("nielsen", "numba", 10, 4)]
     assert flagged[0]["ratio"] == pytest.approx(2, rel=0.1)
@@ -59,7 +59,7 @@ def test_planted_2x_regression_is_flagged(baseline, tmp_path, capsys):
 def test_resampled_noise_is_not_flagged(baseline, tmp_path, seed):
     b = variant(baseline, tmp_path, seed)
     _, _, rows = compare.compare_runs(baseline, b)
-    assert not [r for r in rows if r["verdict"] in ("regression", "improvement", "broken")]
+    assert not [r for r in rows if r["verdict"] in ("slower", "faster", "broken")]
     assert cli(["compare", baseline, b]) == 0
 
 
@@ -72,21 +72,30 @@ def test_noise_false_positive_rate_stays_near_alpha():
     for _ in range(300):
         a = dict(cell, samples_s=list(np.exp(rng.normal(0, 0.25, 7))))
         b = dict(cell, samples_s=list(np.exp(rng.normal(0, 0.25, 7))))
-        flagged += compare.compare_cells(a, b)["verdict"] == "regression"
+        flagged += compare.compare_cells(a, b)["verdict"] == "slower"
     assert flagged / 300 <= 0.02
 
 
-def test_a_large_ratio_within_the_noise_is_not_a_regression():
+def test_a_large_ratio_within_the_noise_is_too_noisy_not_a_regression():
     a = {"status": "ok", "samples_s": [1.0, 0.5, 1.9, 0.7, 1.4]}
     b = {"status": "ok", "samples_s": [1.25, 0.6, 2.0, 0.8, 1.3]}
     out = compare.compare_cells(a, b)
-    assert out["ratio"] > 1.1 and out["p_slower"] > 0.05 and out["verdict"] == "same"
+    assert out["ratio"] > 1.05 and out["p_slower"] > 0.05 and out["verdict"] == "too noisy"
+    assert "reaches past ±10 %" in out["note"]
+
+
+def test_tight_equal_samples_are_the_same():
+    rng = np.random.default_rng(1)
+    a = {"status": "ok", "samples_s": list(1 + 0.01 * rng.standard_normal(9))}
+    b = {"status": "ok", "samples_s": list(1.02 + 0.01 * rng.standard_normal(9))}
+    out = compare.compare_cells(a, b)
+    assert out["verdict"] == "same" and 0.9 < out["ratio_low"] < out["ratio"] < out["ratio_high"] < 1.1
 
 
 def test_too_few_samples_to_reach_alpha_is_said():
     out = compare.compare_cells({"status": "ok", "samples_s": [1.0, 1.01, 0.99]},
                                 {"status": "ok", "samples_s": [2.0, 2.01, 1.99]})
-    assert out["verdict"] == "untested" and "smallest possible p 0.05" in out["note"]
+    assert out["verdict"] == "too noisy" and "smallest possible p 0.05" in out["note"]
 
 
 def test_invalid_cells_are_never_compared_as_timings(baseline, tmp_path):

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from numba import config, cuda, float32
 
-from bench.backends import get_backend
-from bench.backends.numpy_backend import NumpyOps
-from bench.validate import validate
-from kernels import cuda_matmul, cuda_nn, cuda_update
-from models.ops import dropout_keep_mask
+from mnist_numba_bench.bench.backends import get_backend
+from mnist_numba_bench.models.reference import NumpyOps
+from mnist_numba_bench.bench.validate import validate
+from mnist_numba_bench.kernels import cuda_matmul, cuda_nn, cuda_update
+from mnist_numba_bench.models.ops import dropout_keep_mask
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REF = NumpyOps()
@@ -320,9 +320,9 @@ def test_backend_matches_numpy_after_two_steps(backend, model, batch, monkeypatc
 
 def test_epoch_losses_and_predict_match_numpy(monkeypatch):
     """The mean loss an epoch returns and predict(), for both CUDA trainers."""
-    from bench.validate import validation_data
-    from models import config_for, get_network
-    from models.train import epoch_batches
+    from mnist_numba_bench.bench.validate import validation_data
+    from mnist_numba_bench.models import config_for, get_network
+    from mnist_numba_bench.models.train import epoch_batches
     monkeypatch.setenv("MNIST_BENCH_ALLOW_CUDASIM", "1")
     net = get_network("nielsen")
     config = dict(config_for(net), batch_size=2)
@@ -339,7 +339,7 @@ def test_epoch_losses_and_predict_match_numpy(monkeypatch):
 
 
 def test_cuda_trainers_reject_bad_input(monkeypatch):
-    from models import config_for, get_network
+    from mnist_numba_bench.models import config_for, get_network
     monkeypatch.setenv("MNIST_BENCH_ALLOW_CUDASIM", "1")
     net = get_network("mlp")
     trainer = get_backend("numba-cuda").make_trainer(net, net.init_params(0), config_for(net))
@@ -351,14 +351,19 @@ def test_cuda_trainers_reject_bad_input(monkeypatch):
             net, net.init_params(0), dict(config_for(net), optimizer="adam"))
 
 
-def test_gpu_bench_smoke_runs_on_the_simulator(tmp_path):
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONPATH=ROOT)
-    proc = subprocess.run([sys.executable, "-m", "bench.gpu_bench", "--smoke", "--out",
-                           str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+def test_gpu_command_checks_every_cuda_version_on_the_simulator(tmp_path):
+    """`mnist-bench gpu --smoke` under the simulator: every version of every CUDA
+    family checked against its reference, stored as cells -- and none timed."""
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    proc = subprocess.run([sys.executable, "-m", "mnist_numba_bench.bench", "gpu", "--smoke",
+                           "--results-dir", str(tmp_path)], env=env, capture_output=True,
+                          text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    files = sorted(p.name for p in tmp_path.iterdir())
-    assert 1 <= len(files) <= 8 and all(f.endswith(".json") for f in files), files
+    from mnist_numba_bench.bench.store import read_results
+    _, cells = read_results([tmp_path])
+    assert len(cells) >= 10 and set(cells["status"]) == {"unavailable"}
+    assert cells["validation.ok"].all() and cells["median_s"].isna().all()
+    assert cells["error"].str.contains("simulator").all()
 
 
 def _nvvm_home():

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import data
+from mnist_numba_bench.bench import data
 
 T10K = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-t10k"
 REPO = Path(__file__).resolve().parents[1]
@@ -195,7 +195,7 @@ def test_unknown_dataset():
     (["data", "info", "--dataset", "cifar"], "unknown dataset 'cifar'"),
 ])
 def test_cli_bad_input_is_one_line_and_nonzero(argv, needle):
-    r = subprocess.run([sys.executable, "-m", "bench", *argv], capture_output=True, text=True, cwd=REPO)
+    r = subprocess.run([sys.executable, "-m", "mnist_numba_bench.bench", *argv], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2
     assert needle in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
@@ -204,7 +204,7 @@ def test_cli_bad_input_is_one_line_and_nonzero(argv, needle):
 def test_cli_corrupt_file_is_one_line(tmp_path):
     write_set(tmp_path / "d")
     (tmp_path / "d" / "t10k-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8bgarbage")
-    r = subprocess.run([sys.executable, "-m", "bench", "data", "verify", "--data-dir", str(tmp_path / "d")],
+    r = subprocess.run([sys.executable, "-m", "mnist_numba_bench.bench", "data", "verify", "--data-dir", str(tmp_path / "d")],
                        capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2 and "t10k-images-idx3-ubyte.gz: corrupt" in r.stderr
     assert "Traceback" not in r.stderr

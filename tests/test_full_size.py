@@ -4,10 +4,10 @@ default `-m 'not slow'`; run with `pytest -m slow`."""
 import numpy as np
 import pytest
 
-from bench import data
-from bench.backends import get_backend
-from models import config_for, get_network
-from models.train import accuracy, epoch_batches, prepare_inputs, prepare_targets
+from mnist_numba_bench.bench import data
+from mnist_numba_bench.bench.backends import get_backend
+from mnist_numba_bench.models import config_for, get_network
+from mnist_numba_bench.models.train import accuracy, epoch_batches, prepare_inputs, prepare_targets
 
 pytestmark = pytest.mark.slow
 

@@ -3,8 +3,7 @@ working-layout round trip of every flat buffer under each optimizer."""
 import numpy as np
 import pytest
 
-from bench.validate import validate
-from kernels import fused_epoch as fe
+from mnist_numba_bench.kernels import fused_epoch as fe
 
 SHAPES = [(1, 1, 1), (7, 33, 5), (10, 784, 30), (33, 257, 7), (3, 5, 257)]
 
@@ -48,10 +47,10 @@ def test_transpose_first_block_round_trip():
 def test_fused_nielsen_with_optimizer_state_matches_numpy(overrides):
     """Optimizer state is permuted into the working layout and back each epoch; over two
     epochs (state carried across the round trip) the weights must equal numpy's."""
-    from bench.backends import get_backend
-    from bench.validate import validation_data
-    from models import config_for, get_network
-    from models.train import epoch_batches
+    from mnist_numba_bench.bench.backends import get_backend
+    from mnist_numba_bench.bench.validate import validation_data
+    from mnist_numba_bench.models import config_for, get_network
+    from mnist_numba_bench.models.train import epoch_batches
     net = get_network("nielsen")
     config = dict(config_for(net), batch_size=7, beta=0.9, beta1=0.9, beta2=0.999, eps=1e-8)
     config.update(overrides)

@@ -3,9 +3,9 @@ differences in float64 (the NumPy reference ops, which every backend must match)
 import numpy as np
 import pytest
 
-from bench.backends.numpy_backend import NumpyOps
-from models import NETWORKS, get_network
-from models.train import prepare_targets
+from mnist_numba_bench.models.reference import NumpyOps
+from mnist_numba_bench.models import NETWORKS, get_network
+from mnist_numba_bench.models.train import prepare_targets
 
 ops = NumpyOps()
 rng = np.random.default_rng(0)

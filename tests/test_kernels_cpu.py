@@ -3,8 +3,8 @@ float64 (the KernelFamily checks), plus the contracts the kernels' callers rely 
 import numpy as np
 import pytest
 
-from kernels import backprop, conv, matmul, update
-from kernels.family import KernelFamily
+from mnist_numba_bench.kernels import backprop, conv, matmul, update
+from mnist_numba_bench.kernels.family import KernelFamily
 
 MODULES = [matmul, backprop, conv, update]
 FAMILIES = [(m.__name__.split(".")[-1], f) for m in MODULES for f in m.FAMILIES]
@@ -97,7 +97,7 @@ def test_softmax_cross_entropy_refuses_out_of_range_labels():
 @pytest.mark.parametrize("key", [0, 1, 2 ** 32 - 1, 2 ** 40 + 5])
 @pytest.mark.parametrize("rate", [0.0, 0.1, 0.5, 0.9])
 def test_dropout_mask_is_the_suites_mask_bit_for_bit(rate, key):
-    from models.ops import dropout_keep_mask
+    from mnist_numba_bench.models.ops import dropout_keep_mask
     x = np.ones((33, 257), np.float32)
     y, mask = np.empty_like(x), np.empty_like(x)
     base, threshold = backprop.dropout_constants(rate, key)

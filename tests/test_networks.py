@@ -5,12 +5,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import data
-from bench.backends import get_backend
-from bench.validate import validate
-from models import NETWORKS, config_for, get_network
-from models.params import load_safetensors, pack, save_safetensors, unpack
-from models.train import accuracy, epoch_batches, prepare_inputs, prepare_targets
+from mnist_numba_bench.bench import data
+from mnist_numba_bench.bench.backends import get_backend
+from mnist_numba_bench.bench.validate import validate
+from mnist_numba_bench.models import NETWORKS, config_for, get_network
+from mnist_numba_bench.models.params import load_safetensors, pack, save_safetensors, unpack
+from mnist_numba_bench.models.train import accuracy, epoch_batches, prepare_inputs, prepare_targets
 
 T10K = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-t10k"
 
@@ -90,9 +90,10 @@ def test_numpy_loop_agrees_with_numpy_step_by_step(name):
 
 def test_validation_catches_a_wrong_backend(monkeypatch):
     """A backend whose ops are subtly wrong (bias gradient off by 1 %) fails validation."""
-    from bench import backends
-    from bench.backends.numpy_backend import NumpyBackend, NumpyOps
-    from models.train import OpsTrainer
+    from mnist_numba_bench.bench import backends
+    from mnist_numba_bench.bench.backends.numpy_backend import NumpyBackend
+    from mnist_numba_bench.models.reference import NumpyOps
+    from mnist_numba_bench.models.train import OpsTrainer
 
     class SkewedOps(NumpyOps):
         def bias_grad(self, dz, out=None):

@@ -3,10 +3,10 @@ same init and batch order (bench.validate), for every network each one supports.
 import numpy as np
 import pytest
 
-from bench.backends import get_backend
-from bench.validate import validate
-from models import config_for, get_network
-from models.ops import Ops
+from mnist_numba_bench.bench.backends import get_backend
+from mnist_numba_bench.bench.validate import validate
+from mnist_numba_bench.models import config_for, get_network
+from mnist_numba_bench.models.ops import Ops
 
 # The cnn cases follow tests/test_torch_backends.py: Adam at eps 1e-8 turns float32
 # rounding of gradients that cancel to ~1e-8 into percent-level differences for any
@@ -36,8 +36,8 @@ def test_fused_mlp_with_plain_sgd_matches_numpy():
 
 def test_fused_full_batch_linear_over_several_epochs():
     """Full-batch gradient descent uses the rows in place; two epochs equal numpy's."""
-    from bench.validate import validation_data
-    from models.train import epoch_batches
+    from mnist_numba_bench.bench.validate import validation_data
+    from mnist_numba_bench.models.train import epoch_batches
     net = get_network("linear")
     config = config_for(net)
     x, y, _ = validation_data(net, 50)
@@ -60,7 +60,7 @@ def test_fused_refuses_cnn_with_reason():
 
 def test_numba_ops_implements_every_op():
     import inspect
-    from bench.backends.numba_backend import NumbaOps
+    from mnist_numba_bench.bench.backends.numba_backend import NumbaOps
     abstract = [name for name, f in vars(Ops).items()
                 if inspect.isfunction(f) and "NotImplementedError" in inspect.getsource(f)]
     missing = [n for n in abstract if getattr(NumbaOps, n) is getattr(Ops, n)]

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from bench import profile
+from mnist_numba_bench.bench import profile
 
 PY = ("profiled_epoch", "/work/main/bench/profile.py")
 OPENBLAS = "/venv/lib/python3.11/site-packages/numpy.libs/libscipy_openblas64_-32a4b2a6.so"

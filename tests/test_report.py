@@ -7,7 +7,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from bench import report
+from mnist_numba_bench.bench import report
 from fixtures.make_results import XEON, write_fixture
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -180,6 +180,6 @@ def test_default_results_prefers_finished_runs(fixture_runs, tmp_path):
 
 
 def test_cli_on_an_empty_store_is_a_one_line_error(tmp_path, capsys):
-    from bench.cli import main
+    from mnist_numba_bench.bench.cli import main
     assert main(["report", "--results-dir", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     assert "no run files" in capsys.readouterr().err

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from bench import store
-from bench.stats import mlperf_score, summarize
+from mnist_numba_bench.bench import importers, store
+from mnist_numba_bench.bench.stats import mlperf_score, summarize
 
 
 def header(hostname="box-a", commit="abc123", settings=None):
@@ -126,7 +126,7 @@ def test_import_pytest_benchmark_keeps_only_validated_suite_results(tmp_path):
     path.write_text(json.dumps({"machine_info": {"node": "box-c", "cpu": {"brand_raw": "cpu"}},
                                 "commit_info": {"id": "ccc", "dirty": True},
                                 "benchmarks": [ours, foreign], "datetime": "t", "version": "5"}))
-    out, stored, skipped = store.import_pytest_benchmark(path, tmp_path)
+    out, stored, skipped = importers.import_pytest_benchmark(path, tmp_path)
     assert (stored, skipped) == (1, ["x.py::test_other"])
     runs, cells = store.read_results([out])
     cell = cells.iloc[0]
@@ -135,7 +135,7 @@ def test_import_pytest_benchmark_keeps_only_validated_suite_results(tmp_path):
     assert cell["gflops"] == pytest.approx(8.0) and cell["samples_per_s"] == pytest.approx(2000)
     path.write_text(json.dumps({"benchmarks": [foreign]}))
     with pytest.raises(ValueError, match="none of its 1 benchmarks"):
-        store.import_pytest_benchmark(path, tmp_path)
+        importers.import_pytest_benchmark(path, tmp_path)
 
 
 def test_summary_statistics_of_known_samples():

@@ -3,16 +3,19 @@ trainer) that can train the suite's networks from the canonical parameters.
 
 Backends are imported lazily by name, so a missing optional library (torch, a
 CUDA driver) makes that backend *unavailable with a reason*, never an error for
-the others. To add one, write a ``Backend`` subclass and name it in REGISTRY.
+the others. To add one, write a ``Backend`` subclass and name it in REGISTRY --
+or, from outside the package, in a plugin module: MNIST_BENCH_PLUGINS holds
+comma-separated module names, imported by the registry and the kernel sweep in
+the parent and in every worker (they inherit the variable); a plugin calls
+``register(name, backend_class)`` and may define kernel ``FAMILIES``.
 """
 import importlib
+import os
 
 
 class Backend:
     name = "abstract"
     description = ""
-    # Libraries whose thread pools this backend uses (recorded with each result).
-    uses = ("numpy",)
 
     def available(self):
         """(True, "") or (False, why not) on this machine."""
@@ -24,6 +27,10 @@ class Backend:
 
     def make_trainer(self, network, init_params: dict, config: dict, seed: int = 0):
         raise NotImplementedError
+
+    # Environment variable -> subdirectory of the compile caches this backend fills
+    # (Numba's, Inductor's, JAX's); empty for backends that compile nothing.
+    compile_caches = {}
 
     def configure_threads(self, n: int):
         """Set this backend's own thread pool (Numba, torch) to ``n`` threads.
@@ -37,18 +44,18 @@ class Backend:
 
 # name -> "module:class", in the order `mnist-bench list` shows them.
 REGISTRY = {
-    "numpy-loop": "bench.backends.numpy_backend:NumpyLoopBackend",
-    "numpy": "bench.backends.numpy_backend:NumpyBackend",
-    "numba": "bench.backends.numba_backend:NumbaBackend",
-    "numba-parallel": "bench.backends.numba_backend:NumbaParallelBackend",
-    "numba-fused": "bench.backends.numba_fused:NumbaFusedBackend",
-    "torch": "bench.backends.torch_backend:TorchBackend",
-    "torch-ops": "bench.backends.torch_backend:TorchOpsBackend",
-    "torch-compile": "bench.backends.torch_backend:TorchCompileBackend",
-    "torch-cuda": "bench.backends.torch_backend:TorchCudaBackend",
-    "torch-ops-cuda": "bench.backends.torch_backend:TorchOpsCudaBackend",
-    "numba-cuda": "bench.backends.numba_cuda:NumbaCudaBackend",
-    "numba-cuda-epoch": "bench.backends.numba_cuda:NumbaCudaEpochBackend",
+    "numpy-loop": ".numpy_backend:NumpyLoopBackend",
+    "numpy": ".numpy_backend:NumpyBackend",
+    "numba": ".numba_backend:NumbaBackend",
+    "numba-parallel": ".numba_backend:NumbaParallelBackend",
+    "numba-fused": ".numba_fused:NumbaFusedBackend",
+    "torch": ".torch_backend:TorchBackend",
+    "torch-ops": ".torch_backend:TorchOpsBackend",
+    "torch-compile": ".torch_backend:TorchCompileBackend",
+    "torch-cuda": ".torch_backend:TorchCudaBackend",
+    "torch-ops-cuda": ".torch_backend:TorchOpsCudaBackend",
+    "numba-cuda": ".numba_cuda:NumbaCudaBackend",
+    "numba-cuda-epoch": ".numba_cuda:NumbaCudaEpochBackend",
 }
 
 
@@ -64,20 +71,45 @@ class UnavailableBackend(Backend):
 
 
 _cache = {}
+_plugins = None
+
+
+def plugin_modules() -> list:
+    """The modules named in MNIST_BENCH_PLUGINS, imported once."""
+    global _plugins
+    if _plugins is None:
+        _plugins = []
+        for name in filter(None, (s.strip() for s in os.environ.get("MNIST_BENCH_PLUGINS", "").split(","))):
+            try:
+                _plugins.append(importlib.import_module(name))
+            except ImportError as e:
+                raise ValueError(f"MNIST_BENCH_PLUGINS: cannot import {name!r}: {e}") from None
+    return _plugins
+
+
+def register(name: str, backend_class):
+    """Add a backend from a plugin module (or a test)."""
+    REGISTRY[name] = backend_class
+    _cache.pop(name, None)
 
 
 def get_backend(name: str) -> Backend:
     """The backend called ``name``; unknown names raise ValueError listing the known ones."""
+    plugin_modules()
     if name not in REGISTRY:
         raise ValueError(f"unknown backend {name!r}; choose from {', '.join(REGISTRY)}")
     if name not in _cache:
-        module, cls = REGISTRY[name].split(":")
+        entry = REGISTRY[name]
         try:
-            _cache[name] = getattr(importlib.import_module(module), cls)()
+            if isinstance(entry, str):
+                module, cls = entry.split(":")
+                entry = getattr(importlib.import_module(module, __package__), cls)
+            _cache[name] = entry()
         except ImportError as e:
             _cache[name] = UnavailableBackend(name, f"cannot import {e.name or e}: {e}")
     return _cache[name]
 
 
 def backend_names():
+    plugin_modules()
     return list(REGISTRY)

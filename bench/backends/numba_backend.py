@@ -6,20 +6,13 @@ kernels below PARALLEL_MIN_ELEMENTS elements, and matmuls below
 kernels.matmul.PARALLEL_MIN_WORK multiply-adds, stay serial even in the
 parallel backend: waking the thread pool costs more than such a pass.
 """
-import json
-import os
-import subprocess
-import sys
-import tempfile
-import time
-
 import numpy as np
 
-from kernels import backprop as bp
-from kernels import conv, update
-from kernels.matmul import matmul, matmul_nt, matmul_tn
-from models.ops import Ops
-from models.train import OpsTrainer
+from ...kernels import backprop as bp
+from ...kernels import conv, update
+from ...kernels.matmul import matmul, matmul_nt, matmul_tn
+from ...models.ops import Ops
+from ...models.train import OpsTrainer
 
 from . import Backend
 
@@ -92,7 +85,7 @@ class NumbaOps(Ops):
         if a.shape != onehot.shape:
             raise ValueError(f"quadratic_loss: outputs {a.shape} and targets {onehot.shape} differ")
         grad = np.empty_like(a)
-        return float(bp.quadratic_serial(a, onehot, grad)), grad
+        return float(bp.quadratic(a, onehot, grad)), grad
 
     # -- cnn
     def conv2d(self, x, w, b):
@@ -135,55 +128,14 @@ class NumbaOps(Ops):
             p, g, m, v, step, lr, beta1, beta2, eps)
 
 
-def warm_up(backend_name):
-    """Compile every kernel the backend's networks use: two steps of batch 2 of each."""
-    from bench.backends import get_backend
-    from bench.validate import run_steps, validation_data
-    from models import NETWORKS, config_for, get_network
-    backend = get_backend(backend_name)
-    for model in NETWORKS:
-        if not backend.supports(model)[0]:
-            continue
-        network = get_network(model)
-        config = dict(config_for(network), batch_size=2)
-        x, y, _ = validation_data(network, 4)
-        run_steps(backend, network, config, x, y, 2).predict(x)
-
-
-def measure_compile(backend_name):
-    """{"cold_s", "cache_hit_s"}: warm-up time in a fresh process with an empty Numba
-    cache directory, then again in a second process that finds the cache populated."""
-    code = ("import time, sys; t = time.perf_counter(); "
-            "from bench.backends.numba_backend import warm_up; warm_up(sys.argv[1]); "
-            "print(time.perf_counter() - t)")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    out = {}
-    with tempfile.TemporaryDirectory(prefix="numba-cache-") as cache:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache,
-                   PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-        for key in ("cold_s", "cache_hit_s"):
-            run = subprocess.run([sys.executable, "-c", code, backend_name], env=env, cwd=root,
-                                 capture_output=True, text=True, check=True)
-            out[key] = float(run.stdout.strip().splitlines()[-1])
-    return out
-
-
 class NumbaBackend(Backend):
     name = "numba"
     description = "hand-written Numba kernels, serial (packed matmul, fused elementwise passes)"
-    uses = ("numba",)
     parallel = False
-
-    def __init__(self):
-        self._compile = None
+    compile_caches = {"NUMBA_CACHE_DIR": "numba"}
 
     def make_trainer(self, network, init_params, config, seed=0):
         return OpsTrainer(NumbaOps(self.parallel), network, init_params, config, seed)
-
-    def compile_info(self):
-        if self._compile is None:
-            self._compile = measure_compile(self.name)
-        return dict(self._compile)
 
 
 class NumbaParallelBackend(NumbaBackend):
@@ -196,20 +148,3 @@ class NumbaParallelBackend(NumbaBackend):
         import numba
         numba.set_num_threads(int(n))
         self.threads = numba.get_num_threads()
-
-    def thread_info(self):
-        import numba
-        return {"numba_threads": numba.get_num_threads(),
-                "numba_threading_layer": _threading_layer()}
-
-
-def _threading_layer():
-    import numba
-    try:
-        return numba.threading_layer()
-    except ValueError:  # no parallel kernel has run yet
-        return None
-
-
-if __name__ == "__main__":
-    print(json.dumps({name: measure_compile(name) for name in sys.argv[1:] or ["numba"]}))

@@ -17,17 +17,21 @@ On a machine without a CUDA GPU both are unavailable with the reason; under
 NUMBA_ENABLE_CUDASIM=1 too (simulated kernels are for correctness, never
 timed) unless MNIST_BENCH_ALLOW_CUDASIM=1, which the tests set to run parity.
 """
+import math
 import os
 import time
 
 import numpy as np
+import numba
 from numba import cuda
 
-from kernels import cuda_nn, cuda_update
-from kernels.cuda_common import SIMULATOR, gpu_available, is_device
-from kernels.cuda_matmul import matmul_auto
-from models.ops import Ops
-from models.train import OpsTrainer
+from ...kernels import cuda_nn, cuda_update
+from ...kernels.cuda_common import SIMULATOR, THREADS, gpu_available, is_device
+from ...kernels.cuda_epoch import SUPPORTED, IMAGE, CLASSES, kernel_for
+from ...kernels.cuda_matmul import matmul_auto
+from ...models.ops import Ops
+from ...models.params import pack, total_size, unpack
+from ...models.train import OpsTrainer, Trainer, batch_order
 
 from . import Backend
 
@@ -168,20 +172,6 @@ class CudaOps(Ops):
         cuda_update.adam_update(p, g, m, v, step, lr, beta1, beta2, eps)
 
 
-def epoch_order(batches, n):
-    """(one int64 array of every batch's rows, [(start, stop)] of each batch in it)."""
-    parts, bounds, start = [], [], 0
-    for idx in batches:
-        rows = np.arange(n)[idx] if isinstance(idx, slice) else np.asarray(idx, np.int64)
-        parts.append(rows)
-        bounds.append((start, start + len(rows)))
-        start += len(rows)
-    order = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
-    if order.size and (order.min() < 0 or order.max() >= n):
-        raise ValueError(f"batch indices outside [0, {n})")
-    return order, bounds
-
-
 def check_labels(network, y):
     if network.target == "index" and y.size and (y.min() < 0 or y.max() >= 10):
         raise ValueError(f"labels must be class indices in [0, 10), got {y.min()}..{y.max()}")
@@ -206,17 +196,84 @@ class CudaOpsTrainer(OpsTrainer):
         n = self.x.shape[0]
         full_batch = len(batches) == 1 and isinstance(batches[0], slice)
         if not full_batch:
-            order, bounds = epoch_order(batches, n)
+            order, starts, _ = batch_order(batches, n)
             order = cuda.to_device(order)
         self.ops.begin_epoch(len(batches))
         try:
             for b in range(len(batches)):
                 self.ops.begin_step()
-                self.compute_grads(batches[0] if full_batch else order[bounds[b][0]:bounds[b][1]])
+                self.compute_grads(batches[0] if full_batch else order[starts[b]:starts[b + 1]])
                 self.update()
         finally:
             losses = self.ops.end_epoch()
         return float(np.mean(losses))
+
+
+class PersistentEpochTrainer(Trainer):
+    """Trainer whose train_epoch is one launch of the epoch kernel."""
+
+    def __init__(self, network, init_params, config, seed=0):
+        super().__init__(network, init_params, config, seed)
+        self.kernel = kernel_for(network, self.config)
+        self.shapes = network.param_shapes()
+        self.flat = cuda.to_device(pack(init_params, self.shapes))
+        self.velocity = cuda.to_device(np.zeros(total_size(self.shapes), np.float32))
+        self.scratch_rows = 0
+        self.transfer_s = None
+        self.blocks = None
+
+    def set_data(self, x, y):
+        check_labels(self.net, np.asarray(y))
+        t0 = time.perf_counter()
+        self.x = cuda.to_device(np.ascontiguousarray(x, np.float32).reshape(len(x), IMAGE))
+        y = np.asarray(y)
+        self.y = cuda.to_device(np.ascontiguousarray(y, np.float32 if y.dtype.kind == "f"
+                                                     else np.int64))
+        cuda.synchronize()
+        self.transfer_s = time.perf_counter() - t0
+
+    def _scratch(self, rows):
+        if rows > self.scratch_rows:
+            h = self.net.hidden
+            self.a1, self.d1 = (cuda.device_array((rows, h), np.float32) for _ in range(2))
+            self.a2, self.d2 = (cuda.device_array((rows, CLASSES), np.float32) for _ in range(2))
+            self.scratch_rows = rows
+
+    def _grid_blocks(self, args):
+        """As many blocks as can be resident at once (a cooperative launch's limit)."""
+        if SIMULATOR:
+            return 1   # the simulator's cooperative grids have one block
+        if self.blocks is None:
+            kernel = self.kernel.compile(tuple(numba.typeof(a) for a in args))
+            work = math.ceil(total_size(self.shapes) / THREADS)
+            self.blocks = max(1, min(kernel.max_cooperative_grid_blocks(THREADS), work))
+        return self.blocks
+
+    def train_epoch(self, batches):
+        order, starts, _ = batch_order(batches, self.x.shape[0])
+        n_batches = len(starts) - 1
+        self._scratch(max(int(np.max(np.diff(starts))) if n_batches else 1, 1))
+        losses = cuda.device_array(max(n_batches, 1), np.float32)
+        c = self.config
+        args = (self.x, self.y, cuda.to_device(order), cuda.to_device(starts), self.flat,
+                self.velocity, self.a1, self.a2, self.d1, self.d2, losses,
+                np.float32(c["lr"]), np.float32(c.get("beta", 0.0)),
+                np.float32(1 - c.get("beta", 0.0)))   # 1 - β rounded once, as NumPy does
+        self.kernel[self._grid_blocks(args), THREADS](*args)
+        self.step += n_batches
+        return float(np.mean(losses.copy_to_host()[:n_batches]))
+
+    def predict(self, x, chunk=1000):
+        ops = CudaOps()
+        p = ops.views(self.flat, self.shapes)
+        return np.concatenate([ops.to_numpy(self.net.predict(ops, p, ops.asarray(
+            np.ascontiguousarray(x[i:i + chunk], np.float32)))) for i in range(0, len(x), chunk)])
+
+    def params(self):
+        return unpack(self.flat.copy_to_host(), self.shapes)
+
+    def synchronize(self):
+        cuda.synchronize()
 
 
 def _simulator_allowed():
@@ -226,10 +283,6 @@ def _simulator_allowed():
 class NumbaCudaBackend(Backend):
     name = "numba-cuda"
     description = "hand-written Numba CUDA kernels per op, data resident on the GPU"
-    uses = ("numba",)
-
-    def __init__(self):
-        self._transfer_s = None
 
     def available(self):
         if _simulator_allowed():
@@ -251,14 +304,12 @@ class NumbaCudaEpochBackend(NumbaCudaBackend):
     description = "one persistent Numba CUDA kernel per epoch (nielsen, mlp)"
 
     def supports(self, network_name):
-        from kernels.cuda_epoch import SUPPORTED
         if network_name not in SUPPORTED:
             return False, (f"the persistent epoch kernel covers {', '.join(SUPPORTED)}; "
                            f"{network_name} runs on numba-cuda")
         return True, ""
 
     def make_trainer(self, network, init_params, config, seed=0):
-        from kernels.cuda_epoch import PersistentEpochTrainer
         trainer = PersistentEpochTrainer(network, init_params, config, seed)
         self._last = trainer
         return trainer

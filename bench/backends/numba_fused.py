@@ -8,9 +8,9 @@ Numba ops forward pass.
 """
 import numpy as np
 
-from kernels.fused_epoch import EPOCHS, OPTIMIZER_CODES, batch_index
-from models.params import pack, total_size, unpack
-from models.train import Trainer
+from ...kernels.fused_epoch import EPOCHS, OPTIMIZER_CODES
+from ...models.params import pack, total_size, unpack
+from ...models.train import Trainer, batch_order
 
 from . import Backend
 from .numba_backend import NumbaBackend, NumbaOps
@@ -39,7 +39,7 @@ class NumbaFusedTrainer(Trainer):
         self.y = np.ascontiguousarray(y, np.float32 if self.net.target == "onehot" else np.int64)
 
     def train_epoch(self, batches):
-        order, starts, contiguous = batch_index(batches, len(self.x))
+        order, starts, contiguous = batch_order(batches, len(self.x))
         c = self.config
         hyper = (OPTIMIZER_CODES[c["optimizer"]], self.step, float(c["lr"]),
                  float(c.get("beta", 0.9)), float(c.get("beta1", 0.9)),

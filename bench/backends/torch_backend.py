@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.networks import CLASSES, IMAGE_PIXELS
-from models.ops import Ops
-from models.params import pack, unpack
-from models.train import OPTIMIZERS, OpsTrainer, Trainer, dropout_key
+from ...models.networks import CLASSES, IMAGE_PIXELS
+from ...models.ops import Ops
+from ...models.params import pack, unpack
+from ...models.train import OPTIMIZERS, OpsTrainer, Trainer, dropout_key
 
 from . import Backend
 
@@ -390,7 +390,6 @@ def _tf32_off():
 class TorchBackend(Backend):
     name = "torch"
     description = "PyTorch as its users write it: nn.Module, autograd, torch.optim (CPU)"
-    uses = ("torch",)
     device = "cpu"
     compile = False
 
@@ -421,6 +420,7 @@ class TorchCompileBackend(TorchBackend):
     description = ("the torch model's forward/backward and optimizer step under torch.compile "
                    "(inductor, one static graph per batch size); compile time reported apart")
     compile = True
+    compile_caches = {"TORCHINDUCTOR_CACHE_DIR": "inductor", "TRITON_CACHE_DIR": "triton"}
     _check = None  # (ok, reason) of the one trial compilation, shared by every instance
 
     def available(self):
@@ -456,7 +456,6 @@ class TorchCudaBackend(TorchBackend):
 class TorchOpsBackend(Backend):
     name = "torch-ops"
     description = "the suite's ops on torch tensors, manual backprop, no autograd (CPU)"
-    uses = ("torch",)
     device = "cpu"
 
     def __init__(self):

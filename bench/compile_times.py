@@ -1,0 +1,157 @@
+"""Compile times on equal terms for every backend that compiles, measured once per
+code version x machine x backend x model and reused by later runs.
+
+- cold: a fresh process whose compile caches (Numba's, Inductor's, JAX's: the
+  directories its backend names in ``compile_caches``) are empty runs the cell's
+  whole warm-up -- building the trainer, one optimizer step, one prediction --
+  from the backend's import on;
+- cache hit: a second fresh process does the same with those caches populated.
+
+The figures are kept in ``<cache root>/compile-times.json`` under a key of the
+code version (a hash of the suite's source and the compilers' versions), the
+machine, the backend and the model; a run reuses them unless
+``--measure-compile`` asks for new ones, and every cell says where its figures
+came from. The caches the probes filled become the run's own (under
+``<cache root>/compiled/<code version>/``), so the workers that follow load
+what was just compiled instead of compiling it again.
+"""
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from ..models.cache import cache_root
+
+PACKAGE = __package__.rpartition(".")[0]
+SOURCES = ("models", "kernels", os.path.join("bench", "backends"))
+COMPILERS = ("numba", "llvmlite", "torch", "jax", "jaxlib")
+
+
+def code_version() -> str:
+    """16 hex digits: the suite's kernel, model and backend source and the versions
+    of the compilers that turn it into machine code."""
+    import importlib.metadata
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    h = hashlib.sha256()
+    for folder in SOURCES:
+        for dirpath, _, files in sorted(os.walk(os.path.join(root, folder))):
+            for f in sorted(files):
+                if f.endswith(".py"):
+                    h.update(f.encode())
+                    with open(os.path.join(dirpath, f), "rb") as fh:
+                        h.update(fh.read())
+    for dist in COMPILERS:
+        try:
+            h.update(f"{dist}={importlib.metadata.version(dist)}".encode())
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return h.hexdigest()[:16]
+
+
+def compiled_dir(version=None) -> str:
+    """The compile caches every worker of a run shares."""
+    return os.path.join(cache_root(), "compiled", version or code_version())
+
+
+def cache_env(backend, base) -> dict:
+    """Environment variables that point ``backend``'s compile caches into ``base``."""
+    return {var: os.path.join(base, sub) for var, sub in getattr(backend, "compile_caches", {}).items()}
+
+
+def machine_key(machine: dict) -> str:
+    return f"{machine.get('hostname')}|{machine.get('cpu_model')}|{machine.get('cores')}"
+
+
+def probe(backend_name, model, batch_size, threads, env) -> float:
+    """Seconds of one cell's warm-up in a fresh process with ``env``."""
+    job = json.dumps({"backend": backend_name, "model": model, "batch_size": batch_size,
+                      "threads": threads})
+    run = subprocess.run([sys.executable, "-m", f"{PACKAGE}.bench.worker", "--compile-probe", job],
+                         env=env, capture_output=True, text=True, timeout=1800)
+    lines = run.stdout.strip().splitlines()
+    if run.returncode != 0 or not lines:
+        tail = " | ".join(run.stderr.strip().splitlines()[-3:])[-300:]
+        raise RuntimeError(f"compile probe of {backend_name}/{model} failed: {tail}")
+    return float(lines[-1])
+
+
+def measure(backend, backend_name, model, batch_size, threads, worker_env) -> dict:
+    """Cold and cache-hit warm-up of one backend x model, then the probes' caches
+    merged into the shared ones."""
+    with tempfile.TemporaryDirectory(prefix="compile-probe-") as fresh:
+        env = dict(worker_env, **cache_env(backend, fresh))
+        cold = probe(backend_name, model, batch_size, threads, env)
+        hit = probe(backend_name, model, batch_size, threads, env)
+        shared = compiled_dir()
+        for sub in getattr(backend, "compile_caches", {}).values():
+            if os.path.isdir(os.path.join(fresh, sub)):
+                shutil.copytree(os.path.join(fresh, sub), os.path.join(shared, sub),
+                                dirs_exist_ok=True)
+    return {"cold_s": cold, "cache_hit_s": hit}
+
+
+class CompileTimes:
+    """The stored figures: {key: {"cold_s", "cache_hit_s", "measured", "run_id", ...}}."""
+
+    def __init__(self, path=None):
+        self.path = path or os.path.join(cache_root(), "compile-times.json")
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                self.records = json.load(f)
+        except (OSError, ValueError):
+            self.records = {}
+
+    @staticmethod
+    def key(version, machine, backend, model):
+        return f"{version}|{machine_key(machine)}|{backend}|{model}"
+
+    def get(self, key):
+        return self.records.get(key)
+
+    def put(self, key, record):
+        self.records[key] = record
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        tmp = f"{self.path}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.records, f, indent=1, sort_keys=True)
+        os.replace(tmp, self.path)
+
+
+def figures(pairs, machine, run_id, worker_env_of, force=False, log=print) -> dict:
+    """{(backend, model): compile record} for every pair whose backend compiles:
+    stored figures of this code version on this machine, or new measurements."""
+    from .backends import get_backend
+    version = code_version()
+    store = CompileTimes()
+    out = {}
+    for backend_name, model, batch_size, threads in pairs:
+        backend = get_backend(backend_name)
+        if not getattr(backend, "compile_caches", None) or not backend.available()[0]:
+            continue
+        if not backend.supports(model)[0]:
+            continue
+        key = CompileTimes.key(version, machine, backend_name, model)
+        record = None if force else store.get(key)
+        if record is not None:
+            out[backend_name, model] = dict(record, source="stored")
+            continue
+        log(f"compile: measuring {backend_name} / {model} (cold, then cache hit) ...")
+        t0 = time.perf_counter()
+        try:
+            figures_ = measure(backend, backend_name, model, batch_size, threads,
+                               worker_env_of(backend_name, threads))
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            out[backend_name, model] = {"error": str(e), "source": "failed"}
+            continue
+        record = dict(figures_, code_version=version, run_id=run_id,
+                      measured=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                      threads=threads, batch_size=batch_size)
+        store.put(key, record)
+        out[backend_name, model] = dict(record, source="measured")
+        log(f"compile: {backend_name} / {model}: cold {figures_['cold_s']:.1f} s, "
+            f"cache hit {figures_['cache_hit_s']:.2f} s ({time.perf_counter() - t0:.0f} s)")
+    return out

@@ -1,0 +1,188 @@
+"""What an epoch worker measures for one cell (bench/worker.py runs it).
+
+``EpochUnit`` (throughput): ``setup`` validates the backend against numpy at the
+cell's batch size (a cell that fails is never timed), times the first step (JIT
+or cache load) and one warm-up epoch, and checks the process's thread pools;
+``sample(i)`` is one timed sample -- ``epochs`` epochs in the shared batch order
+of epochs 1 + i·epochs ..., drawn before the clock starts -- and ``finish``
+scores the test set. ``TtaUnit`` (time to accuracy): sample i trains seed i from
+its init until the test accuracy reaches the target, evaluation on the clock.
+
+Only the epoch loop and a final synchronisation are inside the timer.
+"""
+import time
+
+import numpy as np
+
+from ..models import config_for, get_network
+from ..models.train import accuracy, epoch_batches, prepare_inputs, prepare_targets
+from .measure import CpuTimer, thread_mismatches, thread_pools
+from .stats import NOISY_STEAL, mlperf_score
+
+VALIDATION_STEPS = 3
+_data = {}
+
+
+def load_data(path):
+    """The worker's training and test arrays, read once per file."""
+    if path not in _data:
+        with np.load(path) as z:
+            _data[path] = {k: z[k] for k in z.files}
+    return _data[path]
+
+
+def timed_epochs(trainer, batch_lists) -> tuple:
+    """Seconds per epoch of the epochs in ``batch_lists`` and the last epoch's loss:
+    nothing inside the timer but the training loop and the final synchronisation."""
+    result = {}
+
+    def run():
+        for batches in batch_lists:
+            result["loss"] = trainer.train_epoch(batches)
+        trainer.synchronize()
+
+    return CpuTimer()(run) / len(batch_lists), result["loss"]
+
+
+class EpochUnit:
+    def __init__(self, cell):
+        from .backends import get_backend
+        self.cell = cell
+        self.backend = get_backend(cell["backend"])
+        self.network = get_network(cell["model"])
+        self.config = config_for(self.network, cell.get("overrides"))
+        self.config["batch_size"] = cell["batch_size"]
+        self.seed = cell.get("seed") or 0
+        self.epochs = cell.get("epochs") or 1
+
+    def refuse(self):
+        """(status, why) when the cell cannot run here, else None."""
+        ok, why = self.backend.available()
+        if ok:
+            ok, why = self.backend.supports(self.cell["model"])
+        return None if ok else ("unavailable", why)
+
+    def setup(self) -> dict:
+        from .validate import run_steps, validate, validation_data
+        refused = self.refuse()
+        if refused:
+            return {"status": refused[0], "error": refused[1]}
+        threads = self.cell["threads"]
+        self.backend.configure_threads(threads)
+        out = {"config": self.config, "flops_per_sample": self.network.flops_per_sample()}
+        # The first step of a new trainer in this process carries the JIT compilation
+        # (or its on-disk cache load): timed apart, before validation runs it hot.
+        x, y, _ = validation_data(self.network, max(self.cell["batch_size"], 1), self.seed)
+        t0 = time.perf_counter()
+        try:
+            run_steps(self.backend, self.network, self.config, x, y, 1, self.seed)
+            first_step = time.perf_counter() - t0
+        except Exception:  # left for validation to record
+            first_step = None
+        check = validate(self.cell["backend"], self.cell["model"], steps=VALIDATION_STEPS,
+                         batch_size=self.cell["batch_size"] or None, seed=self.seed,
+                         overrides=self.cell.get("overrides"))
+        out["validation"] = {"ok": check.ok, "max_error": check.max_error, "steps": check.steps}
+        if not check.ok:
+            return out | {"status": "invalid", "error": check.error}
+        data = load_data(self.cell["data_file"])
+        self.x = prepare_inputs(self.network, data["train_x"])
+        self.y = prepare_targets(self.network, data["train_y"])
+        self.test_x = data["test_x"].reshape((-1,) + tuple(self.network.input_shape))
+        self.test_y = data["test_y"]
+        self.trainer = self.backend.make_trainer(self.network, self.network.init_params(self.seed),
+                                                 self.config, self.seed)
+        self.trainer.set_data(self.x, self.y)
+        warm_s, _ = timed_epochs(self.trainer, [epoch_batches(len(self.x), self.cell["batch_size"],
+                                                              self.seed, 0)])
+        out["compile"] = {"first_step_s": first_step, "warmup_epoch_s": warm_s,
+                          "backend": self.backend.compile_info()}
+        pools = thread_pools()
+        out["env"] = pools
+        wrong = thread_mismatches(pools, threads)
+        if wrong:
+            return out | {"status": "error", "error": f"thread pools differ from the cell's "
+                                                      f"{threads} threads: {'; '.join(wrong)}"}
+        out["train_samples"] = len(self.x)
+        out["epochs"] = self.epochs
+        return out | {"status": "ready"}
+
+    def sample(self, index) -> dict:
+        n, bs = len(self.x), self.cell["batch_size"]
+        first = 1 + index * self.epochs
+        batch_lists = [epoch_batches(n, bs, self.seed, e) for e in range(first, first + self.epochs)]
+        seconds, loss = timed_epochs(self.trainer, batch_lists)
+        return {"seconds": seconds, "loss": loss}
+
+    def finish(self) -> dict:
+        return {"accuracy": accuracy(self.trainer, self.test_x, self.test_y)}
+
+
+class TtaUnit(EpochUnit):
+    """Sample i: seed seeds[i] trained from its own init until the test accuracy
+    reaches the target (or the epoch limit), training and evaluation timed."""
+
+    def setup(self) -> dict:
+        out = super().setup()
+        self.trainer = None
+        return out
+
+    def sample(self, index) -> dict:
+        seed = self.cell["tta_seeds"][index % len(self.cell["tta_seeds"])]
+        trainer = self.backend.make_trainer(self.network, self.network.init_params(seed),
+                                            self.config, seed)
+        trainer.set_data(self.x, self.y)
+        max_epochs = self.cell.get("epochs") or self.config["epochs"]
+        elapsed, log, reached = 0.0, [], None
+        for epoch in range(max_epochs):
+            batches = epoch_batches(len(self.x), self.cell["batch_size"], seed, epoch)
+            train_s, loss = timed_epochs(trainer, [batches])
+            t0 = time.perf_counter()
+            acc = accuracy(trainer, self.test_x, self.test_y)
+            eval_s = time.perf_counter() - t0
+            elapsed += train_s + eval_s
+            log.append({"epoch": epoch + 1, "loss": loss, "accuracy": acc, "train_s": train_s,
+                        "eval_s": eval_s, "elapsed_s": elapsed})
+            if acc >= self.cell["target_accuracy"]:
+                reached = elapsed
+                break
+        return {"seconds": reached, "seed": {"seed": seed, "time_to_accuracy_s": reached,
+                                             "epochs": len(log), "final_accuracy": log[-1]["accuracy"],
+                                             "epoch_log": log}}
+
+    def finish(self) -> dict:
+        return {}
+
+
+UNITS = {"epoch": EpochUnit, "tta": TtaUnit}
+
+
+def finalize(cell):
+    """A cell's figures derived from its samples: images per second, GFLOP/s, the
+    compile figures with where they came from, the MLPerf score of a tta cell."""
+    figures = cell.get("compile_figures")
+    comp = cell.setdefault("compile", {})
+    if figures and "cold_s" in figures:
+        comp.update(cold_s=figures["cold_s"], cache_hit_s=figures["cache_hit_s"],
+                    cold_source="probe: fresh process, empty compile caches",
+                    figures_from=("measured in this run" if figures["source"] == "measured" else
+                                  f"stored: measured {figures.get('measured')} "
+                                  f"in run {figures.get('run_id')}"),
+                    code_version=figures.get("code_version"))
+    elif comp.get("first_step_s") is not None:
+        comp.update(cold_s=comp["first_step_s"], cache_hit_s=None,
+                    cold_source="first step (the backend caches no compiled code)"
+                    if not figures else f"first step (probe failed: {figures.get('error')})")
+    if cell.get("median_s"):
+        n = cell.get("train_samples")
+        if n:
+            cell["samples_per_s"] = n / cell["median_s"]
+            cell["gflops"] = cell["flops_per_sample"] * n / cell["median_s"] / 1e9
+    if cell["kind"] == "tta" and cell.get("seeds"):
+        cell["score_s"] = mlperf_score([s["time_to_accuracy_s"] for s in cell["seeds"]])
+        cell["accuracy"] = cell["seeds"][-1]["final_accuracy"]
+        cell["epoch_samples_s"] = [e["train_s"] for s in cell["seeds"] for e in s["epoch_log"]]
+    steal = (cell.get("noise") or {}).get("steal_max")
+    if steal is not None and steal > NOISY_STEAL:
+        cell["noisy"] = True
+        cell["noisy_reason"] = f"up to {steal:.0%} of the CPU stolen by the hypervisor in a sample"

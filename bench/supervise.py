@@ -1,0 +1,283 @@
+"""The parent side of every sweep: long-lived worker processes, and the rounds that
+interleave their samples.
+
+Each worker (bench/worker.py) hosts one backend or kernel library at one thread
+count, for the whole sweep, so thread pools of different libraries never share
+a process. A sweep runs in groups of cells (all of an epoch sweep; one kernel
+shape at a time in a kernel sweep):
+
+1. setup: every cell of the group is validated and warmed up in its worker --
+   several workers at once, at most one per core; a cell that fails is stored
+   at once (invalid, unavailable, error) and never timed;
+2. rounds: in each round every ready cell gives one sample, in an order shuffled
+   afresh each round (seeded, and recorded). Only the sampling worker runs: the
+   others are stopped (SIGSTOP), so no idle thread pool spins on a core, and the
+   CPU time they used during each sample is read back and stored (it is 0);
+   drift of the machine that hits a round hits every cell of it, which is what
+   makes per-round ratios between two cells (bench/stats.paired_ratio) paired;
+3. finish: each cell adds its end-of-run figures (accuracy) and its summary.
+
+Every cell is rewritten into the results store after every round, so a run
+that is interrupted or killed keeps every sample it had finished.
+"""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from .machine import THREAD_VARS
+from .measure import Noise, summarize_noise
+from .stats import summarize
+
+PACKAGE = __package__.rpartition(".")[0]
+
+
+class WorkerDied(RuntimeError):
+    pass
+
+
+def thread_env(threads, extra=None) -> dict:
+    env = dict(os.environ)
+    for var in THREAD_VARS:
+        env[var] = str(threads)
+    env.update(extra or {})
+    return env
+
+
+def _die_with_parent():
+    """Linux: the worker gets SIGKILL when the parent dies (even by SIGKILL), so a
+    killed run leaves no orphan burning the cores; SIGINT at its default, so a
+    worker started from a background shell still stops on Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        import ctypes
+        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+
+
+class Worker:
+    def __init__(self, key, env):
+        self.key = key
+        self._errors = tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen([sys.executable, "-m", f"{PACKAGE}.bench.worker"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self._errors, env=env, text=True, bufsize=1,
+                                     preexec_fn=_die_with_parent)
+        self.paused = False
+        self.lock = threading.Lock()
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def request(self, command) -> dict:
+        with self.lock:
+            self.resume()
+            try:
+                self.proc.stdin.write(json.dumps(command) + "\n")
+                self.proc.stdin.flush()
+                line = self.proc.stdout.readline()
+            except (BrokenPipeError, OSError):
+                line = ""
+            if not line:
+                self.proc.wait()
+                raise WorkerDied(f"worker {self.key} exited with status {self.proc.returncode}: "
+                                 f"{self.last_words()}")
+            return json.loads(line)
+
+    def pause(self):
+        if not self.paused and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGSTOP)
+            self.paused = True
+
+    def resume(self):
+        if self.paused and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+        self.paused = False
+
+    def last_words(self) -> str:
+        self._errors.flush()
+        self._errors.seek(0)
+        return " | ".join(self._errors.read().strip().splitlines()[-3:])[-300:]
+
+    def close(self):
+        try:
+            self.resume()
+            if self.proc.poll() is None:
+                self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
+                self.proc.stdin.close()
+                self.proc.wait(timeout=10)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            pass
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self._errors.close()
+
+
+class Progress:
+    """One line on stderr per finished setup and per round, with elapsed time and ETA."""
+
+    def __init__(self, total_cells, rounds):
+        self.total, self.rounds, self.start = total_cells, rounds, time.perf_counter()
+        self.set_up = 0
+
+    def line(self, text, eta=None):
+        elapsed = time.perf_counter() - self.start
+        tail = f"  elapsed {elapsed:5.0f}s" + (f"  ETA {eta:5.0f}s" if eta is not None else "")
+        print(f"{text}{tail}", file=sys.stderr, flush=True)
+
+    def setup(self, cell):
+        self.set_up += 1
+        what = cell["status"]
+        if what == "ready":
+            warm = (cell.get("compile") or {}).get("warmup_epoch_s")
+            what = "ready" + (f" (warm-up epoch {warm:.3g} s)" if warm else "")
+        else:
+            what = f"{what.upper()}: {(cell.get('error') or '')[:90]}"
+        self.line(f"[setup {self.set_up:>3}/{self.total}] {describe(cell)}: {what}")
+
+
+def describe(cell) -> str:
+    if cell["kind"] == "kernel":
+        return (f"{cell['model']}.{cell['backend']} {'x'.join(map(str, cell['shape']))} "
+                f"{cell['dtype']} t={cell['threads']}")
+    bs = cell["batch_size"] or "full"
+    return f"{cell['model']} {cell['backend']} bs={bs} t={cell['threads']}"
+
+
+class Supervisor:
+    """Runs groups of cells on workers keyed by ``worker_key(cell)``; ``env_of(key)``
+    gives a new worker's environment; ``store(cell)`` writes a cell (replacing an
+    earlier version of it); ``finalize(cell)`` adds its derived figures."""
+
+    def __init__(self, worker_key, env_of, store, finalize, rounds, seed=0, parallel_setup=None):
+        self.worker_key, self.env_of, self.store, self.finalize = worker_key, env_of, store, finalize
+        self.rounds, self.seed = rounds, seed
+        self.parallel_setup = parallel_setup or os.cpu_count() or 1
+        self.workers = {}
+
+    def worker(self, key) -> Worker:
+        if key not in self.workers:
+            self.workers[key] = Worker(key, self.env_of(key))
+        return self.workers[key]
+
+    def close(self):
+        for w in self.workers.values():
+            w.close()
+        self.workers.clear()
+
+    # -- the three phases -----------------------------------------------------------
+    def run(self, groups, progress):
+        order_seed = random.Random(self.seed)
+        for group in groups:
+            ready = self.setup(group, progress)
+            self.sample(ready, progress, random.Random(order_seed.random()))
+            self.finish(ready)
+
+    def setup(self, cells, progress) -> list:
+        by_worker = {}
+        for cell in cells:
+            by_worker.setdefault(self.worker_key(cell), []).append(cell)
+        ready, lock, gate = [], threading.Lock(), threading.Semaphore(self.parallel_setup)
+        # Started from this thread: PR_SET_PDEATHSIG fires when the *thread* that
+        # started a child exits, which a setup thread does at once.
+        for key in by_worker:
+            self.worker(key)
+
+        def set_up(key, todo):
+            with gate:
+                w = self.worker(key)
+                for cell in todo:
+                    try:
+                        answer = w.request({"op": "setup", "id": cell["id"], "cell": cell})
+                    except WorkerDied as e:
+                        answer = {"status": "error", "error": str(e)}
+                    cell.update(answer)
+                    with lock:
+                        if cell["status"] == "ready":
+                            ready.append(cell)
+                        else:
+                            self.store(cell)
+                        progress.setup(cell)
+                w.pause()
+
+        threads = [threading.Thread(target=set_up, args=item, daemon=True) for item in by_worker.items()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(0.2)  # a short join keeps Ctrl-C deliverable to this thread
+        return sorted(ready, key=lambda c: c["id"])
+
+    def sample(self, cells, progress, rng):
+        for cell in cells:
+            cell.update(samples_s=[], noise_samples=[], rounds=self.rounds, rounds_done=0,
+                        status="ok")
+        estimate = sum((c.get("compile") or {}).get("warmup_epoch_s") or
+                       (c.get("first_call_s") or 0) for c in cells)
+        for r in range(self.rounds):
+            t0 = time.perf_counter()
+            order = list(cells)
+            rng.shuffle(order)
+            for cell in order:
+                if cell["status"] != "ok":
+                    continue
+                w = self.worker(self.worker_key(cell))
+                noise = Noise(watch=[o.pid for o in self.workers.values() if o is not w])
+                noise.start()
+                try:
+                    answer = w.request({"op": "sample", "id": cell["id"], "index": r})
+                except WorkerDied as e:
+                    answer = {"status": "error", "error": str(e)}
+                reading = noise.stop()
+                w.pause()
+                if answer.get("status") == "error":
+                    cell.update(status="error", error=answer["error"])
+                    self.store(cell)
+                    continue
+                cell["samples_s"].append(answer.pop("seconds"))
+                cell["noise_samples"].append(reading)
+                for key, value in answer.items():
+                    if key == "seed":
+                        cell.setdefault("seeds", []).append(value)
+                    else:
+                        cell[key] = value
+            for cell in cells:
+                if cell["status"] == "ok":
+                    cell["rounds_done"] = r + 1
+                    self.summarize(cell)
+                    self.store(cell)
+            took = time.perf_counter() - t0
+            estimate = took
+            progress.line(f"[round {r + 1:>2}/{self.rounds}] {len(order)} cells, {took:.1f} s",
+                          eta=estimate * (self.rounds - r - 1))
+
+    def finish(self, cells):
+        for cell in cells:
+            if cell["status"] != "ok":
+                continue
+            w = self.worker(self.worker_key(cell))
+            try:
+                answer = w.request({"op": "finish", "id": cell["id"]})
+            except WorkerDied as e:
+                answer = {"status": "error", "error": str(e)}
+            w.pause()
+            if answer.get("status") == "error":
+                cell.update(status="error", error=answer["error"])
+            else:
+                cell.update(answer)
+            self.summarize(cell)
+            self.store(cell)
+
+    def summarize(self, cell):
+        timed = [s for s in cell["samples_s"] if s is not None]
+        if timed:
+            cell.update(summarize(timed))
+        cell["noise"] = summarize_noise(cell.get("noise_samples"))
+        self.finalize(cell)
