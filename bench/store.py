@@ -23,7 +23,7 @@ CELL_COLUMNS = ("run_id", "machine", "git_commit", "git_dirty", "id", "group", "
                 "status", "error", "validation.ok", "validation.max_error", "compile.cold_s",
                 "compile.cache_hit_s", "samples_s", "rounds", "median_s", "iqr_s", "ci_low_s",
                 "ci_high_s", "noisy", "samples_per_s", "gflops", "gbytes_per_s", "flops", "bytes",
-                "accuracy", "loss", "source", "device")
+                "accuracy", "loss", "source", "device", "library", "train_samples")
 
 
 def now_iso() -> str:

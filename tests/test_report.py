@@ -57,8 +57,9 @@ def test_html_embeds_every_image_and_table(generated):
         prefix = "data:image/png;base64,"
         assert src.startswith(prefix), src[:40]
         assert base64.b64decode(src[len(prefix):], validate=True)[:8] == PNG_MAGIC
-    # the runs, the headline's two machines, and every table
-    assert page.tables == 1 + 2 + len(report.TABLE_TITLES)
+    # the runs, the headline's two machines, and every table that has rows
+    with_rows = sum(1 for n in report.TABLE_TITLES if result["tables"][n])
+    assert page.tables == 1 + 2 + with_rows
 
 
 def test_markdown_has_every_table_and_links_every_plot(generated):
@@ -97,15 +98,61 @@ def test_headline_names_machine_run_and_speedups(generated):
     assert "(1.00x)" in nielsen and "(2.7" in nielsen
 
 
-def test_percent_of_peak_uses_cores_clock_and_flops_per_cycle(fixture_runs):
+def test_roofline_uses_the_measured_ceilings(fixture_runs):
     runs, cells, machines = report.load(fixture_runs)
-    table = report.peak_table(cells, machines)
+    table = report.roofline_table(cells, machines)
     row = table[(table["version"] == "numpy") & (table["shape"] == "1024x1024x1024")].iloc[0]
-    assert row["peak_gflops"] == pytest.approx(4 * 2.1 * 64)  # 4 cores x 2.1 GHz x AVX-512 FMA
-    assert row["pct_of_peak"] == pytest.approx(100 * row["gflops"] / (4 * 2.1 * 64))
+    assert row["peak_gflops"] == pytest.approx(400, rel=0.1)  # the fixture's fma_peak cell
+    assert row["peak_source"].startswith("measured: fma_peak")
+    assert row["bandwidth_gb_s"] == pytest.approx(20, rel=0.1)  # its stream_triad cell
+    assert row["intensity"] == pytest.approx(2 * 1024 ** 3 / (12 * 1024 ** 2))
+    assert row["bound"] == "compute" and row["pct_of_roof"] == pytest.approx(100 * row["gflops"] / row["peak_gflops"])
     assert row["pct_of_blas"] == pytest.approx(100)
+    small = table[(table["version"] == "numpy") & (table["shape"] == "64x64x64")].iloc[0]
+    # 64^3: 2*64^3 FLOPs over 12*64^2 bytes = 10.7 FLOP/byte; 20 GB/s x 10.7 < 400 GFLOP/s
+    assert small["bound"] == "memory" and small["roof_gflops"] == pytest.approx(20 * 64 / 6, rel=0.1)
     naive = table[(table["version"] == "matmul_naive") & (table["shape"] == "1024x1024x1024")].iloc[0]
     assert naive["pct_of_blas"] < 1
+    assert "fma_peak" not in set(table["kernel"])  # the ceilings are not drawn against themselves
+
+
+def test_theoretical_peak_where_no_ceiling_was_measured(fixture_runs):
+    runs, cells, machines = report.load(fixture_runs)
+    cells = cells[~cells["model"].isin(["fma_peak", "stream_triad"])]
+    row = report.roofline_table(cells, machines).iloc[0]
+    assert row["peak_gflops"] == pytest.approx(4 * 2.1 * 64)  # 4 cores x 2.1 GHz x AVX-512 FMA
+    assert row["peak_source"].startswith("theoretical")
+
+
+def test_recommendation_names_the_fastest_with_its_margin_or_no_clear_winner(fixture_runs):
+    _, cells, _ = report.load(fixture_runs)
+    rec = report.recommendation_table(cells)
+    xeon = rec[rec["machine"].str.contains("Xeon") & (rec["threads"] == 4)].set_index(["model", "batch_size"])
+    # fixture: nielsen batch 10 numba-parallel 1.9 s vs numba 2.2 s (2 % spread): clear
+    r = xeon.loc[("nielsen", 10)]
+    assert r["fastest"] == "numba-parallel" and r["runner_up"] == "numba" and r["verdict"] == "fastest"
+    assert r["margin_low"] > 1 and r["margin"] == pytest.approx(2.2 / 1.9, rel=0.05)
+    # mlp batch 512: torch 0.8 s vs numpy 0.9 s: clear; mlp batch 32: torch noisy (25 %)
+    assert xeon.loc[("mlp", 512)]["fastest"] == "torch"
+    assert set(rec["verdict"]) <= {"fastest", "no clear winner", "only one backend measured"}
+
+
+def test_summary_says_who_wins_where(generated):
+    result, _ = generated
+    text = " ".join(result["summary"])
+    assert "nielsen on fixture-xeon" in text and "numba-parallel" in text
+    assert "runner-up" in text and "95 % intervals" in text
+    assert "matmul on fixture-xeon" in text and "% of the measured peak" in text
+    assert "matmul_tiled_parallel" in text and "x the BLAS" in text
+
+
+def test_html_tables_sort_and_filter_without_the_network(generated):
+    result, _ = generated
+    with open(result["html"], encoding="utf-8") as f:
+        page = f.read()
+    assert "addEventListener('click'" in page and 'class="filter"' in page
+    assert "<script src" not in page and "http" not in page.split("<script>")[1]
+    assert "full batch" in page or "batch 0" not in page
 
 
 def test_peak_from_recorded_clock_or_omitted():
@@ -119,10 +166,10 @@ def test_peak_from_recorded_clock_or_omitted():
 def test_plots_without_data_are_skipped_with_a_reason(fixture_runs, tmp_path):
     epyc_only = [p for p in fixture_runs if "epyc" in p]
     result = report.generate(epyc_only, str(tmp_path))
-    assert {"kernel_gflops", "time_to_accuracy", "thread_scaling"} <= set(result["skipped"])
-    assert "speedup" in result["plots"]
+    assert {"roofline", "time_to_accuracy", "thread_scaling"} <= set(result["skipped"])
+    assert "speedup" in result["plots"] and "crossover" in result["plots"]
     with open(result["html"], encoding="utf-8") as f:
-        assert "skipped: no valid float32 kernel cells" in f.read()
+        assert "skipped: no valid kernel cells with FLOP and byte counts" in f.read()
 
 
 def test_newer_run_supersedes_same_coordinates(fixture_runs, tmp_path):

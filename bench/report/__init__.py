@@ -1,0 +1,203 @@
+"""`mnist-bench report`: the results store as an answer.
+
+Reads run files (results/SCHEMA.md), aggregates them with pandas (tables.py),
+draws with matplotlib (plots.py) and writes (render.py) into the output folder:
+
+- ``report.html``: one self-contained page -- what the report says (sentences
+  generated from the data), the recommendation table (the fastest validated
+  backend per model x batch size x threads, its margin over the runner-up with
+  its interval, or "no clear winner"), the crossover plot, the headline, every
+  plot embedded as PNG, every table sortable and filterable;
+- ``report.md``: the same in Markdown, plots linked as PNG files;
+- ``headline.md``: epoch time per model x backend with the speed-up over numpy,
+  per machine, for the README;
+- ``plots/<name>.png`` and ``plots/<name>.svg``.
+
+CPU and GPU runs of any number of machines sit side by side; the machine table
+puts the same cells on different machines next to each other.
+"""
+import base64
+import html
+import io
+import os
+import shutil
+import subprocess
+
+from .load import default_results, load, machine_label
+from .plots import PLOT_TITLES, makers
+from .render import PAGE, SCRIPT, frame_rows, headline, html_table, markdown_table_to_html, md_table
+from .tables import (bandwidth_table, cell_table, compile_table, machines_table, peak_per_core,
+                     recommendation_table, roofline_table, speedup_table, summary, thread_table,
+                     tta_table)
+
+__all__ = ["generate", "load", "default_results", "peak_per_core", "speedup_table",
+           "roofline_table", "recommendation_table", "PLOT_TITLES", "TABLE_TITLES"]
+
+TABLE_TITLES = {
+    "recommendation": "Recommendation: the fastest validated backend per model, batch size and threads",
+    "speedup": "Speed-up over numpy (representative setting per machine and model)",
+    "roofline": "Kernels: GFLOP/s, % of the roof at their arithmetic intensity and of the best BLAS",
+    "bandwidth": "Memory-bound kernels: GB/s and % of the measured bandwidth",
+    "time_to_accuracy": "Time to accuracy",
+    "thread_scaling": "Thread scaling",
+    "compile": "Compile time against steady-state epoch time, and where each figure came from",
+    "machines": "The same cells on different machines",
+    "cells": "Every cell with its validation status",
+}
+
+
+def generate(result_paths, out_dir) -> dict:
+    """Write the report of the run files (or directories) ``result_paths`` into
+    ``out_dir``; returns the paths written, the plots skipped and why, and notes."""
+    runs, cells, machines = load(result_paths)
+    plots_dir = os.path.join(out_dir, "plots")
+    os.makedirs(plots_dir, exist_ok=True)
+    tables = {"recommendation": recommendation_table(cells).drop(columns=["run_id"]),
+              "speedup": speedup_table(cells), "roofline": roofline_table(cells, machines),
+              "bandwidth": bandwidth_table(cells, machines), "time_to_accuracy": tta_table(cells),
+              "thread_scaling": thread_table(cells), "compile": compile_table(cells),
+              "machines": machines_table(cells), "cells": cell_table(cells)}
+    plots, skipped, png = {}, {}, {}
+    for name, make in makers(cells, machines).items():
+        fig, reason = make()
+        if fig is None:
+            skipped[name] = reason
+            continue
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+        png[name] = buf.getvalue()
+        plots[name] = {"png": os.path.join(plots_dir, name + ".png"),
+                       "svg": os.path.join(plots_dir, name + ".svg")}
+        with open(plots[name]["png"], "wb") as f:
+            f.write(png[name])
+        fig.savefig(plots[name]["svg"], format="svg")
+
+    notes = []
+    for machine in {machine_label(m): m for m in machines.values()}.values():
+        per_core, why = peak_per_core(machine)
+        if per_core:
+            notes.append(f"theoretical peak on {machine_label(machine)} (used only where no "
+                         f"fma_peak cell was measured): {why}")
+    superseded = int(cells["superseded"].sum())
+    if superseded:
+        notes.append(f"{superseded} cells superseded by a newer run of the same machine and "
+                     f"coordinates: listed in the cell table, left out of plots and aggregates")
+    counts = cells["status"].value_counts().to_dict()
+    notes.append("cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) +
+                 f", {int(cells['noisy'].sum())} noisy, {int(cells['synthetic'].sum())} on synthetic data")
+    said = summary(cells, machines)
+    run_rows = [[h["run_id"], machine_label(h.get("machine") or {}),
+                 ((h.get("git") or {}).get("commit") or "")[:10], h.get("status"), h.get("started"), n]
+                for h, n in zip(runs["header"], runs["n_cells"])]
+    run_columns = ["run", "machine", "commit", "status", "started", "cells"]
+
+    head_md = headline(cells, runs)
+    headline_path = os.path.join(out_dir, "headline.md")
+    with open(headline_path, "w", encoding="utf-8") as f:
+        f.write(head_md)
+
+    md = ["# mnist-numba-bench report\n", "## What this report says\n"]
+    md += [f"- {s}" for s in said] or ["- no epoch or kernel cells to summarise"]
+    md += ["", f"### {TABLE_TITLES['recommendation']}\n"]
+    page = ["<h1>mnist-numba-bench report</h1><h2>What this report says</h2><ul class=summary>" +
+            "".join(f"<li>{html.escape(s)}</li>" for s in said) + "</ul>",
+            f"<h2>{html.escape(TABLE_TITLES['recommendation'])}</h2>"]
+    rec = tables["recommendation"]
+    if rec.empty:
+        md.append("No epoch cells.\n")
+        page.append("<p>No epoch cells.</p>")
+    else:
+        md.append(md_table(*frame_rows(rec)))
+        page.append(html_table(*frame_rows(rec)))
+    for name in ("crossover",):
+        if name in plots:
+            md.append(f"![{PLOT_TITLES[name]}](plots/{name}.png)\n")
+            page.append(_figure(name, png[name]))
+    md += ["## Headline\n", head_md, "## Runs\n", md_table(run_columns, run_rows), "## Notes\n"]
+    md += [f"- {n}" for n in notes] + [""]
+    md += [f"- plot {PLOT_TITLES[n]} skipped: {why}" for n, why in skipped.items()]
+    page.append("<h2>Headline</h2>" + markdown_table_to_html(head_md))
+    page.append(f"<h2>Runs</h2>{html_table(run_columns, run_rows)}")
+    page.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) +
+                "".join(f"<li>plot <em>{html.escape(PLOT_TITLES[n])}</em> skipped: {html.escape(why)}</li>"
+                        for n, why in skipped.items()) + "</ul>")
+    md.append("## Plots\n")
+    page.append("<h2>Plots</h2>")
+    for name in plots:
+        if name == "crossover":
+            continue
+        md.append(f"### {PLOT_TITLES[name]}\n\n![{PLOT_TITLES[name]}](plots/{name}.png)\n")
+        page.append(_figure(name, png[name]))
+    md.append("## Tables\n")
+    page.append("<h2>Tables</h2>")
+    for name, df in tables.items():
+        if name == "recommendation":
+            continue
+        md.append(f"### {TABLE_TITLES[name]}\n")
+        page.append(f"<h3>{html.escape(TABLE_TITLES[name])}</h3>")
+        if df.empty:
+            md.append("No data.\n")
+            page.append("<p>No data.</p>")
+            continue
+        md.append(md_table(*frame_rows(df)))
+        page.append(html_table(*frame_rows(df)))
+
+    md_path, html_path = os.path.join(out_dir, "report.md"), os.path.join(out_dir, "report.html")
+    with open(md_path, "w", encoding="utf-8") as f:
+        f.write("\n".join(md))
+    with open(html_path, "w", encoding="utf-8") as f:
+        f.write(PAGE.format(body="\n".join(page), script=SCRIPT))
+    return {"html": html_path, "markdown": md_path, "headline": headline_path, "plots": plots,
+            "skipped": skipped, "tables": {n: len(df) for n, df in tables.items()}, "notes": notes,
+            "summary": said, "runs": list(runs["run_id"])}
+
+
+def _figure(name, data):
+    b64 = base64.b64encode(data).decode("ascii")
+    return (f'<figure><img alt="{html.escape(PLOT_TITLES[name])}" src="data:image/png;base64,{b64}">'
+            f"<figcaption>{html.escape(PLOT_TITLES[name])}</figcaption></figure>")
+
+
+def screenshot(html_path, png_path, width=1400, height=4000):
+    """Render the page in headless Chromium (Debian's ``chromium``) to look at it
+    as a reader would; returns the PNG's path."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if not browser:
+        raise ValueError("no headless browser: install Debian's chromium to take a screenshot")
+    profile = os.path.join(os.path.dirname(os.path.abspath(png_path)), ".chromium-profile")
+    run = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                          "--no-first-run", "--disable-background-networking",
+                          "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
+                          "--hide-scrollbars", f"--window-size={width},{height}",
+                          f"--screenshot={os.path.abspath(png_path)}",
+                          "file://" + os.path.abspath(html_path)],
+                         capture_output=True, text=True, timeout=120)
+    shutil.rmtree(profile, ignore_errors=True)
+    if run.returncode != 0 or not os.path.exists(png_path):
+        raise ValueError(f"chromium could not render {html_path}: {run.stderr.strip()[-200:]}")
+    return png_path
+
+
+def add_arguments(parser):
+    parser.add_argument("results", nargs="*", metavar="RESULTS",
+                        help="run files or directories (default: the newest run of each machine "
+                             "for each kind of cell in RESULTS_DIR/runs)")
+    parser.add_argument("--out", default=os.path.join("results", "report"),
+                        help="output directory (default results/report)")
+    parser.add_argument("--results-dir", default="results", help="the results store (default results/)")
+    parser.add_argument("--screenshot", default=None, metavar="PNG",
+                        help="also render report.html in headless Chromium into PNG")
+
+
+def main(args):
+    paths = args.results or default_results(args.results_dir)
+    out = generate(paths, args.out)
+    print(f"report of {len(out['runs'])} runs -> {out['html']}, {out['markdown']}, {out['headline']}")
+    print(f"plots: {', '.join(out['plots']) or 'none'} (PNG and SVG in {os.path.join(args.out, 'plots')})")
+    for name, why in out["skipped"].items():
+        print(f"  skipped {name}: {why}")
+    for line in out["summary"]:
+        print(f"  {line}")
+    if args.screenshot:
+        print(f"screenshot: {screenshot(out['html'], args.screenshot)}")
+    return 0

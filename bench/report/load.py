@@ -1,0 +1,110 @@
+"""Loading runs for the report: the store's cells with the report's own columns.
+
+``machine_label`` names a machine (host, CPU, cores, GPU); ``superseded`` marks a
+cell whose coordinates a newer run on the same machine measured again;
+``usable`` is ok and not superseded; ``flags`` is what a table shows beside a
+cell. Cells of runs written before intervals were stored get theirs computed
+from their samples here.
+"""
+import math
+import os
+
+import numpy as np
+
+from ..compare import MATCH_KEY, _key_value
+from ..stats import median_ci
+from ..store import read_results
+
+
+def int_or_none(v):
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else int(v)
+
+
+def shape_label(shape):
+    return "x".join(str(int(d)) for d in shape) if isinstance(shape, (list, tuple, np.ndarray)) else ""
+
+
+def machine_label(machine: dict) -> str:
+    cpu = machine.get("cpu_model") or "CPU not recorded"
+    cores = f", {machine['cores']} cores" if machine.get("cores") else ""
+    label = f"{machine.get('hostname')}: {cpu}{cores}"
+    gpu = machine.get("gpu") or {}
+    return label + (f", {gpu['name']}" if gpu.get("name") else "")
+
+
+def flags(cells):
+    """Each cell's marks for tables, from its status and the noisy / synthetic /
+    superseded columns."""
+    return [", ".join(f for f, on in (("INVALID", s == "invalid"), ("ERROR", s == "error"),
+                                      ("unavailable", s == "unavailable"), ("noisy", n),
+                                      ("synthetic data", syn), ("superseded", sup)) if on)
+            for s, n, syn, sup in zip(cells["status"], cells["noisy"], cells["synthetic"],
+                                      cells["superseded"])]
+
+
+def _interval(samples, low, high):
+    if isinstance(low, float) and not math.isnan(low):
+        return low, high
+    if isinstance(samples, list) and len([s for s in samples if s is not None]) > 1:
+        lo, hi, _ = median_ci([s for s in samples if s is not None])
+        return lo, hi
+    return np.nan, np.nan
+
+
+def load(result_paths):
+    """(runs, cells, machines by run id) with the report's columns."""
+    import pandas as pd
+    runs, cells = read_results(list(result_paths))
+    if cells.empty:
+        raise ValueError(f"no cells in {', '.join(map(str, result_paths))}: nothing to report")
+    runs = runs.sort_values("started").reset_index(drop=True)
+    machines = {h["run_id"]: h.get("machine") or {} for h in runs["header"]}
+    order = {run_id: i for i, run_id in enumerate(runs["run_id"])}
+    cells = cells.copy()
+    # object columns: integer coordinates stay integers next to the None of kernel cells
+    for column in ("batch_size", "threads", "group"):
+        cells[column] = pd.Series([int_or_none(v) for v in cells[column]], index=cells.index,
+                                  dtype=object)
+    cells["shape_label"] = [shape_label(s) for s in cells["shape"]]
+    cells["machine_label"] = [machine_label(machines[r]) for r in cells["run_id"]]
+    cells["run_order"] = [order[r] for r in cells["run_id"]]
+    cells["device"] = [d if isinstance(d, str) else "cpu" for d in cells["device"]]
+    quartiles = [np.percentile([s for s in v if s is not None], [25, 75])
+                 if isinstance(v, list) and any(s is not None for s in v) else (np.nan, np.nan)
+                 for v in cells["samples_s"]]
+    cells["q1_s"], cells["q3_s"] = [q[0] for q in quartiles], [q[1] for q in quartiles]
+    intervals = [_interval(s, lo, hi) for s, lo, hi in
+                 zip(cells["samples_s"], cells["ci_low_s"], cells["ci_high_s"])]
+    cells["ci_low_s"], cells["ci_high_s"] = [i[0] for i in intervals], [i[1] for i in intervals]
+    cells["noisy"] = cells["noisy"].fillna(False).astype(bool)
+    cells["synthetic"] = cells["synthetic"].fillna(False).astype(bool)
+    keys = [(m,) + tuple(_key_value(row[k]) for k in MATCH_KEY)
+            for m, (_, row) in zip(cells["machine"], cells.iterrows())]
+    newest = {}
+    for key, run_order in zip(keys, cells["run_order"]):
+        newest[key] = max(newest.get(key, -1), run_order)
+    cells["superseded"] = [ro < newest[k] for k, ro in zip(keys, cells["run_order"])]
+    cells["usable"] = (cells["status"] == "ok") & ~cells["superseded"]
+    cells["flags"] = flags(cells)
+    return runs, cells, machines
+
+
+def default_results(results_dir="results") -> list:
+    """The newest run of each machine for each kind of cell (epoch, tta, kernel) and
+    device (a CPU kernel sweep and a GPU one are separate runs). Runs still marked
+    ``running`` count only where no finished one has that kind."""
+    runs_dir = os.path.join(results_dir, "runs")
+    if not os.path.isdir(runs_dir) or not any(f.endswith(".jsonl") for f in os.listdir(runs_dir)):
+        raise ValueError(f"no run files in {runs_dir}: run `mnist-bench run` first or name "
+                         f"result files")
+    runs, cells = read_results([runs_dir])
+    if cells.empty:
+        return list(runs["path"])
+    # sort key: finished runs after running ones, then by start time; the last wins
+    order = {r: (status != "running", started)
+             for r, status, started in zip(runs["run_id"], runs["status"], runs["started"])}
+    cells = cells.assign(order=[order[r] for r in cells["run_id"]],
+                         device=[d if isinstance(d, str) else "cpu" for d in cells["device"]])
+    newest = cells.sort_values("order").groupby(["machine", "kind", "device"])["run_id"].last()
+    paths = dict(zip(runs["run_id"], runs["path"]))
+    return sorted({paths[r] for r in newest})

@@ -1,0 +1,294 @@
+"""The report's plots. Each function returns (matplotlib Figure, None) or (None,
+why it has nothing to draw). Every legend sits inside its figure; every backend
+keeps one colour and marker across all plots; intervals are drawn as bars."""
+import math
+import textwrap
+
+import numpy as np
+
+from .tables import (BASELINE, _seeds, batch_text, ceilings, compile_table, crossover_data,
+                     roofline_table, speedup_table, thread_table)
+
+PLOT_TITLES = {
+    "crossover": "Images per second against batch size, every backend (95 % intervals)",
+    "speedup": "Speed-up over numpy per model (95 % intervals)",
+    "roofline": "Kernels against the measured ceilings (roofline)",
+    "time_to_accuracy": "Accuracy against wall time",
+    "thread_scaling": "Thread scaling",
+    "compile_vs_steady": "Compile time against steady-state time",
+}
+# Distinct colours in an order where neighbours differ in hue and lightness
+# (Paul Tol's "muted" and "bright" sets, interleaved), then matplotlib's tab20.
+PALETTE = ["#4477AA", "#EE6677", "#228833", "#CCBB44", "#66CCEE", "#AA3377", "#BBBBBB",
+           "#332288", "#DDCC77", "#117733", "#CC6677", "#88CCEE", "#882255", "#44AA99",
+           "#999933", "#AA4499", "#000000"]
+MARKERS = "osD^v<>pPX*h"
+
+
+def _figure(n_rows, n_cols, width=5.0, height=3.6):
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(width * n_cols, height * n_rows), layout="constrained")
+    return fig, fig.subplots(n_rows, n_cols, squeeze=False)
+
+
+def _grid(n_panels, columns=3, width=5.5, height=4.2):
+    """A figure of n panels, at most ``columns`` a row; unused axes hidden."""
+    cols = min(columns, n_panels)
+    rows = (n_panels + cols - 1) // cols
+    fig, axes = _figure(rows, cols, width, height)
+    flat = list(axes.ravel())
+    for ax in flat[n_panels:]:
+        ax.set_axis_off()
+    return fig, flat[:n_panels]
+
+
+def styles(cells):
+    """One (colour, marker) per backend, the same in every plot of the report."""
+    from matplotlib import colormaps
+    names = sorted(set(cells["backend"]), key=lambda b: (b != BASELINE, b))
+    extra = list(colormaps["tab20"].colors)
+    palette = PALETTE + extra
+    return {n: (palette[i % len(palette)], MARKERS[i % len(MARKERS)]) for i, n in enumerate(names)}
+
+
+def _plain_log(ax, axis="both"):
+    """Log axes labelled 0.5, 1, 2, 1,000 rather than 5x10^-1."""
+    from matplotlib.ticker import LogFormatter
+
+    class PlainLogFormatter(LogFormatter):
+        def __call__(self, x, pos=None):
+            if not super().__call__(x, pos):
+                return ""
+            return f"{x:,.0f}" if x >= 1 else f"{x:g}"
+
+    for a in ((ax.xaxis, ax.yaxis) if axis == "both" else (getattr(ax, axis + "axis"),)):
+        a.set_major_formatter(PlainLogFormatter(labelOnlyBase=False))
+        a.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+
+
+def _left_out_note(ax, cells):
+    bad = cells[cells["status"] != "ok"]
+    if not bad.empty:
+        text = "not drawn: " + "; ".join(f"{', '.join(sorted(set(g['backend'])))} ({status})"
+                                         for status, g in bad.groupby("status"))
+        ax.text(0.01, 0.01, textwrap.fill(text, 70), transform=ax.transAxes, fontsize=7,
+                color="firebrick", va="bottom")
+
+
+def plot_crossover(cells):
+    e = crossover_data(cells)
+    if e.empty:
+        return None, "no valid epoch cells with a batch size"
+    panels = sorted({(m, mo, t) for m, mo, t in zip(e["machine_label"], e["model"], e["threads"])},
+                    key=str)
+    fig, axes = _grid(len(panels))
+    st = styles(cells)
+    for ax, (machine, model, threads) in zip(axes, panels):
+        g = e[(e["machine_label"] == machine) & (e["model"] == model) & (e["threads"] == threads)]
+        for b, bg in g.groupby("backend"):
+            # one run per point: the newest at each batch size
+            bg = bg.sort_values("run_order").drop_duplicates("x", keep="last").sort_values("x")
+            color, marker = st[b]
+            yerr = [np.clip(bg["images_per_s"] - bg["images_low"], 0, None).fillna(0),
+                    np.clip(bg["images_high"] - bg["images_per_s"], 0, None).fillna(0)]
+            ax.errorbar(bg["x"], bg["images_per_s"], yerr=yerr, marker=marker, ms=5, capsize=3,
+                        color=color, label=b, lw=1.4)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        _plain_log(ax)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("training images per second")
+        samples = g["train_samples"].dropna()
+        images = f", {int(samples.iloc[0]):,} images" if len(samples) else ""
+        ax.set_title(f"{model}, {threads} threads{images}\n{machine}", fontsize=8)
+        ax.legend(fontsize=7, loc="best", ncols=2)
+    fig.suptitle(PLOT_TITLES["crossover"], fontsize=10)
+    return fig, None
+
+
+def plot_speedup(cells):
+    st_table = speedup_table(cells)
+    if st_table.empty or st_table[st_table["backend"] != BASELINE]["status"].count() == 0:
+        return None, "no machine has epoch cells for numpy and another backend at one setting"
+    machines = list(dict.fromkeys(st_table["machine"]))
+    fig, axes = _figure(len(machines), 1, width=9, height=4)
+    st = styles(cells)
+    for ax, machine in zip(axes[:, 0], machines):
+        g = st_table[st_table["machine"] == machine]
+        models = sorted(g["model"].unique())
+        others = sorted(b for b in g["backend"].unique() if b != BASELINE)
+        width = 0.8 / max(1, len(others))
+        labelled = set()
+        for i, b in enumerate(others):
+            for j, model in enumerate(models):
+                c = g[(g["backend"] == b) & (g["model"] == model)]
+                if c.empty:
+                    continue
+                x = j + (i - (len(others) - 1) / 2) * width
+                if c["speedup"].isna().iloc[0]:
+                    ax.text(x, 0.03, f"{b}: {c['status'].iloc[0]}", rotation=90, ha="center",
+                            va="bottom", fontsize=7, color="firebrick",
+                            transform=ax.get_xaxis_transform())
+                    continue
+                s, lo, hi = (float(v) for v in c[["speedup", "speedup_low", "speedup_high"]].iloc[0])
+                lo, hi = (s if math.isnan(lo) else lo), (s if math.isnan(hi) else hi)
+                ax.bar(x, s - 1, width, bottom=1, color=st[b][0],
+                       label=None if b in labelled else b,
+                       hatch="//" if "noisy" in c["flags"].iloc[0] else None,
+                       yerr=[[s - lo], [hi - s]], capsize=3)
+                ax.annotate(f"{s:.2g}x", (x, hi if s >= 1 else lo), ha="center", fontsize=7,
+                            va="bottom" if s >= 1 else "top",
+                            xytext=(0, 2 if s >= 1 else -2), textcoords="offset points")
+                labelled.add(b)
+        ax.axhline(1.0, color="black", lw=0.8)
+        ax.set_yscale("log")
+        _plain_log(ax, "y")
+        ax.margins(y=0.15)
+        ax.set_xlim(-0.5, len(models) - 0.5)
+        ax.set_xticks(range(len(models)),
+                      [f"{m}\n{batch_text(g[g['model'] == m]['batch_size'].iloc[0])}, "
+                       f"{g[g['model'] == m]['threads'].iloc[0]} threads" for m in models])
+        ax.set_ylabel("speed-up over numpy (x)")
+        ax.set_title(machine, fontsize=9)
+        ax.legend(fontsize=7, ncols=3, loc="best")
+    fig.suptitle(PLOT_TITLES["speedup"] + "; hatched: noisy", fontsize=10)
+    return fig, None
+
+
+def plot_roofline(cells, machines):
+    table = roofline_table(cells, machines)
+    if table.empty:
+        return None, "no valid kernel cells with FLOP and byte counts"
+    roofs = ceilings(cells, machines)
+    panels = sorted({(m, d, t, dev) for m, d, t, dev in zip(table["machine"], table["dtype"],
+                                                           table["threads"], table["device"])}, key=str)
+    fig, axes = _grid(len(panels), columns=2, width=6.5, height=4.8)
+    families = sorted(set(table["kernel"]))
+    markers = {f: MARKERS[i % len(MARKERS)] for i, f in enumerate(families)}
+    colors = {v: PALETTE[i % len(PALETTE)] for i, v in enumerate(sorted(set(table["version"])))}
+    from matplotlib.lines import Line2D
+    for ax, (machine, dtype, threads, device) in zip(axes, panels):
+        g = table[(table["machine"] == machine) & (table["dtype"] == dtype) &
+                  (table["threads"] == threads) & (table["device"] == device) &
+                  table["intensity"].notna()]
+        for (family, version), fg in g.groupby(["kernel", "version"]):
+            ax.scatter(fg["intensity"], fg["gflops"], marker=markers[family], s=28,
+                       color=colors[version], alpha=0.85)
+        roof = roofs.get((machine, threads, dtype, device), {})
+        xs = np.logspace(np.log10(max(0.05, g["intensity"].min() / 2)),
+                         np.log10(g["intensity"].max() * 2), 100) if not g.empty else np.logspace(-1, 3)
+        if roof.get("peak"):
+            ax.axhline(roof["peak"], color="firebrick", lw=1.5, ls="-")
+            ax.text(xs[0], roof["peak"], f" peak {roof['peak']:,.0f} GFLOP/s ({roof['peak_source']})",
+                    color="firebrick", fontsize=7, va="bottom")
+        if roof.get("bandwidth"):
+            ys = roof["bandwidth"] * xs
+            if roof.get("peak"):
+                ys = np.minimum(ys, roof["peak"])
+            ax.plot(xs, ys, color="navy", lw=1.5, ls="--")
+            ax.text(xs[0], roof["bandwidth"] * xs[0], f" {roof['bandwidth']:,.0f} GB/s "
+                    f"({roof['bandwidth_source']})", color="navy", fontsize=7, va="bottom")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        _plain_log(ax)
+        ax.set_xlabel("arithmetic intensity (FLOP per byte the kernel must move)")
+        ax.set_ylabel(f"GFLOP/s ({dtype})")
+        ax.set_title(f"{dtype}, " + ("GPU" if device == "cuda" else f"{threads} threads") +
+                     f"\n{machine}", fontsize=8)
+        # one legend entry per family (its marker) and per version (its colour)
+        handles = [Line2D([], [], ls="", marker=markers[f], color="black", label=f)
+                   for f in sorted(set(g["kernel"]))]
+        handles += [Line2D([], [], ls="", marker="s", color=colors[v], label=v)
+                    for v in sorted(set(g["version"]))]
+        ax.legend(handles=handles, fontsize=6, loc="lower right", ncols=2)
+    fig.suptitle(PLOT_TITLES["roofline"], fontsize=10)
+    return fig, None
+
+
+def plot_time_to_accuracy(cells):
+    t = cells[(cells["kind"] == "tta") & cells["usable"]]
+    t = t[[any(s.get("epoch_log") for s in _seeds(c)) for _, c in t.iterrows()]]
+    if t.empty:
+        return None, "no valid time-to-accuracy cells with an epoch log"
+    panels = sorted({(m, mo) for m, mo in zip(t["machine_label"], t["model"])})
+    fig, axes = _grid(len(panels), width=5, height=3.6)
+    st = styles(cells)
+    for ax, (machine, model) in zip(axes, panels):
+        g = t[(t["machine_label"] == machine) & (t["model"] == model)]
+        for _, c in g.iterrows():
+            score = c.get("score_s")
+            label = c["backend"] + (f" (score {score:.3g} s)" if score is not None and not math.isnan(score) else "")
+            for seed in _seeds(c):
+                log = seed.get("epoch_log") or []
+                ax.plot([e["elapsed_s"] for e in log], [e["accuracy"] for e in log],
+                        marker=st[c["backend"]][1], ms=3, lw=1, alpha=0.7,
+                        color=st[c["backend"]][0], label=label)
+                label = None  # one legend entry per backend, not per seed
+        targets = g["target_accuracy"].dropna() if "target_accuracy" in g else []
+        if len(targets):
+            ax.axhline(targets.iloc[0], color="gray", ls="--", lw=1, label=f"target {targets.iloc[0]:g}")
+        synthetic = " (SYNTHETIC data: accuracy meaningless)" if g["synthetic"].any() else ""
+        ax.set_xlabel("wall time (s)")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(f"{model}{synthetic}\n{machine}", fontsize=8)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle("Time to accuracy, every seed (score: MLPerf)", fontsize=10)
+    return fig, None
+
+
+def plot_thread_scaling(cells):
+    tt = thread_table(cells)
+    if tt.empty:
+        return None, "no backend was measured at two or more thread counts"
+    machines = list(dict.fromkeys(tt["machine"]))
+    fig, axes = _grid(len(machines), width=5.5, height=4)
+    st = styles(cells)
+    model_markers = dict(zip(sorted(tt["model"].unique()), "osD^v<>"))
+    for ax, machine in zip(axes, machines):
+        g = tt[tt["machine"] == machine]
+        for (model, b, bs), lg in g.groupby(["model", "backend", "batch_size"]):
+            ax.plot(lg["threads"], lg["speedup"], marker=model_markers[model], color=st[b][0],
+                    label=f"{model} {b} ({batch_text(bs)})")
+        most = g["threads"].max()
+        ax.plot([1, most], [1, most], color="gray", ls=":", label="ideal")
+        ax.set_xticks(sorted(g["threads"].unique()))
+        ax.set_xlabel("threads")
+        ax.set_ylabel("speed-up over fewest threads")
+        ax.set_title(machine, fontsize=8)
+        ax.legend(fontsize=6, loc="upper left", ncols=2)
+    fig.suptitle("Thread scaling of one epoch", fontsize=10)
+    return fig, None
+
+
+def plot_compile(cells):
+    ct = compile_table(cells)
+    if ct.empty:
+        return None, "no valid epoch cell recorded a compile time"
+    labels = [f"{m.split(':')[0]} {mo} {b}" for m, mo, b in zip(ct["machine"], ct["model"], ct["backend"])]
+    fig, axes = _figure(1, 1, width=8.5, height=0.45 * len(ct) + 2.2)
+    ax = axes[0, 0]
+    y = np.arange(len(ct))
+    series = (("compile_cold_s", "cold: empty compile caches (first step where nothing caches)", "#CC3311"),
+              ("compile_cached_s", "cache hit", "#EE7733"),
+              ("epoch_s", "one steady-state epoch", "#0077BB"))
+    for i, (col, name, color) in enumerate(series):
+        values = ct[col].astype(float)
+        drawn = values.notna()
+        if drawn.any():
+            ax.barh(y[drawn] + (1 - i) * 0.27, values[drawn], 0.27, color=color, label=name)
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.set_xscale("log")
+    _plain_log(ax, "x")
+    ax.set_xlabel("seconds")
+    ax.legend(loc="lower right", fontsize=7, framealpha=0.9)
+    fig.suptitle("Compile (JIT) time against steady-state epoch time", fontsize=10)
+    return fig, None
+
+
+def makers(cells, machines):
+    return {"crossover": lambda: plot_crossover(cells), "speedup": lambda: plot_speedup(cells),
+            "roofline": lambda: plot_roofline(cells, machines),
+            "time_to_accuracy": lambda: plot_time_to_accuracy(cells),
+            "thread_scaling": lambda: plot_thread_scaling(cells),
+            "compile_vs_steady": lambda: plot_compile(cells)}
+
