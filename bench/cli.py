@@ -11,6 +11,7 @@ COMMANDS = {
     "data": (".cli", "inspect, verify or download a dataset"),
     "run": (".harness", "sweep models x backends x batch sizes x threads; validated timings"),
     "kernels": (".kernel_sweep", "kernel-level sweep: matmul, update, conv across backends"),
+    "tune": (".tune", "measure the matmul register tile and cache blocks on this machine, keep the best"),
     "gpu": (".gpu", "the GPU measurements (CUDA kernels vs cuBLAS, GPU epochs) as store cells"),
     "import": (".importers", "bring a pytest-benchmark or GPU-script JSON file into the results store"),
     "report": (".report", "aggregate results into HTML/Markdown tables and plots"),

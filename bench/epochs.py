@@ -82,7 +82,8 @@ class EpochUnit:
         check = validate(self.cell["backend"], self.cell["model"], steps=VALIDATION_STEPS,
                          batch_size=self.cell["batch_size"] or None, seed=self.seed,
                          overrides=self.cell.get("overrides"))
-        out["validation"] = {"ok": check.ok, "max_error": check.max_error, "steps": check.steps}
+        out["validation"] = {"ok": check.ok, "max_error": check.max_error, "steps": check.steps,
+                             "tolerance": check.tolerance}
         if not check.ok:
             return out | {"status": "invalid", "error": check.error}
         data = load_data(self.cell["data_file"])

@@ -25,7 +25,7 @@ import sys
 SECTIONS = ("kernels", "epochs")
 EPOCH_CELLS = [("nielsen", 10), ("mlp", 128), ("cnn", 256)]
 GPU_BACKENDS = ("numba-cuda", "numba-cuda-epoch", "torch-cuda", "torch-ops-cuda",
-                "torch-cuda-graphs")
+                "torch-cuda-graphs", "torch-cuda-tf32")
 SMOKE_EPOCH_SAMPLES = 64
 
 
@@ -53,7 +53,7 @@ def smoke_check(families, log=print) -> list:
     cells = []
     for fam in families.values():
         for version in fam.versions.values():
-            if library_missing(version.library):
+            if library_missing(version.library) or (version.available and not version.available()[0]):
                 continue
             checks = fam.validate(shapes=fam.check_shapes[:2], versions=[version.name])
             bad = next((c for c in checks if not c.ok), None)

@@ -163,6 +163,9 @@ class KernelUnit:
         ok, why = fam.available()
         why = None if ok else why
         why = why or library_missing(v.library)
+        if not why and v.available:
+            ok, why = v.available()
+            why = None if ok else why
         if why:
             return {"status": "unavailable", "error": why}
         if fam.skip_timing(v.name, self.shape):

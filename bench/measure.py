@@ -207,7 +207,8 @@ def thread_pools() -> dict:
     environment variables that set them."""
     from .machine import THREAD_VARS
     import sys
-    out = {"env": {v: os.environ.get(v) for v in THREAD_VARS}, "pools": []}
+    out = {"env": {v: os.environ.get(v) for v in THREAD_VARS}, "pools": [],
+           "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}
     try:
         from threadpoolctl import threadpool_info
         for p in threadpool_info():
@@ -228,6 +229,11 @@ def thread_pools() -> dict:
         out["torch_interop_threads"] = torch.get_num_interop_threads()
     if "jax" in sys.modules:
         out["xla_flags"] = os.environ.get("XLA_FLAGS")
+    kernels = sys.modules.get(__package__.rpartition(".")[0] + ".kernels._numba")
+    if kernels is not None:  # what the CPU kernels of this process were compiled for
+        out["kernels"] = {k: kernels.TARGET[k] for k in ("cpu_name", "isa", "vector_bits",
+                                                          "tile_source", "cache_key")}
+        out["kernels"]["tile"] = kernels.TILE
     return out
 
 

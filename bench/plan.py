@@ -123,10 +123,13 @@ def plan(args) -> dict:
     for name in models:
         get_network(name)  # unknown name -> ValueError naming the known ones
     backends = csv(args.backends, "backends")
+    from .backends import get_backend, parse_name
     known = backend_names()  # with the plugins' backends
-    unknown = [b for b in backends if b not in known]
+    unknown = [b for b in backends if parse_name(b)[0] not in known]
     if unknown:
         raise ValueError(f"unknown backend {unknown[0]!r}; choose from {', '.join(known)}")
+    for b in backends:
+        get_backend(b)  # unknown options -> ValueError
     overrides = parse_overrides(args.set)
     for name in models:
         config_for(get_network(name), overrides)  # unknown hyperparameter -> ValueError

@@ -40,6 +40,7 @@ class Validation:
     max_error: float
     steps: int
     error: str = ""
+    tolerance: float = TOLERANCE
 
 
 def validation_data(network, n, seed=0, scale=1.0):
@@ -62,15 +63,16 @@ def run_steps(backend, network, config, x, y, steps, seed=0):
     return trainer
 
 
-def param_error(got: dict, want: dict, init: dict):
-    """(ok under TOLERANCE, largest per-tensor relative L2 error, message): each
-    tensor's distance from the reference relative to how far it moved from ``init``."""
+def param_error(got: dict, want: dict, init: dict, tolerance=TOLERANCE):
+    """(largest per-tensor relative L2 error, message naming the tensors over
+    ``tolerance``): each tensor's distance from the reference relative to how far
+    it moved from ``init``."""
     scale = {}
     for k in want:
         moved = float(np.linalg.norm((want[k] - init[k]).ravel().astype(np.float64)))
         floor = 1e-6 * max(1.0, float(np.linalg.norm(want[k].ravel().astype(np.float64))))
         scale[k] = max(moved, floor)
-    result = compare(got, want, TOLERANCE, scale=scale, elementwise=False)
+    result = compare(got, want, tolerance, scale=scale, elementwise=False)
     return result.worst, result.message
 
 
@@ -104,6 +106,7 @@ def validate(backend_name, model_name, steps=3, batch_size=None, seed=0, overrid
         elif config["batch_size"] == 0:
             config["batch_size"] = 64  # full-batch models: a small "full" batch
         backend = get_backend(backend_name)
+        tolerance = backend.validation_tolerance or tolerance
         ok, why = backend.available()
         if not ok:
             return Validation(backend_name, model_name, False, float("nan"), steps, f"unavailable: {why}")
@@ -111,13 +114,13 @@ def validate(backend_name, model_name, steps=3, batch_size=None, seed=0, overrid
         for name, x, y, n_steps in scenarios(network, config, steps, seed):
             reference = run_steps(get_backend("numpy"), network, config, x, y, n_steps, seed).params()
             got = run_steps(backend, network, config, x, y, n_steps, seed).params()
-            err, message = param_error(got, reference, init)
+            err, message = param_error(got, reference, init, tolerance)
             worst = max(worst, err)
             if not np.isfinite(err) or err > tolerance:
                 return Validation(backend_name, model_name, False, err, steps,
                                   f"parameters differ from numpy after {n_steps} steps ({name}): "
-                                  f"{message or f'relative error {err:.3g}'}")
-        return Validation(backend_name, model_name, True, worst, steps)
+                                  f"{message or f'relative error {err:.3g}'}", tolerance)
+        return Validation(backend_name, model_name, True, worst, steps, tolerance=tolerance)
     except Exception as e:  # any crash is a failed validation, with its error kept
         return Validation(backend_name, model_name, False, float("nan"), steps,
                           f"{type(e).__name__}: {e}")

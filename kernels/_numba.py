@@ -10,11 +10,14 @@
   on an AVX-512 host the feature list gets ``-prefer-256-bit``. Left alone when
   the user sets NUMBA_CPU_FEATURES or NUMBA_CPU_NAME.
 - Numba's on-disk cache does not key compiled code by the values of the
-  globals it froze in (the tile sizes), so the cache directory is: it is
-  ``<NUMBA_CACHE_DIR or the suite's cache>/numba/<target and tile key>``.
+  globals it froze in (the tile sizes), nor by the source of the functions a
+  cached function calls from other files (a caller cached against an older
+  callee is loaded as is), so the cache directory is keyed by both: it is
+  ``<NUMBA_CACHE_DIR or the suite's cache>/numba/<target and tile key>-<kernel source hash>``.
 - ``fastmath`` without ``nnan``/``ninf``: reassociation and FMA contraction
   let LLVM vectorise reductions, while NaN/inf checks keep their meaning.
 """
+import hashlib
 import os
 import types
 
@@ -32,9 +35,21 @@ if not os.environ.get("NUMBA_CPU_FEATURES"):
         _features = _llvm.get_host_cpu_features().flatten()
         _config.CPU_FEATURES = ",".join(f for f in _features.split(",") if "prefer-256-bit" not in f) \
             + ",-prefer-256-bit"
+
+
+def _kernel_source_sha() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    h = hashlib.sha256()
+    for f in sorted(os.listdir(here)):
+        if f.endswith(".py"):
+            with open(os.path.join(here, f), "rb") as fh:
+                h.update(f.encode() + b"\0" + fh.read())
+    return h.hexdigest()[:8]
+
+
 TARGET["cache_key"] = _target.cache_key(TARGET, TILE)
 _config.CACHE_DIR = os.path.join(os.environ.get("NUMBA_CACHE_DIR") or os.path.join(cache_root(), "numba"),
-                                 TARGET["cache_key"])
+                                 f"{TARGET['cache_key']}-{_kernel_source_sha()}")
 
 import numba  # noqa: E402  (after the settings above)
 from numba import types as _types  # noqa: E402

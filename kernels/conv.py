@@ -2,14 +2,14 @@
 
     mnist-bench kernels --families conv2d_forward,conv2d_backward,maxpool2
 
-Two forward designs are kept as versions so the choice stays measured:
-  direct      loops n, f, c, kh, kw over whole output rows: the innermost loop
-              runs along an output row, contiguous in x and y;
-  im2col_gemm the patches of each sample copied into a (C·KH·KW, OH·OW)
-              matrix, then one packed matmul per sample (kernels.matmul).
-The backend uses ``direct`` for forward and backward. Both spread samples
-over threads in the parallel versions; the weight gradient is spread over
-output channels instead, so no two threads add into the same dw element.
+Two designs are kept as versions so the choice stays measured:
+  gemm    the batch's patches copied into one (C·KH·KW) x (N·OH·OW) matrix,
+          then one packed GEMM with the weights (kernels.matmul) for the
+          forward pass, the weight gradient and the input gradient (scattered
+          back by col2im); the backend's default;
+  direct  loops n, f, c, kh, kw over whole output rows: the innermost loop
+          runs along an output row, contiguous in x and y; samples spread over
+          threads, the weight gradient over output channels.
 Every loop body is written once and compiled serial and parallel.
 """
 import numpy as np
@@ -18,7 +18,7 @@ from numba import prange
 from ..models.reference import NumpyOps
 from ._numba import njit, serial_and_parallel
 from .family import KernelFamily
-from .matmul import _packed_serial
+from .matmul import gemm_views
 
 
 def _check_conv(x, w):
@@ -57,52 +57,131 @@ def _conv2d_direct(x, w, b, y):
 conv2d_direct_serial, conv2d_direct_parallel = serial_and_parallel(_conv2d_direct)
 
 
-@njit
-def _im2col_sample(x, n, kh_, kw_, cols):
-    c_ = x.shape[1]
+# -- im2col + GEMM over the whole batch ---------------------------------------------------
+# The batch's patches become one (C·KH·KW) x (N·OH·OW) matrix, so a layer is ONE
+# packed GEMM with the weights (F x C·KH·KW) -- long enough in every dimension
+# for the micro-kernel -- instead of N small ones that repack the weights each
+# time. The backward reuses the forward's columns for the weight gradient and
+# scatters the input gradient back (col2im).
+def _im2col(x, kh_, kw_, cols):
+    """cols[(c·KH + kh)·KW + kw, n·P + i·OW + j] = x[n, c, i + kh, j + kw]."""
+    n_, c_ = x.shape[0], x.shape[1]
     oh_, ow_ = x.shape[2] - kh_ + 1, x.shape[3] - kw_ + 1
-    for c in range(c_):
+    p_ = oh_ * ow_
+    for r in prange(c_ * kh_ * kw_):
+        c, rest = r // (kh_ * kw_), r % (kh_ * kw_)
+        kh, kw = rest // kw_, rest % kw_
+        for n in range(n_):
+            for i in range(oh_):
+                base = n * p_ + i * ow_
+                for j in range(ow_):
+                    cols[r, base + j] = x[n, c, i + kh, j + kw]
+
+
+def _from_columns(y2, b, y):
+    """y[n, f, p] = y2[f, n·P + p] + b[f]: the GEMM's output back to NCHW."""
+    n_, f_ = y.shape[0], y.shape[1]
+    p_ = y.shape[2] * y.shape[3]
+    for n in prange(n_):
+        for f in range(f_):
+            yf = y[n, f].ravel()
+            for q in range(p_):
+                yf[q] = y2[f, n * p_ + q] + b[f]
+
+
+def _to_columns(dy, dy2, db):
+    """dy2[f, n·P + p] = dy[n, f, p], and db = the sum of dy over n and p (one
+    partial sum per sample, added in float64: the batch's sum is ~10⁵ terms)."""
+    n_, f_ = dy.shape[0], dy.shape[1]
+    p_ = dy.shape[2] * dy.shape[3]
+    for f in prange(f_):
+        total = 0.0
+        for n in range(n_):
+            d = dy[n, f].ravel()
+            s = dy.dtype.type(0)
+            for q in range(p_):
+                dy2[f, n * p_ + q] = d[q]
+                s += d[q]
+            total += s
+        db[f] = total
+
+
+def _col2im(dcols, kh_, kw_, dx):
+    """dx[n, c, i + kh, j + kw] += dcols[(c·KH + kh)·KW + kw, n·P + i·OW + j]; one
+    task per (n, c) plane, so no two tasks add into the same element."""
+    n_, c_ = dx.shape[0], dx.shape[1]
+    oh_, ow_ = dx.shape[2] - kh_ + 1, dx.shape[3] - kw_ + 1
+    p_ = oh_ * ow_
+    for t in prange(n_ * c_):
+        n, c = t // c_, t % c_
+        plane = dx[n, c]
+        plane[:] = 0
         for kh in range(kh_):
             for kw in range(kw_):
                 r = (c * kh_ + kh) * kw_ + kw
                 for i in range(oh_):
+                    base = n * p_ + i * ow_
                     for j in range(ow_):
-                        cols[r, i * ow_ + j] = x[n, c, i + kh, j + kw]
+                        plane[i + kh, j + kw] += dcols[r, base + j]
 
 
-@njit
-def _conv_im2col_sample(x, w2, b, y2, n, kh_, kw_):
-    ckk, p = w2.shape[1], y2.shape[2]
-    cols = np.empty((ckk, p), x.dtype)
-    _im2col_sample(x, n, kh_, kw_, cols)
-    _packed_serial(w2, cols, y2[n])
-    for f in range(w2.shape[0]):
-        for q in range(p):
-            y2[n, f, q] += b[f]
+im2col_serial, im2col_parallel = serial_and_parallel(_im2col)
+from_columns_serial, from_columns_parallel = serial_and_parallel(_from_columns)
+to_columns_serial, to_columns_parallel = serial_and_parallel(_to_columns)
+col2im_serial, col2im_parallel = serial_and_parallel(_col2im)
 
 
-def _conv2d_im2col(x, w2, b, y2, kh_, kw_):
-    for n in prange(x.shape[0]):
-        _conv_im2col_sample(x, w2, b, y2, n, kh_, kw_)
+def im2col(x, kh, kw, parallel=False):
+    n, c, h, w = x.shape
+    cols = np.empty((c * kh * kw, n * (h - kh + 1) * (w - kw + 1)), x.dtype)
+    (im2col_parallel if parallel else im2col_serial)(x, kh, kw, cols)
+    return cols
 
 
-conv2d_im2col_serial, conv2d_im2col_parallel = serial_and_parallel(_conv2d_im2col)
+def conv2d_gemm(x, w, b, parallel=False, cols=None):
+    """(y, cols): the convolution as one GEMM over the batch's patch columns."""
+    n, c, h, wd = x.shape
+    f, _, kh, kw = w.shape
+    cols = im2col(x, kh, kw, parallel) if cols is None else cols
+    y2 = np.empty((f, cols.shape[1]), x.dtype)
+    gemm_views(w.reshape(f, c * kh * kw), cols, y2, parallel)
+    y = np.empty((n, f, h - kh + 1, wd - kw + 1), x.dtype)
+    (from_columns_parallel if parallel else from_columns_serial)(y2, b, y)
+    return y, cols
 
 
-def conv2d(x, w, b, parallel=False, method="direct"):
+def conv2d_gemm_backward(x, w, dy, dw_out, db_out, need_dx=True, parallel=False, cols=None):
+    """dL/dw = dY·colsᵀ, dL/db from dY, dL/dx = col2im(Wᵀ·dY); ``cols`` from the
+    forward pass when the caller kept them."""
+    f, c, kh, kw = w.shape
+    cols = im2col(x, kh, kw, parallel) if cols is None else cols
+    dy2 = np.empty((f, cols.shape[1]), dy.dtype)
+    (to_columns_parallel if parallel else to_columns_serial)(dy, dy2, db_out)
+    gemm_views(dy2, cols.T, dw_out.reshape(f, c * kh * kw), parallel)
+    if not need_dx:
+        return None
+    w2 = w.reshape(f, c * kh * kw)
+    dcols = np.empty(cols.shape, dy.dtype)
+    gemm_views(w2.T, dy2, dcols, parallel)
+    dx = np.empty(x.shape, dy.dtype)
+    (col2im_parallel if parallel else col2im_serial)(dcols, kh, kw, dx)
+    return dx
+
+
+METHODS = ("gemm", "direct")
+
+
+def conv2d(x, w, b, parallel=False, method="gemm"):
     """(N,C,H,W) * (F,C,KH,KW) + b -> (N,F,H-KH+1,W-KW+1)."""
     _check_conv(x, w)
+    if method == "gemm":
+        return conv2d_gemm(x, w, b, parallel)[0]
+    if method != "direct":
+        raise ValueError(f"unknown conv method {method!r}; choose from {', '.join(METHODS)}")
     n, _, h, wd = x.shape
     f, c, kh, kw = w.shape
     y = np.empty((n, f, h - kh + 1, wd - kw + 1), x.dtype)
-    if method == "direct":
-        (conv2d_direct_parallel if parallel else conv2d_direct_serial)(x, w, b, y)
-    elif method == "im2col":
-        y2 = y.reshape(n, f, -1)
-        (conv2d_im2col_parallel if parallel else conv2d_im2col_serial)(
-            x, w.reshape(f, c * kh * kw), b, y2, kh, kw)
-    else:
-        raise ValueError(f"unknown conv method {method!r}; choose direct or im2col")
+    (conv2d_direct_parallel if parallel else conv2d_direct_serial)(x, w, b, y)
     return y
 
 
@@ -159,12 +238,15 @@ def _conv2d_backward(x, w, dy, dw, db, dx, need_dx):
 conv2d_backward_serial, conv2d_backward_parallel = serial_and_parallel(_conv2d_backward)
 
 
-def conv2d_backward(x, w, dy, dw_out, db_out, need_dx=True, parallel=False):
+def conv2d_backward(x, w, dy, dw_out, db_out, need_dx=True, parallel=False, method="gemm",
+                    cols=None):
     """Writes dL/dw, dL/db into dw_out, db_out; returns dL/dx or None."""
     _check_conv(x, w)
     expected = (x.shape[0], w.shape[0], x.shape[2] - w.shape[2] + 1, x.shape[3] - w.shape[3] + 1)
     if dy.shape != expected:
         raise ValueError(f"conv2d_backward: dy has shape {dy.shape}, expected {expected}")
+    if method == "gemm":
+        return conv2d_gemm_backward(x, w, dy, dw_out, db_out, need_dx, parallel, cols)
     dx = np.empty(x.shape, x.dtype) if need_dx else np.empty((1, 1, 1, 1), x.dtype)
     (conv2d_backward_parallel if parallel else conv2d_backward_serial)(
         x, w, dy, dw_out, db_out, dx, need_dx)
@@ -259,7 +341,7 @@ def _forward_family():
     fam = KernelFamily("conv2d_forward", lambda x, w, b: REF.conv2d(x, w, b), _conv_inputs,
                        outputs=("y",), flops=_conv_flops, depth=lambda s: s[1] * s[4] * s[4],
                        dtypes=("float32", "float64"), sweep_shapes=CONV_SWEEP, check_shapes=CONV_CHECK)
-    for method in ("direct", "im2col"):
+    for method in METHODS:
         for parallel in (False, True):
             fam.version(lambda x, w, b, m=method, p=parallel: conv2d(x, w, b, p, m),
                         name=f"{method}_{'parallel' if parallel else 'serial'}")
@@ -285,12 +367,13 @@ def _backward_family():
     fam = KernelFamily("conv2d_backward", reference, make, outputs=("dw", "db", "dx"),
                        flops=lambda s: 2 * _conv_flops(s), depth=depth,
                        dtypes=("float32", "float64"), sweep_shapes=CONV_SWEEP, check_shapes=CONV_CHECK)
-    for parallel in (False, True):
-        def version(x, w, dy, p=parallel):
-            dw, db = np.empty_like(w), np.empty(w.shape[0], w.dtype)
-            dx = conv2d_backward(x, w, dy, dw, db, True, p)
-            return dw, db, dx
-        fam.version(version, name=f"direct_{'parallel' if parallel else 'serial'}")
+    for method in METHODS:
+        for parallel in (False, True):
+            def version(x, w, dy, p=parallel, m=method):
+                dw, db = np.empty_like(w), np.empty(w.shape[0], w.dtype)
+                dx = conv2d_backward(x, w, dy, dw, db, True, p, m)
+                return dw, db, dx
+            fam.version(version, name=f"{method}_{'parallel' if parallel else 'serial'}")
     fam.version(reference, name="numpy_einsum", library="numpy")
     return fam
 

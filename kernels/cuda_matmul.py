@@ -4,7 +4,9 @@
     nt: C = A·Bᵀ   a (m, k), b (n, k)   input gradient dy·Wᵀ
     tn: C = Aᵀ·B   a (k, m), b (k, n)   weight gradient xᵀ·dy
 
-Versions (the llm.c / siboehm sequence):
+Versions (the llm.c / siboehm sequence), each registered once in VERSIONS with
+its declared tile configurations; the family, the simulator tests, the PTX check
+and `mnist-bench gpu` find every version and configuration there:
     v1_naive               one thread per C element, K loop from global memory
     v2_shared_tiled        T×T tiles of A and B staged in shared memory
     v3_1d_register_tiled   64×64 block tile, each thread TM=8 outputs of one column
@@ -12,6 +14,9 @@ Versions (the llm.c / siboehm sequence):
     v5_prefetch_register_tiled  v4 with the next K slab loaded into registers
                            during the current slab's products (double-buffered
                            shared tiles, one barrier per slab)
+    v6_warp_tiled          v5's slabs with the outputs laid out by warp
+                           (siboehm's kernel 10)
+    cublas_fp32 / cublas_tf32   torch.matmul on the same device arrays
 A version with 128-bit (float4) loads is not written: Numba's CUDA target has no
 way to reinterpret a float32 array as float4 inside a kernel, so every global
 load stays 32-bit.
@@ -26,12 +31,12 @@ index running along the contiguous dimension, so every global load is coalesced.
 Every kernel takes (A, B, C, bias, act, M, N, K) and ends with the dense
 layer's epilogue: act < 0 stores A·B as it is, otherwise bias[j] is added and
 act selects none/sigmoid/relu (the fused forward of kernels/cuda_nn.py).
-Measured on an H100 (results/gpu/): v5 reaches 0.43-0.53x cuBLAS fp32 at 4096³.
 
     mnist-bench gpu --sections matmul # validates, then times on a real GPU
 """
 import functools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from numba import cuda, float32
@@ -353,20 +358,7 @@ def prefetch_kernel(form, BM, BN, BK, TM, TN):
     return matmul_prefetch
 
 
-# -- launch ------------------------------------------------------------------
-# Production configurations; the simulator runs the same code with smaller
-# blocks where the block shape is only a launch choice (v1, v2 in the backend).
-NAIVE_BLOCK = (8, 8) if SIMULATOR else (16, 16)
-TILE = 16
-# 256 threads: at 512 (BN=64) the kernel needs more than 128 registers a
-# thread and an H100 refuses the launch (CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES).
-V3 = dict(BM=64, BN=32, BK=8, TM=8)
-V4 = dict(BM=128, BN=128, BK=8, TM=8, TN=8)     # 256 threads, 64 outputs each
-# BK=16 halves the barriers per K step; measured fastest of five configs at
-# 4096³ on an H100 (results/gpu/sweep.json).
-V5 = dict(BM=128, BN=128, BK=16, TM=8, TN=8)
-
-
+# -- launch ---------------------------------------------------------------------
 def problem_shape(form, a, b):
     """(M, N, K) of the product, or ValueError naming the mismatch."""
     if form not in FORMS:
@@ -404,10 +396,186 @@ def _grid(M, N, bm, bn):
     return (min(math.ceil(N / bn), MAX_BLOCKS), min(math.ceil(M / bm), MAX_BLOCKS))
 
 
+@functools.lru_cache(maxsize=None)
+def warp_tiled_kernel(form, BM, BN, BK, WM, WN, WNITER, TM, TN):
+    """v5's double-buffered, register-prefetched slabs with the outputs laid out by
+    warp: each warp owns a WM x WN block of the tile, walked as WMITER x WNITER
+    sub-blocks, and each of its threads a TM x TN patch of every sub-block. A
+    warp then reads a narrow band of sA and sB per step (shared reads broadcast
+    inside the warp) and each thread reuses WMITER·TM + WNITER·TN registers over
+    WMITER·TM·WNITER·TN products (siboehm's kernel 10, in Numba)."""
+    a_t, b_t = form == "tn", form == "nt"
+    load_a, load_b = _loaders(form)
+    NW = (BM // WM) * (BN // WN)
+    NT = NW * 32
+    WMITER = (WM * WN) // (32 * TM * TN * WNITER)
+    WSUBM, WSUBN = WM // WMITER, WN // WNITER
+    RM, RN = WMITER * TM, WNITER * TN
+    LA, LB = BM * BK // NT, BN * BK // NT
+    PA = BM + (0 if a_t else 4)
+    PB = BN + (4 if b_t else 0)
+
+    @cuda.jit(device=True, inline=True)
+    def a_pos(e):
+        if a_t:
+            return e % BM, e // BM
+        return e // BK, e % BK
+
+    @cuda.jit(device=True, inline=True)
+    def b_pos(e):
+        if b_t:
+            return e % BK, e // BK
+        return e // BN, e % BN
+
+    @cuda.jit(device=True, inline=True)
+    def row_of(warp_row, t_row, r):
+        return warp_row * WM + (r // TM) * WSUBM + t_row * TM + r % TM
+
+    @cuda.jit(device=True, inline=True)
+    def col_of(warp_col, t_col, c):
+        return warp_col * WN + (c // TN) * WSUBN + t_col * TN + c % TN
+
+    @cuda.jit
+    def matmul_warp_tiled(A, B, C, bias, act, M, N, K):
+        sA = cuda.shared.array((2, BK, PA), float32)
+        sB = cuda.shared.array((2, BK, PB), float32)
+        acc = cuda.local.array((RM, RN), float32)
+        reg_m = cuda.local.array(RM, float32)
+        reg_n = cuda.local.array(RN, float32)
+        pa = cuda.local.array(LA, float32)
+        pb = cuda.local.array(LB, float32)
+        tid = cuda.threadIdx.x & 1023   # proves tid >= 0: see v5
+        warp, lane = tid // 32, tid % 32
+        warp_row, warp_col = warp // (BN // WN), warp % (BN // WN)
+        t_row, t_col = lane // (WSUBN // TN), lane % (WSUBN // TN)
+        tiles_k = (K + BK - 1) // BK
+        for tm in range(cuda.blockIdx.y, (M + BM - 1) // BM, cuda.gridDim.y):
+            for tn in range(cuda.blockIdx.x, (N + BN - 1) // BN, cuda.gridDim.x):
+                m0, n0 = tm * BM, tn * BN
+                for r in range(RM):
+                    for c in range(RN):
+                        acc[r, c] = float32(0.0)
+                for kt in range(tiles_k + 1):
+                    if kt < tiles_k:
+                        k0 = kt * BK
+                        for q in range(LA):
+                            r, kk = a_pos(tid + NT * q)
+                            i, k = m0 + r, k0 + kk
+                            pa[q] = load_a(A, i, k) if i < M and k < K else float32(0.0)
+                        for q in range(LB):
+                            kk, c = b_pos(tid + NT * q)
+                            k, j = k0 + kk, n0 + c
+                            pb[q] = load_b(B, k, j) if k < K and j < N else float32(0.0)
+                    if kt > 0:
+                        cur = (kt - 1) & 1
+                        for kk in range(BK):
+                            for r in range(RM):
+                                reg_m[r] = sA[cur, kk, row_of(warp_row, t_row, r)]
+                            for c in range(RN):
+                                reg_n[c] = sB[cur, kk, col_of(warp_col, t_col, c)]
+                            for r in range(RM):
+                                for c in range(RN):
+                                    acc[r, c] += reg_m[r] * reg_n[c]
+                    if kt < tiles_k:
+                        nxt = kt & 1
+                        for q in range(LA):
+                            r, kk = a_pos(tid + NT * q)
+                            sA[nxt, kk, r] = pa[q]
+                        for q in range(LB):
+                            kk, c = b_pos(tid + NT * q)
+                            sB[nxt, kk, c] = pb[q]
+                    cuda.syncthreads()
+                # two passes, as store_tile: the loops stay small enough to unroll
+                for r in range(RM):
+                    for c in range(RN):
+                        i, j = m0 + row_of(warp_row, t_row, r), n0 + col_of(warp_col, t_col, c)
+                        if i < M and j < N:
+                            C[i, j] = acc[r, c]
+                if act >= 0:
+                    for r in range(RM):
+                        for c in range(RN):
+                            i, j = m0 + row_of(warp_row, t_row, r), n0 + col_of(warp_col, t_col, c)
+                            if i < M and j < N:
+                                C[i, j] = epilogue(C[i, j], bias, j, act)
+    return matmul_warp_tiled
+
+
+# -- the registry: one entry per version ----------------------------------------
+@dataclass(frozen=True)
+class CudaVersion:
+    """How to build and launch one version: ``kernel(form, config)`` -> compiled
+    kernel, ``block(config)`` -> threads per block, ``tile(config)`` -> (rows,
+    columns) of C per block; ``configs`` are the declared tile configurations
+    (the first is the default, the rest are swept by `mnist-bench gpu`), and
+    ``simulator`` a small one for the simulator's tests (several output and K
+    tiles walked by at most two blocks)."""
+    name: str
+    kernel: object
+    block: object
+    tile: object
+    configs: tuple
+    simulator: dict
+
+
+VERSIONS = {}
+
+
+def register(name, kernel, block, tile, configs, simulator):
+    VERSIONS[name] = CudaVersion(name, kernel, block, tile, tuple(configs), simulator)
+
+
+def _2d(c):
+    return (c["BM"] // c["TM"]) * (c["BN"] // c["TN"])
+
+
+register("v1_naive", lambda f, c: naive_kernel(f), lambda c: (c["BX"], c["BY"]),
+         lambda c: (c["BY"], c["BX"]), [dict(BX=16, BY=16)], dict(BX=4, BY=2))
+register("v2_shared_tiled", lambda f, c: tiled_kernel(f, c["T"]), lambda c: (c["T"], c["T"]),
+         lambda c: (c["T"], c["T"]), [dict(T=16)], dict(T=4))
+# 256 threads: at 512 (BN=64) the kernel needs more than 128 registers a thread
+# and an H100 refuses the launch (CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES).
+register("v3_1d_register_tiled", lambda f, c: register_tiled_1d_kernel(f, c["BM"], c["BN"], c["BK"], c["TM"]),
+         lambda c: c["BM"] * c["BN"] // c["TM"], lambda c: (c["BM"], c["BN"]),
+         [dict(BM=64, BN=32, BK=8, TM=8)], dict(BM=8, BN=8, BK=4, TM=4))
+register("v4_2d_register_tiled",
+         lambda f, c: register_tiled_2d_kernel(f, c["BM"], c["BN"], c["BK"], c["TM"], c["TN"]),
+         _2d, lambda c: (c["BM"], c["BN"]), [dict(BM=128, BN=128, BK=8, TM=8, TN=8)],
+         dict(BM=8, BN=8, BK=4, TM=2, TN=4))
+# BK=16 halves the barriers per K step; fastest of five configs at 4096³ on an
+# H100 (results/gpu/sweep.json); the others stay declared, and swept.
+register("v5_prefetch_register_tiled",
+         lambda f, c: prefetch_kernel(f, c["BM"], c["BN"], c["BK"], c["TM"], c["TN"]),
+         _2d, lambda c: (c["BM"], c["BN"]),
+         [dict(BM=128, BN=128, BK=16, TM=8, TN=8), dict(BM=128, BN=128, BK=8, TM=8, TN=8),
+          dict(BM=128, BN=64, BK=16, TM=8, TN=4), dict(BM=64, BN=64, BK=16, TM=4, TN=4)],
+         dict(BM=8, BN=8, BK=4, TM=2, TN=4))
+register("v6_warp_tiled",
+         lambda f, c: warp_tiled_kernel(f, c["BM"], c["BN"], c["BK"], c["WM"], c["WN"], c["WNITER"],
+                                        c["TM"], c["TN"]),
+         lambda c: (c["BM"] // c["WM"]) * (c["BN"] // c["WN"]) * 32, lambda c: (c["BM"], c["BN"]),
+         [dict(BM=128, BN=128, BK=16, WM=64, WN=64, WNITER=4, TM=8, TN=4),
+          dict(BM=128, BN=128, BK=8, WM=64, WN=64, WNITER=4, TM=8, TN=4),
+          dict(BM=64, BN=128, BK=16, WM=32, WN=64, WNITER=2, TM=4, TN=4)],
+         dict(BM=16, BN=16, BK=4, WM=8, WN=16, WNITER=1, TM=2, TN=2))
+
+
+def config_name(version, config):
+    """The family's name of a declared configuration: the default keeps the
+    version's plain name."""
+    v = VERSIONS[version]
+    if config == v.configs[0]:
+        return version
+    return f"{version}[{','.join(f'{k}={val}' for k, val in config.items())}]"
+
+
 def launch(version, form, a, b, out=None, bias=None, act=STORE, config=None,
            alloc=cuda.device_array):
     """C = op(a)·op(b) (+ bias, activation) on the device with ``version``;
-    returns the device array C. ``config`` overrides the version's tile sizes."""
+    returns the device array C. ``config`` replaces the version's default tile
+    configuration."""
+    if version not in VERSIONS:
+        raise ValueError(f"unknown matmul version {version!r}; choose from {', '.join(VERSIONS)}")
+    v = VERSIONS[version]
     a, b = device(a), device(b)
     M, N, K = problem_shape(form, a, b)
     if out is None:
@@ -415,38 +583,12 @@ def launch(version, form, a, b, out=None, bias=None, act=STORE, config=None,
     else:
         check_out(out, (M, N))
     bias = _bias_arg(None if bias is None else device(bias), N)
-    args = (a, b, out, bias, act, M, N, K)
     if M == 0 or N == 0:
         return out
-    if version == "v1_naive":
-        bx, by = config or NAIVE_BLOCK
-        naive_kernel(form)[_grid(M, N, by, bx), (bx, by)](*args)
-    elif version == "v2_shared_tiled":
-        T = (config or {}).get("T", TILE)
-        tiled_kernel(form, T)[_grid(M, N, T, T), (T, T)](*args)
-    elif version == "v3_1d_register_tiled":
-        c = dict(V3, **(config or {}))
-        kernel = register_tiled_1d_kernel(form, c["BM"], c["BN"], c["BK"], c["TM"])
-        kernel[_grid(M, N, c["BM"], c["BN"]), c["BM"] * c["BN"] // c["TM"]](*args)
-    elif version == "v4_2d_register_tiled":
-        c = dict(V4, **(config or {}))
-        kernel = register_tiled_2d_kernel(form, c["BM"], c["BN"], c["BK"], c["TM"], c["TN"])
-        threads = (c["BM"] // c["TM"]) * (c["BN"] // c["TN"])
-        kernel[_grid(M, N, c["BM"], c["BN"]), threads](*args)
-    elif version == "v5_prefetch_register_tiled":
-        c = dict(V5, **(config or {}))
-        kernel = prefetch_kernel(form, c["BM"], c["BN"], c["BK"], c["TM"], c["TN"])
-        threads = (c["BM"] // c["TM"]) * (c["BN"] // c["TN"])
-        kernel[_grid(M, N, c["BM"], c["BN"]), threads](*args)
-    else:
-        raise ValueError(f"unknown matmul version {version!r}; choose from {', '.join(VERSIONS)}")
+    c = dict(v.configs[0], **(config or {}))
+    rows, cols = v.tile(c)
+    v.kernel(form, c)[_grid(M, N, rows, cols), v.block(c)](a, b, out, bias, act, M, N, K)
     return out
-
-
-VERSIONS = ("v1_naive", "v2_shared_tiled", "v3_1d_register_tiled", "v4_2d_register_tiled",
-            "v5_prefetch_register_tiled")
-# v5's 128×128 tiles leave most of an H100's 132 SMs idle below ~64 tiles.
-LARGE_TILE_MIN_OUTPUTS = 64 * 128 * 128
 
 
 def matmul_auto(form, a, b, out=None, bias=None, act=STORE, alloc=cuda.device_array):
@@ -455,7 +597,7 @@ def matmul_auto(form, a, b, out=None, bias=None, act=STORE, alloc=cuda.device_ar
     no tile padding); the tiled versions are tested directly on small shapes."""
     M, N, _ = problem_shape(form, a, b)
     if SIMULATOR:
-        return launch("v1_naive", form, a, b, out, bias, act, config=(16, 2), alloc=alloc)
+        return launch("v1_naive", form, a, b, out, bias, act, config=dict(BX=16, BY=2), alloc=alloc)
     if M * N >= LARGE_TILE_MIN_OUTPUTS:
         return launch("v5_prefetch_register_tiled", form, a, b, out, bias, act, alloc=alloc)
     return launch("v2_shared_tiled", form, a, b, out, bias, act, alloc=alloc)
@@ -481,9 +623,37 @@ def _family(form):
                            sweep_shapes=[(128, 128, 784), (784, 128, 128), (128, 784, 128),
                                          (1024, 1024, 1024), (4096, 4096, 4096)],
                            check_shapes=[(1, 1, 1), (7, 5, 33), (33, 3, 40), (130, 67, 129)])
-    for version in VERSIONS:
-        fam.version(functools.partial(launch, version, form), name=version, library="cuda")
+    for version, v in VERSIONS.items():
+        for config in v.configs:
+            fam.version(functools.partial(launch, version, form, config=config),
+                        name=config_name(version, config), library="cuda", config=config)
+    for tf32 in (False, True):
+        fam.version(functools.partial(cublas, form, tf32=tf32), available=torch_cuda,
+                    name="cublas_tf32" if tf32 else "cublas_fp32", library="torch")
     return fam
+
+
+def torch_cuda():
+    try:
+        import torch
+    except ImportError:
+        return False, "torch is not installed"
+    if SIMULATOR or not torch.cuda.is_available():
+        return False, "cuBLAS through torch needs torch with a CUDA device"
+    return True, ""
+
+
+def cublas(form, a, b, tf32=False):
+    """cuBLAS's product of the same device arrays through torch (the baseline);
+    TF32 only in the version that says so."""
+    import torch
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    ta, tb = torch.as_tensor(device(a), device="cuda"), torch.as_tensor(device(b), device="cuda")
+    ta = ta.T if form == "tn" else ta
+    tb = tb.T if form == "nt" else tb
+    out = torch.matmul(ta, tb)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    return cuda.as_cuda_array(out)
 
 
 matmul_nn, matmul_nt, matmul_tn = (_family(f) for f in FORMS)

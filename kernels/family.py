@@ -29,6 +29,7 @@ class Version:
     fn: object
     library: str = "numba"
     config: dict = None
+    available: object = None  # () -> (ok, why not), beyond the family's own
 
 
 @dataclass
@@ -65,7 +66,7 @@ class KernelFamily:
         self.skip_timing = skip_timing or (lambda version, shape: False)
         self.versions = {}
 
-    def version(self, fn=None, *, name=None, library="numba", config=None):
+    def version(self, fn=None, *, name=None, library="numba", config=None, available=None):
         """Decorator: register ``fn`` as the next version of the family."""
         if library not in LIBRARIES:
             raise ValueError(f"unknown library {library!r}; choose from {', '.join(LIBRARIES)}")
@@ -74,7 +75,7 @@ class KernelFamily:
             key = name or f.__name__
             if key in self.versions:
                 raise ValueError(f"{self.name}: version {key!r} registered twice")
-            self.versions[key] = Version(key, f, library, config)
+            self.versions[key] = Version(key, f, library, config, available)
             return f
         return register(fn) if fn is not None else register
 

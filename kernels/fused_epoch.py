@@ -1,36 +1,43 @@
-"""Whole training epochs compiled into one function each: linear, nielsen, mlp.
+"""Whole training epochs compiled into one function each: linear, and one
+two-layer epoch for nielsen and mlp.
 
 The batch loop, the gather of each mini-batch, forward, loss, backward and the
 optimizer update all run inside one @njit call: no Python between steps (the
 extreme of "no Python in the loop"). The arithmetic is the one of the ops path
-(models.networks + NumpyOps): same kernels order, float32 throughout, gradients
-written into one flat buffer that the same update kernels then apply, so the
-fused epoch reaches the same weights as ``numpy``.
+(models.networks + NumpyOps): float32 throughout, the same update kernels on
+flat buffers, so the fused epoch reaches the same weights as ``numpy`` (the
+tests check it, and every cell is validated against numpy before it is timed).
 
 Batches arrive as one index array ``order`` cut at ``starts`` (batch b is
 order[starts[b]:starts[b+1]]); ``contiguous`` says order is 0..n-1 (full-batch
 gradient descent), in which case rows are used in place instead of gathered.
-The nielsen epoch reads its input rows in place in any case (see the transposed
-first-layer kernels below).
 """
 import numpy as np
+from numba import prange
 
-from numba import get_num_threads, prange
-
-from ._numba import njit, njit_parallel
-from .backprop import bias_act_serial, bias_grad_serial, quadratic
-from .backprop import softmax_xent_serial
+from ._numba import njit, serial_and_parallel
 from ._numba import stack_array as _stack_array
-from .matmul import PARALLEL_MIN_WORK, gemm_into
-from .update import adam_serial, momentum_serial, sgd_serial
+from .backprop import bias_act_serial, bias_grad_serial, quadratic, softmax_xent_serial, xent_row
+from .matmul import MR as MMR
+from .matmul import NR as MNR
+from .matmul import PARALLEL_MIN_WORK, axpy_columns, block, fma_panel, pack_b
+from .matmul import _dot_rows as dot_rows
+from .update import adam_parallel, adam_serial, momentum_parallel, momentum_serial, sgd_parallel, sgd_serial
 
 OPTIMIZER_CODES = {"sgd": 0, "momentum": 1, "adam": 2}
 SIGMOID, RELU, NONE = 1, 2, 0
 
 
 @njit
-def _update(flat, gflat, s1, s2, opt, step, lr, beta, beta1, beta2, eps):
-    if opt == 0:
+def _update(flat, gflat, s1, s2, opt, step, lr, beta, beta1, beta2, eps, parallel=False):
+    if parallel:
+        if opt == 0:
+            sgd_parallel(flat, gflat, lr)
+        elif opt == 1:
+            momentum_parallel(flat, gflat, s1, lr, beta)
+        else:
+            adam_parallel(flat, gflat, s1, s2, step, lr, beta1, beta2, eps)
+    elif opt == 0:
         sgd_serial(flat, gflat, lr)
     elif opt == 1:
         momentum_serial(flat, gflat, s1, lr, beta)
@@ -54,6 +61,78 @@ def _view2(flat, offset, rows, cols):
     return flat[offset:offset + rows * cols].reshape((rows, cols))
 
 
+# -- linear: one pass over X ---------------------------------------------------------------
+LIN_ROWS = 64    # rows per block: the block (64 x 784 floats) stays in L2 from forward to gradient
+LIN_TASKS = 8    # fixed work split: serial and parallel runs add the partial sums in one order
+WIDE, NARROW_COLS = 48, 16   # column chunks of the weight-gradient micro-kernel
+WIDE_TILE, NARROW_TILE = 10 * WIDE, 10 * NARROW_COLS   # literals for stack_array
+
+
+@njit
+def _linear_rows(X, rows, r0, r1, Wt, b, labels, scale, G, gb):
+    """For rows r0:r1 of X (rows: their indices, or None for X's own order): logits,
+    softmax cross-entropy gradient, and G (classes x d) += dLᵀ·X[rows], gb += sum dL.
+    Returns the rows' summed loss. The gradient is the micro-kernel's product with
+    dL as its A panel (rows x classes, exactly the packed layout) and X's rows as
+    its B rows (ldb = d), so the block is read from memory once."""
+    c, d = Wt.shape
+    n = r1 - r0
+    xb = X[r0:r1]
+    logits = np.empty((n, c), X.dtype)
+    for i in range(n):
+        dot_rows(xb, Wt, logits, i)
+        for j in range(c):
+            logits[i, j] += b[j]
+    dl = np.empty((n, c), X.dtype)
+    total = 0.0
+    yb = labels[r0:r1]
+    for i in range(n):
+        total += xent_row(logits, yb, dl, i, scale)
+    for i in range(n):
+        for j in range(c):
+            gb[j] += dl[i, j]
+    xf, dlf = xb.ravel(), dl.ravel()
+    wide = _stack_array(WIDE_TILE, X.dtype)
+    narrow = _stack_array(NARROW_TILE, X.dtype)
+    j0 = 0
+    while j0 + WIDE <= d:
+        fma_panel(dlf, 0, xf, j0, d, n, wide, 10, WIDE)
+        for r in range(c):
+            for j in range(WIDE):
+                G[r, j0 + j] += wide[r * WIDE + j]
+        j0 += WIDE
+    while j0 + NARROW_COLS <= d:
+        fma_panel(dlf, 0, xf, j0, d, n, narrow, 10, NARROW_COLS)
+        for r in range(c):
+            for j in range(NARROW_COLS):
+                G[r, j0 + j] += narrow[r * NARROW_COLS + j]
+        j0 += NARROW_COLS
+    for j in range(j0, d):
+        for r in range(c):
+            for i in range(n):
+                G[r, j] += dl[i, r] * xb[i, j]
+    return total
+
+
+def _linear_pass(X, labels, Wt, b, scale, G, gb, losses):
+    """Every block of rows, the blocks split into LIN_TASKS tasks with their own
+    partial gradients (G[t], gb[t], losses[t]) and summed in task order."""
+    n = X.shape[0]
+    blocks = (n + LIN_ROWS - 1) // LIN_ROWS
+    per = (blocks + LIN_TASKS - 1) // LIN_TASKS
+    for t in prange(LIN_TASKS):
+        G[t] = 0
+        gb[t] = 0
+        total = 0.0
+        for blk in range(t * per, min(blocks, (t + 1) * per)):
+            r0 = blk * LIN_ROWS
+            total += _linear_rows(X, None, r0, min(n, r0 + LIN_ROWS), Wt, b, labels, scale, G[t], gb[t])
+        losses[t] = total
+
+
+_linear_pass_serial, _linear_pass_parallel = serial_and_parallel(_linear_pass)
+
+
 @njit
 def linear_epoch(X, labels, order, starts, contiguous, flat, gflat, s1, s2, opt, step,
                  lr, beta, beta1, beta2, eps, parallel):
@@ -66,9 +145,11 @@ def linear_epoch(X, labels, order, starts, contiguous, flat, gflat, s1, s2, opt,
     for bi in range(nb):
         biggest = max(biggest, starts[bi + 1] - starts[bi])
     buf = np.empty((0 if contiguous else biggest, d), X.dtype)
-    logits_buf = np.empty((biggest, c), X.dtype)
-    grad_buf = np.empty((biggest, c), X.dtype)
     yb_buf = np.empty(biggest, labels.dtype)
+    Wt = np.empty((c, d), X.dtype)
+    G = np.empty((LIN_TASKS, c, d), X.dtype)
+    gbs = np.empty((LIN_TASKS, c), X.dtype)
+    losses = np.empty(LIN_TASKS)
     total = 0.0
     for bi in range(nb):
         lo, hi = starts[bi], starts[bi + 1]
@@ -76,25 +157,74 @@ def linear_epoch(X, labels, order, starts, contiguous, flat, gflat, s1, s2, opt,
         yb = yb_buf[:hi - lo]
         for r in range(hi - lo):
             yb[r] = labels[order[lo + r]]
-        logits, dlogits = logits_buf[:hi - lo], grad_buf[:hi - lo]
-        gemm_into(xb, w, logits, True, parallel)
-        bias_act_serial(logits, b, NONE)
-        total += softmax_xent_serial(logits, yb, dlogits)
-        gemm_into(xb.T, dlogits, gw, False, parallel)
-        bias_grad_serial(dlogits, gb)
+        for p in range(d):
+            for j in range(c):
+                Wt[j, p] = w[p, j]
+        scale = X.dtype.type(1.0 / (hi - lo))
+        if parallel and (hi - lo) * d * c >= PARALLEL_MIN_WORK:
+            _linear_pass_parallel(xb, yb, Wt, b, scale, G, gbs, losses)
+        else:
+            _linear_pass_serial(xb, yb, Wt, b, scale, G, gbs, losses)
+        for j in range(c):
+            gb[j] = 0
+            for p in range(d):
+                gw[p, j] = 0
+        for t in range(LIN_TASKS):
+            for j in range(c):
+                gb[j] += gbs[t, j]
+                for p in range(d):
+                    gw[p, j] += G[t, j, p]
+            total += losses[t] / (hi - lo)
         step += 1
         _update(flat, gflat, s1, s2, opt, step, lr, beta, beta1, beta2, eps)
     return total, step
 
 
-# -- the first layer in transposed form -----------------------------------------------
-# With batch 10-128 and 10-128 hidden units, X·W1 has outputs too narrow to vectorise
-# across (a 30- or 10-wide inner loop runs mostly scalar). Holding W1ᵀ (hidden x 784)
-# for the epoch turns the forward pass into dot products and the weight gradient into
-# axpys, both along 784 contiguous floats, with the mini-batch rows read in place
-# (no gather). The working layout is [W1ᵀ, b1, W2, b2]; every flat buffer (params,
-# grads, optimizer state) is permuted into it at the start of the epoch and back at
-# the end, so the elementwise update kernels apply unchanged.
+# -- the 10-wide second layer of nielsen and mlp, against W2 held transposed (10 x hidden) --
+@njit
+def _dot_rows_nt(A, BT, C):
+    """C = A·BTᵀ (BT holds B transposed): dot products along rows of both."""
+    for i in range(A.shape[0]):
+        dot_rows(A, BT, C, i)
+
+
+@njit
+def _hidden_backward_rows(D, BT, A, act, C):
+    """C[i, :h] = (sum_j D[i, j]·BT[j]) · act'(A[i]) (act' from the layer's output:
+    sigmoid a(1-a), ReLU a > 0): dL/dz1 from dL/dz2 and W2ᵀ, one pass per row."""
+    nj, k = BT.shape
+    for i in range(D.shape[0]):
+        c, a = C[i], A[i]
+        c[:k] = 0
+        j = 0
+        while j + 4 <= nj:
+            d0, d1, d2, d3 = D[i, j], D[i, j + 1], D[i, j + 2], D[i, j + 3]
+            b0, b1, b2, b3 = BT[j], BT[j + 1], BT[j + 2], BT[j + 3]
+            for p in range(k):
+                c[p] += d0 * b0[p] + d1 * b1[p] + d2 * b2[p] + d3 * b3[p]
+            j += 4
+        while j < nj:
+            d0, b0 = D[i, j], BT[j]
+            for p in range(k):
+                c[p] += d0 * b0[p]
+            j += 1
+        if act == SIGMOID:
+            for p in range(k):
+                c[p] *= a[p] * (1 - a[p])
+        else:
+            for p in range(k):
+                if a[p] <= 0:
+                    c[p] = 0
+
+
+# -- nielsen: the first layer in transposed form ----------------------------------------
+# With batch 10 and 30 hidden units a step is ~1 MFLOP: the micro-kernel's tiles
+# would all be edge tiles. Holding W1ᵀ (hidden x 784) for the epoch turns the
+# forward pass into dot products and the weight gradient into axpys, both along
+# 784 contiguous floats, with the mini-batch rows read in place (no gather). The
+# working layout is [W1ᵀ, b1, W2, b2]; every flat buffer (params, grads, optimizer
+# state) is permuted into it at the start of the epoch and back at the end, so
+# the elementwise update kernels apply unchanged.
 @njit
 def _swap_first_block(src, dst, rows, cols):
     """dst = src with its leading rows x cols matrix transposed (the rest copied)."""
@@ -159,16 +289,6 @@ def _axpy_rows_t(D, X, rows, GT):
 
 
 @njit
-def _two_layer_params(flat, d, h, c):
-    w1 = _view2(flat, 0, d, h)
-    b1 = flat[d * h:d * h + h]
-    o = d * h + h
-    w2 = _view2(flat, o, h, c)
-    b2 = flat[o + h * c:o + h * c + c]
-    return w1, b1, w2, b2
-
-
-@njit
 def _transpose_first_block(buf, rows, cols, tmp):
     """In place: buf's leading rows x cols matrix becomes its cols x rows transpose."""
     if buf.size:
@@ -193,6 +313,7 @@ def nielsen_epoch(X, onehot, order, starts, contiguous, flat, gflat, s1, s2, hid
         m = max(m, starts[bi + 1] - starts[bi])
     a1_buf, a2_buf = np.empty((m, hidden), X.dtype), np.empty((m, c), X.dtype)
     y_buf, d2_buf, d1_buf = np.empty((m, c), X.dtype), np.empty((m, c), X.dtype), np.empty((m, hidden), X.dtype)
+    w2t, gw2t = np.empty((c, hidden), X.dtype), np.empty((c, hidden), X.dtype)  # the 10-wide layer transposed
     total = 0.0
     for bi in range(nb):
         lo, hi = starts[bi], starts[bi + 1]
@@ -202,18 +323,22 @@ def nielsen_epoch(X, onehot, order, starts, contiguous, flat, gflat, s1, s2, hid
         a1, a2, dz2, dz1 = a1_buf[:n], a2_buf[:n], d2_buf[:n], d1_buf[:n]
         _dot_rows_t(X, rows, w1t, a1)
         bias_act_serial(a1, b1, SIGMOID)
-        gemm_into(a1, w2, a2, True, parallel)
+        for p in range(hidden):
+            for j in range(c):
+                w2t[j, p] = w2[p, j]
+        _dot_rows_nt(a1, w2t, a2)
         bias_act_serial(a2, b2, SIGMOID)
         total += quadratic(a2, yb, dz2)
         for i in range(n):
             for j in range(c):
                 dz2[i, j] *= a2[i, j] * (1 - a2[i, j])
-        gemm_into(a1.T, dz2, gw2, False, parallel)
+        for j in range(c):
+            axpy_columns(a1, dz2, gw2t, j)
+        for p in range(hidden):
+            for j in range(c):
+                gw2[p, j] = gw2t[j, p]
         bias_grad_serial(dz2, gb2)
-        gemm_into(dz2, w2.T, dz1, True, parallel)
-        for i in range(n):
-            for j in range(hidden):
-                dz1[i, j] *= a1[i, j] * (1 - a1[i, j])
+        _hidden_backward_rows(dz2, w2t, a1, SIGMOID, dz1)
         _axpy_rows_t(dz1, X, rows, gw1t)
         bias_grad_serial(dz1, gb1)
         step += 1
@@ -223,199 +348,179 @@ def nielsen_epoch(X, onehot, order, starts, contiguous, flat, gflat, s1, s2, hid
     return total, step
 
 
-# -- the mlp's products, tiled for its shapes ------------------------------------------
-# Batch 128 x 784 -> 128: X·W1 and Xᵀ·dH are 26 MFLOP each per step. Packing them the
-# GotoBLAS way costs as much as the product at this size, so the tiles below read the
-# operands where they lie (W1's rows, the gathered batch, dH are all contiguous) with an
-# MR x NR accumulator on the stack (16 zmm registers). The 10-wide products use W2
-# transposed (10 x hidden): dot products and axpys along the hidden units.
-TMR, TNR = 8, 32
-TTILE = TMR * TNR  # a literal for _stack_array
+# -- mlp (and any 784 -> hidden -> 10 network): the first layer in panels -------------------
+# The first layer's products (X·W1, 784 deep, and Xᵀ·dH) are the work: W1 -- and
+# with it its gradient and optimizer state, which the elementwise updates treat
+# alike -- lives in the micro-kernel's packed B panels (NR columns each, zero
+# columns up to a whole panel) from the start of the epoch to its end; each step
+# packs only the gathered batch (as A for X·W1, and as A over the batch's depth
+# for Xᵀ·dH) and dH's panels, and the macro-kernel writes W1's gradient straight
+# into its panels. The 10-wide second layer runs on W2 held transposed (10 x
+# hidden): dot products and axpys along the hidden units.
+@njit
+def _two_layer_params(flat, d, h, c):
+    w1 = _view2(flat, 0, d, h)
+    b1 = flat[d * h:d * h + h]
+    o = d * h + h
+    w2 = _view2(flat, o, h, c)
+    b2 = flat[o + h * c:o + h * c + c]
+    return w1, b1, w2, b2
 
 
 @njit
-def _tile(a, a0, a_row, a_col, b, b0, ldb, c, c0, ldc, k):
-    """c[c0 + r·ldc + j] = sum_p a[a0 + r·a_row + p·a_col] · b[b0 + p·ldb + j] for one
-    TMR x TNR tile, on flat (1-D, contiguous) operands. Covers A·B (a_row = lda,
-    a_col = 1) and Aᵀ·B (a_row = 1, a_col = lda). The offsets are clamped at 0 so LLVM
-    sees non-negative indices (no wraparound test per element) and vectorises over j."""
-    acc = _stack_array(TTILE, c.dtype)
-    a0, a_row, a_col = max(a0, 0), max(a_row, 0), max(a_col, 0)
-    b0, ldb, c0, ldc = max(b0, 0), max(ldb, 0), max(c0, 0), max(ldc, 0)
-    for x in range(TTILE):
-        acc[x] = 0
-    for p in range(k):
-        for j in range(TNR):
-            bv = b[b0 + p * ldb + j]
-            for r in range(TMR):
-                acc[r * TNR + j] += a[a0 + r * a_row + p * a_col] * bv
-    for j in range(TNR):
-        for r in range(TMR):
-            c[c0 + r * ldc + j] = acc[r * TNR + j]
+def _to_panels(buf, rows, cols, panels_buf, inverse):
+    """buf's leading rows x cols matrix <-> ceil(cols/NR) panels of rows x NR, the
+    columns past cols zero."""
+    a = buf[:rows * cols]
+    for t in range((cols + MNR - 1) // MNR):
+        for p in range(rows):
+            for j in range(MNR):
+                col = t * MNR + j
+                if col >= cols:
+                    if not inverse:
+                        panels_buf[(t * rows + p) * MNR + j] = 0
+                elif inverse:
+                    a[p * cols + col] = panels_buf[(t * rows + p) * MNR + j]
+                else:
+                    panels_buf[(t * rows + p) * MNR + j] = a[p * cols + col]
+
+
+def _panel_products(Ap, Bp, C, rows, kc, panels, bstride, edges, to_panels):
+    """For every NR-column panel t: C(panel t) = A · B(panel t), the tasks split over
+    panels. ``to_panels``: C is itself packed -- a (panels·rows) x NR matrix whose
+    panel t is rows t·rows onwards -- else panel t is C's columns t·NR onwards."""
+    for t in prange(panels):
+        i0, j0 = (t * rows, 0) if to_panels else (0, t * MNR)
+        block(Ap, Bp[t * bstride:(t + 1) * bstride], C, i0, rows, j0, MNR, kc, False, edges[t])
+
+
+_panel_products_serial, _panel_products_parallel = serial_and_parallel(_panel_products)
+
+
+def _pack_batch(X, order, lo, n, ap, atp):
+    """The batch's rows X[order[lo:lo + n]] packed twice, straight from X: as A
+    panels of MR samples (ap, for X·W1) and as A panels of MR features over the
+    batch's depth (atp, for Xᵀ·dH, contiguous MR-value copies per sample). Tasks
+    split over panels; every panel is written by one task."""
+    d = X.shape[1]
+    sample_panels = (n + MMR - 1) // MMR
+    feature_panels = (d + MMR - 1) // MMR
+    for task in prange(sample_panels + feature_panels):
+        if task < sample_panels:
+            i0 = task * MMR
+            base = task * d * MMR
+            for r in range(MMR):
+                if i0 + r < n:
+                    row = X[order[lo + i0 + r]]
+                    for p in range(d):
+                        ap[base + p * MMR + r] = row[p]
+                else:
+                    for p in range(d):
+                        ap[base + p * MMR + r] = 0
+        else:
+            q = task - sample_panels
+            f0 = q * MMR
+            base = q * n * MMR
+            w = min(MMR, d - f0)
+            for p in range(n):
+                row = X[order[lo + p]]
+                o = base + p * MMR
+                for r in range(w):
+                    atp[o + r] = row[f0 + r]
+                for r in range(w, MMR):
+                    atp[o + r] = 0
+
+
+_pack_batch_serial, _pack_batch_parallel = serial_and_parallel(_pack_batch)
 
 
 @njit
-def _rows_ab(A, B, C, i0, i1, transpose_a):
-    """C[i0:i1] = A·B (or Aᵀ·B) for that band of output rows: full tiles, then edges."""
-    n = C.shape[1]
-    k = A.shape[0] if transpose_a else A.shape[1]
-    lda = A.shape[1]
-    a_row, a_col = (1, lda) if transpose_a else (lda, 1)
-    af, bf, cf = A.ravel(), B.ravel(), C.ravel()
-    jn = n - n % TNR
-    i = i0
-    while i + TMR <= i1:
-        for j in range(0, jn, TNR):
-            _tile(af, i * a_row, a_row, a_col, bf, j, n, cf, i * n + j, n, k)
-        i += TMR
-    for r in range(i0, i1):
-        for j in range(jn if r < i else 0, n):
-            s = C.dtype.type(0)
-            for p in range(k):
-                s += (A[p, r] if transpose_a else A[r, p]) * B[p, j]
-            C[r, j] = s
+def _xent_output(a1, w2t, b2, yb, out, dz2):
+    """mlp's output layer: logits = a1·W2 + b2, softmax cross-entropy; its loss."""
+    _dot_rows_nt(a1, w2t, out)
+    bias_act_serial(out, b2, NONE)
+    return softmax_xent_serial(out, yb, dz2)
 
 
 @njit
-def _ab_serial(A, B, C, transpose_a):
-    _rows_ab(A, B, C, 0, C.shape[0], transpose_a)
-
-
-@njit_parallel
-def _ab_parallel(A, B, C, transpose_a):
-    m = C.shape[0]
-    bands = (m + TMR - 1) // TMR
-    nt = min(get_num_threads(), bands)
-    per = (bands + nt - 1) // nt * TMR
-    for t in prange(nt):
-        _rows_ab(A, B, C, min(m, t * per), min(m, (t + 1) * per), transpose_a)
-
-
-@njit
-def _ab(A, B, C, transpose_a, parallel):
-    """C = A·B, or Aᵀ·B when transpose_a (A stored (k, m)); all three C-contiguous."""
-    if parallel and C.shape[0] * C.shape[1] * B.shape[0] >= PARALLEL_MIN_WORK:
-        _ab_parallel(A, B, C, transpose_a)
-    else:
-        _ab_serial(A, B, C, transpose_a)
-
-
-@njit
-def _dot_rows_nt(A, BT, C):
-    """C[i, j] = A[i] · BT[j] (BT holds B transposed): four outputs per pass over A[i]."""
-    nj, k = BT.shape
-    for i in range(A.shape[0]):
-        a = A[i]
-        if nj < 4:
-            for j in range(nj):
-                s = C.dtype.type(0)
-                for p in range(k):
-                    s += a[p] * BT[j, p]
-                C[i, j] = s
-            continue
-        for jg in range(0, nj, 4):
-            j = min(jg, nj - 4)  # the last group overlaps the one before instead of running short
-            b0, b1, b2, b3 = BT[j], BT[j + 1], BT[j + 2], BT[j + 3]
-            s0 = s1 = s2 = s3 = C.dtype.type(0)
-            for p in range(k):
-                x = a[p]
-                s0 += x * b0[p]
-                s1 += x * b1[p]
-                s2 += x * b2[p]
-                s3 += x * b3[p]
-            C[i, j], C[i, j + 1], C[i, j + 2], C[i, j + 3] = s0, s1, s2, s3
-
-
-@njit
-def _relu_backward_rows(D, BT, H, C):
-    """C[i] = (sum_j D[i, j]·BT[j]) where H[i] > 0, else 0: dL/dz1 from dL/dlogits, W2ᵀ
-    and the ReLU outputs, one pass over each row of C."""
-    nj, k = BT.shape
-    for i in range(D.shape[0]):
-        c, h = C[i], H[i]
-        c[:] = 0
-        j = 0
-        while j + 4 <= nj:
-            d0, d1, d2, d3 = D[i, j], D[i, j + 1], D[i, j + 2], D[i, j + 3]
-            b0, b1, b2, b3 = BT[j], BT[j + 1], BT[j + 2], BT[j + 3]
-            for p in range(k):
-                c[p] += d0 * b0[p] + d1 * b1[p] + d2 * b2[p] + d3 * b3[p]
-            j += 4
-        while j < nj:
-            d0, b0 = D[i, j], BT[j]
-            for p in range(k):
-                c[p] += d0 * b0[p]
-            j += 1
-        for p in range(k):
-            if h[p] <= 0:
-                c[p] = 0
-
-
-@njit
-def _outer_sum_t(H, D, GT):
-    """GT[j] = sum_i D[i, j]·H[i] (= (Hᵀ·D)ᵀ): four samples per pass over GT[j]."""
-    m = H.shape[0]
-    for j in range(GT.shape[0]):
-        g = GT[j]
-        g[:] = 0
-        i = 0
-        while i + 4 <= m:
-            d0, d1, d2, d3 = D[i, j], D[i + 1, j], D[i + 2, j], D[i + 3, j]
-            h0, h1, h2, h3 = H[i], H[i + 1], H[i + 2], H[i + 3]
-            for p in range(g.size):
-                g[p] += d0 * h0[p] + d1 * h1[p] + d2 * h2[p] + d3 * h3[p]
-            i += 4
-        while i < m:
-            d0, h0 = D[i, j], H[i]
-            for p in range(g.size):
-                g[p] += d0 * h0[p]
-            i += 1
-
-
-@njit
-def mlp_epoch(X, labels, order, starts, contiguous, flat, gflat, s1, s2, hidden, opt, step,
-              lr, beta, beta1, beta2, eps, parallel):
-    """784 -> hidden ReLU -> 10, softmax cross-entropy."""
+def two_layer_epoch(X, targets, order, starts, contiguous, flat, gflat, s1, s2, hidden, act,
+                    opt, step, lr, beta, beta1, beta2, eps, parallel):
+    """784 -> hidden -> 10 with hidden activation ``act`` and a softmax output
+    under cross-entropy. Returns (sum of batch losses, optimizer steps taken)."""
     d, c = X.shape[1], 10
-    w1, b1, w2, b2 = _two_layer_params(flat, d, hidden, c)
-    gw1, gb1, gw2, gb2 = _two_layer_params(gflat, d, hidden, c)
+    dh = d * hidden
+    panels = (hidden + MNR - 1) // MNR
+    hp = panels * MNR
+    w1p, gw1p = np.empty(panels * d * MNR, X.dtype), np.zeros(panels * d * MNR, X.dtype)
+    s1p, s2p = np.empty(panels * d * MNR if s1.size else 0, X.dtype), np.empty(panels * d * MNR if s2.size else 0, X.dtype)
+    for buf, pbuf in ((flat, w1p), (s1, s1p), (s2, s2p)):
+        if buf.size:
+            _to_panels(buf, d, hidden, pbuf, False)
+    gw1_panels = gw1p.reshape((panels * d, MNR))
+    _, b1, w2, b2 = _two_layer_params(flat, d, hidden, c)
+    _, gb1, gw2, gb2 = _two_layer_params(gflat, d, hidden, c)
     nb = starts.size - 1
     m = 0
     for bi in range(nb):
         m = max(m, starts[bi + 1] - starts[bi])
-    buf = np.empty((0 if contiguous else m, d), X.dtype)
-    h_buf, l_buf = np.empty((m, hidden), X.dtype), np.empty((m, c), X.dtype)
-    dl_buf, dh_buf = np.empty((m, c), X.dtype), np.empty((m, hidden), X.dtype)
-    yb_buf = np.empty(m, labels.dtype)
-    w2t, gw2t = np.empty((c, hidden), X.dtype), np.empty((c, hidden), X.dtype)
+    ap = np.empty((m + MMR - 1) // MMR * MMR * d, X.dtype)   # the batch as A panels (m x d)
+    atp = np.empty(((d + MMR - 1) // MMR * MMR) * m, X.dtype)   # its transpose (d x m)
+    dhp = np.empty(panels * m * MNR, X.dtype)      # dH as B panels (m x NR each)
+    edges = np.empty((panels, MMR, MNR), X.dtype)
+    # the hidden layer at the padded width hp, on contiguous arrays: the padding's
+    # weights (W1's panel columns, b1's and W2's rows) are zero, so its units
+    # contribute exactly nothing forward and get no gradient
+    h_buf, out_buf = np.empty((m, hp), X.dtype), np.empty((m, c), X.dtype)
+    dz_buf, dh_buf = np.empty((m, c), X.dtype), np.zeros((m, hp), X.dtype)
+    w2t, gw2t = np.zeros((c, hp), X.dtype), np.empty((c, hp), X.dtype)
+    b1p, gb1p = np.zeros(hp, X.dtype), np.empty(hp, X.dtype)
+    par = parallel and m * d * hp >= PARALLEL_MIN_WORK
     total = 0.0
     for bi in range(nb):
         lo, hi = starts[bi], starts[bi + 1]
         n = hi - lo
-        xb = _batch_rows(X, order, lo, hi, contiguous, buf)
-        yb = yb_buf[:n]
-        for r in range(n):
-            yb[r] = labels[order[lo + r]]
-        h, logits, dlogits, dh = h_buf[:n], l_buf[:n], dl_buf[:n], dh_buf[:n]
+        if par:
+            _pack_batch_parallel(X, order, lo, n, ap, atp)
+        else:
+            _pack_batch_serial(X, order, lo, n, ap, atp)
+        yb = targets[order[lo:hi]]
+        h, out, dz2, dz1 = h_buf[:n], out_buf[:n], dz_buf[:n], dh_buf[:n]
         for p in range(hidden):
+            b1p[p] = b1[p]
             for j in range(c):
                 w2t[j, p] = w2[p, j]
-        _ab(xb, w1, h, False, parallel)
-        bias_act_serial(h, b1, RELU)
-        _dot_rows_nt(h, w2t, logits)
-        bias_act_serial(logits, b2, NONE)
-        total += softmax_xent_serial(logits, yb, dlogits)
-        _outer_sum_t(h, dlogits, gw2t)
+        if par:
+            _panel_products_parallel(ap, w1p, h, n, d, panels, d * MNR, edges, False)
+        else:
+            _panel_products_serial(ap, w1p, h, n, d, panels, d * MNR, edges, False)
+        bias_act_serial(h, b1p, act)
+        total += _xent_output(h, w2t, b2, yb, out, dz2)
+        for j in range(c):
+            axpy_columns(h, dz2, gw2t, j)
         for p in range(hidden):
             for j in range(c):
                 gw2[p, j] = gw2t[j, p]
-        bias_grad_serial(dlogits, gb2)
-        _relu_backward_rows(dlogits, w2t, h, dh)
-        _ab(xb, dh, gw1, True, parallel)
-        bias_grad_serial(dh, gb1)
+        bias_grad_serial(dz2, gb2)
+        _hidden_backward_rows(dz2, w2t, h, act, dz1)
+        for t in range(panels):
+            pack_b(dz1, False, 0, n, t * MNR, MNR, dhp[t * n * MNR:(t + 1) * n * MNR])
+        if par:
+            _panel_products_parallel(atp, dhp, gw1_panels, d, n, panels, n * MNR, edges, True)
+        else:
+            _panel_products_serial(atp, dhp, gw1_panels, d, n, panels, n * MNR, edges, True)
+        bias_grad_serial(dz1, gb1p)
+        for p in range(hidden):
+            gb1[p] = gb1p[p]
         step += 1
-        _update(flat, gflat, s1, s2, opt, step, lr, beta, beta1, beta2, eps)
+        _update(w1p, gw1p, s1p, s2p, opt, step, lr, beta, beta1, beta2, eps, par)
+        _update(flat[dh:], gflat[dh:], s1[dh:], s2[dh:], opt, step, lr, beta, beta1, beta2, eps, False)
+    for buf, pbuf in ((flat, w1p), (gflat, gw1p), (s1, s1p), (s2, s2p)):
+        if buf.size:
+            _to_panels(buf, d, hidden, pbuf, True)
     return total, step
 
 
-EPOCHS = {"linear": linear_epoch, "nielsen": nielsen_epoch, "mlp": mlp_epoch}
+# network -> (epoch function, the arguments it takes after the optimizer state):
+EPOCHS = {"linear": (linear_epoch, lambda net: ()),
+          "nielsen": (nielsen_epoch, lambda net: (net.hidden,)),
+          "mlp": (two_layer_epoch, lambda net: (net.hidden, RELU))}

@@ -4,161 +4,309 @@
 
 Every version works on *logical* operands A (m, k) and B (k, n): the Bᵀ and Aᵀ
 forms pass ``b.T`` / ``a.T``, which are views (Fortran-ordered), never copies;
-Numba compiles one specialisation per layout. Inputs must be C-contiguous in
+v3 takes them as (stored array, transposed flag), so one machine code serves
+every form. Inputs must be C-contiguous in
 storage (a gathered mini-batch or a view of the flat parameter buffer always
 is); anything else is refused with a ValueError rather than silently copied.
 
-Versions (llm.c style, each one checked against the float64 reference):
-  v1_naive           three loops i-p-j, no blocking.
-  v2_blocked         the same loops cut into cache blocks (MC x KC x NC).
-  v3_register_tiled  GotoBLAS structure: B packed into KC x NR panels, A into
-                     MR x KC panels, both zero-padded so any shape works; an
-                     MR x NR (8 x 32) micro-kernel whose accumulators live in
-                     registers.
-                     Outputs narrower than NARROW columns take a row-axpy
-                     kernel (shallow A·B), a dot-product kernel (A·Bᵀ, and A·B
-                     with B transposed from DOT_MIN_DEPTH) or the transposed problem
-                     Cᵀ = Bᵀ·Aᵀ (for deep Aᵀ·B; shallow ones sum rows of
-                     A into Cᵀ), so n = 10 is not padded to NR.
-  v4_parallel        v3 with blocks of rows of C spread over Numba's threads.
-  numpy_blas         np.matmul: OpenBLAS as installed (the baseline).
-  torch_mm           torch.mm on CPU tensors sharing the arrays' memory.
+Versions (llm.c style; each checked against the float64 reference before it is
+timed, serial and parallel from one body):
+  v1_naive    three loops i-p-j, no blocking.
+  v2_blocked  the same loops cut into cache blocks.
+  v3_packed   GotoBLAS/BLIS structure: B packed into KC x NR panels, A into
+              MR x KC panels, both zero-padded so any shape works; an MR x NR
+              micro-kernel whose accumulators live in registers; the tile and
+              blocks come from the compile target (kernels/target.py: e.g.
+              13 x 32 on AVX-512, 6 x 16 on AVX2) or from `mnist-bench tune`.
+              Outputs narrower than NARROW columns take a row-axpy kernel
+              (shallow A·B), dot products (A·Bᵀ, and A·B with B transposed from
+              DOT_MIN_DEPTH) or the transposed problem Cᵀ = Bᵀ·Aᵀ (deep Aᵀ·B;
+              shallow ones sum rows of A into Cᵀ), so n = 10 is not padded to NR.
+  numpy_blas  np.matmul: OpenBLAS as installed (the baseline).
+  torch_mm    torch.mm on CPU tensors sharing the arrays' memory.
 
-How the micro-kernel keeps its accumulators in registers: Numba gives LLVM
-no aliasing guarantees between arrays, so a tile held in an np.empty array
-could alias the operands and is reloaded and stored at every depth step (about
-70 GFLOP/s per core). The tile is instead a stack array (_stack_array), which
-provably aliases nothing; once the loops over it are unrolled, LLVM turns it
-into 16 zmm registers and each depth step is 2 loads of B, 8 broadcasts of A
-and 16 FMAs (check with _packed_serial.inspect_asm). Indices must also be
-provably non-negative: with runtime offsets, Numba's negative-index wraparound
-defeats LLVM's alias checks and the loops run scalar.
+A version is one function ``(A, B, C, parallel)`` on logical operands and one
+``VERSIONS`` entry; the kernel family, the sweep and the backends (NumbaOps'
+``matmul`` option) find it by name. ``_gemm`` is the one shape dispatch: ``gemm``
+from compiled code (the fused epochs), ``gemm_views`` from Python (the ops, the
+convolutions).
+
+How the micro-kernel keeps its accumulators in registers: Numba gives LLVM no
+aliasing guarantees between arrays, so a tile held in an np.empty array could
+alias the operands and is reloaded and stored at every depth step. The tile is
+a stack array (kernels/_numba.stack_array), which provably aliases nothing;
+once the loops over it are unrolled, LLVM turns it into MR x NR/lanes vector
+registers. Indices must also be provably non-negative: with runtime offsets,
+Numba's negative-index wraparound defeats LLVM's alias checks and the loops run
+scalar (hence the ``max(x, 0)`` on every offset).
 """
+import llvmlite.ir as ir
 import numpy as np
-from numba import prange
+from numba import prange, types
+from numba.extending import intrinsic
 
-from ._numba import njit, njit_parallel, stack_array as _stack_array
+from ._numba import TARGET, TILE, njit, serial_and_parallel, specialize, stack_array
 from .family import KernelFamily
 
-MR, NR = 8, 32           # register tile: rows of A x columns of B per micro-kernel call
-KC, MC, NC = 256, 128, 2048  # cache blocks: depth, rows of A, columns of B
+# The geometry of this process (float32). float64 compiles the same bodies with
+# half of NR (the same registers hold half the lanes).
+MR, NR, KC, MC, NC = (TILE[k] for k in ("MR", "NR", "KC", "MC", "NC"))
+TILE_ELEMS = MR * NR     # a literal for stack_array
 NARROW = 32              # outputs with fewer columns skip the NR-wide padding
-# A·B with narrow B and at least this depth copies B transposed (k x n floats) and takes
-# dot products along A's rows: the row-axpy's inner loop is only n < NARROW wide and runs
-# mostly scalar (128x784x10: 412 vs 115 us, 10x784x30: 61 vs 44 us, measured).
+# A·B with narrow B and at least this depth copies B transposed (k x n floats) and
+# takes dot products along A's rows: the row-axpy's inner loop is only n < NARROW
+# wide and runs mostly scalar.
 DOT_MIN_DEPTH = 64
-MIN_ROW_BLOCKS = 4       # _packed_parallel splits even short products this many ways
+MIN_ROW_BLOCKS = 4       # the parallel driver splits even short products this many ways
+PARALLEL_MIN_WORK = 1 << 21  # multiply-adds below which waking the thread pool costs more
 
 
 # -- v1, v2 --------------------------------------------------------------------
-@njit
-def _naive(A, B, C):
+def _naive(A, B, C, parallel):
     m, k = A.shape
     n = B.shape[1]
-    C[:] = 0
-    for i in range(m):
+    for i in prange(m):
+        for j in range(n):
+            C[i, j] = 0
         for p in range(k):
             a = A[i, p]
             for j in range(n):
                 C[i, j] += a * B[p, j]
 
 
-@njit
-def _blocked(A, B, C):
+def _blocked(A, B, C, parallel):
     m, k = A.shape
     n = B.shape[1]
-    C[:] = 0
-    for i0 in range(0, m, MC):
-        for p0 in range(0, k, KC):
-            for j0 in range(0, n, NC):
-                for i in range(i0, min(m, i0 + MC)):
-                    for p in range(p0, min(k, p0 + KC)):
+    bm, bk, bn = 64, 256, 1024
+    for ib in prange((m + bm - 1) // bm):
+        i0 = ib * bm
+        for i in range(i0, min(m, i0 + bm)):
+            for j in range(n):
+                C[i, j] = 0
+        for p0 in range(0, k, bk):
+            for j0 in range(0, n, bn):
+                for i in range(i0, min(m, i0 + bm)):
+                    for p in range(p0, min(k, p0 + bk)):
                         a = A[i, p]
-                        for j in range(j0, min(n, j0 + NC)):
+                        for j in range(j0, min(n, j0 + bn)):
                             C[i, j] += a * B[p, j]
 
 
-# -- v3, v4: packing and the micro-kernel -----------------------------------------
-TILE = MR * NR  # a module constant, so Numba types it as a literal for _stack_array
-
-
-@njit
-def _pack_b(B, p0, p1, j0, j1, Bp):
-    """B[p0:p1, j0:j1] -> consecutive KC x NR panels (zero-padded) in Bp."""
-    kc = p1 - p0
-    for jp in range(0, j1 - j0, NR):
+# -- v3: packing and the micro-kernel ------------------------------------------------
+def _pack_b(B, tb, p0, kc, j0, nc, Bp):
+    """op(B)[p0:p0+kc, j0:j0+nc] -> consecutive kc x NR panels (zero-padded) in Bp,
+    op(B) = Bᵀ when ``tb``. The loop runs along B's stored rows either way."""
+    for jp in range(0, nc, NR):
         base = (jp // NR) * kc * NR
-        w = min(NR, j1 - j0 - jp)
-        for p in range(kc):
-            row = base + p * NR
+        w = min(NR, nc - jp)
+        if not tb:
+            for p in range(kc):
+                row = base + p * NR
+                for j in range(w):
+                    Bp[row + j] = B[p0 + p, j0 + jp + j]
+                for j in range(w, NR):
+                    Bp[row + j] = 0
+        else:
             for j in range(w):
-                Bp[row + j] = B[p0 + p, j0 + jp + j]
+                for p in range(kc):
+                    Bp[base + p * NR + j] = B[j0 + jp + j, p0 + p]
             for j in range(w, NR):
-                Bp[row + j] = 0
+                for p in range(kc):
+                    Bp[base + p * NR + j] = 0
 
 
-@njit
-def _pack_a(A, i0, i1, p0, p1, Ap):
-    """A[i0:i1, p0:p1] -> consecutive MR x KC panels in Ap, each kc groups of MR values
-    (rows past i1 are 0)."""
-    kc = p1 - p0
-    for ip in range(0, i1 - i0, MR):
+def _pack_a(A, ta, i0, mc, p0, kc, Ap):
+    """op(A)[i0:i0+mc, p0:p0+kc] -> consecutive MR x kc panels in Ap, each kc groups
+    of MR values (rows past mc are 0), op(A) = Aᵀ when ``ta``; read along A's
+    stored rows."""
+    for ip in range(0, mc, MR):
         base = (ip // MR) * kc * MR
-        h = min(MR, i1 - i0 - ip)
-        for p in range(kc):
+        h = min(MR, mc - ip)
+        if not ta:
             for r in range(h):
-                Ap[base + p * MR + r] = A[i0 + ip + r, p0 + p]
-            for r in range(h, MR):
+                for p in range(kc):
+                    Ap[base + p * MR + r] = A[i0 + ip + r, p0 + p]
+        else:
+            for p in range(kc):
+                for r in range(h):
+                    Ap[base + p * MR + r] = A[p0 + p, i0 + ip + r]
+        for r in range(h, MR):
+            for p in range(kc):
                 Ap[base + p * MR + r] = 0
 
 
-@njit
-def _micro(Ap, Bp, kc, C, ci, cj, accumulate):
-    """C[ci:ci+MR, cj:cj+NR] (+)= Ap panel · Bp panel over depth kc.
+def _panel_codegen(dtype, MR_, NR_, lanes, to_rows):
+    """LLVM IR of the depth loop over one A and one B panel; the MR x NR/L
+    accumulators are vector SSA values (phi nodes) carried through the loop.
+    Depth step p reads B's row at Bp[b0 + p·ldb:] (ldb = NR for a packed panel,
+    a matrix's row length for unpacked rows). ``to_rows``: the result goes into
+    C's rows (C[ci + r, cj:cj + NR], contiguous) with vector loads, adds and
+    stores; else into a tile of MR x NR values."""
+    V = NR_ // lanes
 
-    The MR x NR accumulator is a stack array: after unrolling, the 8 x 32 float32
-    tile is 16 zmm registers and each depth step is 2 loads of B, 8 broadcasts of A
-    and 16 FMAs. The loops run j outside r so that LLVM vectorises over j rather than
-    unrolling 256 scalars first. C goes in and out through that tile, with only loads
-    or only stores in each loop, so no C-to-C dependence blocks vectorisation."""
-    acc = _stack_array(TILE, Ap.dtype)
-    ci = max(ci, 0)  # tells LLVM the indices are non-negative: no wraparound per element
-    cj = max(cj, 0)
+    def codegen(context, builder, signature, args):
+        ap_arr, a0_v, bp_arr, b0_v, ldb_v, kc_v, c_arr = args[:7]
+        aty, _, bty, _, _, _, cty = signature.args[:7]
+        elem = context.get_data_type(dtype)
+        vec = ir.VectorType(elem, lanes)
+        ap = context.make_array(aty)(context, builder, ap_arr).data
+        bp = context.make_array(bty)(context, builder, bp_arr).data
+        c = context.make_array(cty)(context, builder, c_arr)
+        intp = a0_v.type
+        zero = ir.Constant(vec, [ir.Constant(elem, 0.0)] * lanes)
+        undef = ir.Constant(vec, ir.Undefined)
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+        # declared by hand: llvmlite's declare_intrinsic names scalar types only
+        name = f"llvm.fma.v{lanes}{'f64' if dtype == types.float64 else 'f32'}"
+        fma = builder.module.globals.get(name) or ir.Function(
+            builder.module, ir.FunctionType(vec, [vec, vec, vec]), name=name)
+        if to_rows:
+            # C's tile is read and written once the loop ends; its rows usually
+            # lie outside the L2 (C is the largest operand), so they are
+            # prefetched now and arrive while the FMAs run.
+            i8p = ir.IntType(8).as_pointer()
+            i32 = ir.IntType(32)
+            prefetch = builder.module.globals.get("llvm.prefetch.p0") or ir.Function(
+                builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                name="llvm.prefetch.p0")
+            ci_v, cj_v = args[7], args[8]
+            row_stride = builder.extract_value(c.strides, 0)
+            base = builder.ptrtoint(c.data, intp)
+            itemsize = context.get_abi_sizeof(elem)
+            for r in range(MR_):
+                row = builder.add(base, builder.mul(builder.add(ci_v, ir.Constant(intp, r)), row_stride))
+                row = builder.add(row, builder.mul(cj_v, ir.Constant(intp, itemsize)))
+                for line in range(0, NR_ * itemsize, 64):
+                    ptr = builder.inttoptr(builder.add(row, ir.Constant(intp, line)), i8p)
+                    builder.call(prefetch, [ptr, ir.Constant(i32, 1), ir.Constant(i32, 3),
+                                            ir.Constant(i32, 1)])
+        entry = builder.basic_block
+        loop = builder.append_basic_block("fma_panel.loop")
+        done = builder.append_basic_block("fma_panel.done")
+        builder.cbranch(builder.icmp_signed(">", kc_v, ir.Constant(intp, 0)), loop, done)
+        builder.position_at_end(loop)
+        p = builder.phi(intp)
+        accs = [builder.phi(vec) for _ in range(MR_ * V)]
+        b_base = builder.add(b0_v, builder.mul(p, ldb_v))
+        a_base = builder.add(a0_v, builder.mul(p, ir.Constant(intp, MR_)))
+        bvecs = [builder.load(builder.bitcast(builder.gep(bp, [builder.add(b_base, ir.Constant(intp, v * lanes))]),
+                                              vec.as_pointer()), align=4) for v in range(V)]
+        new = []
+        for r in range(MR_):
+            a = builder.load(builder.gep(ap, [builder.add(a_base, ir.Constant(intp, r))]))
+            splat = builder.shuffle_vector(builder.insert_element(undef, a, ir.Constant(ir.IntType(32), 0)),
+                                           undef, mask)
+            new += [builder.call(fma, [splat, bvecs[v], accs[r * V + v]]) for v in range(V)]
+        p_next = builder.add(p, ir.Constant(intp, 1))
+        latch = builder.basic_block
+        builder.cbranch(builder.icmp_signed("<", p_next, kc_v), loop, done)
+        p.add_incoming(ir.Constant(intp, 0), entry)
+        p.add_incoming(p_next, latch)
+        for acc, value in zip(accs, new):
+            acc.add_incoming(zero, entry)
+            acc.add_incoming(value, latch)
+        builder.position_at_end(done)
+        results = []
+        for i in range(MR_ * V):  # every phi first: they must open their block
+            results.append(builder.phi(vec))
+            results[-1].add_incoming(zero, entry)
+            results[-1].add_incoming(new[i], latch)
+        if to_rows:
+            ci_v, cj_v, accumulate = args[7], args[8], args[9]
+            row_stride = builder.extract_value(c.strides, 0)  # bytes
+            base = builder.ptrtoint(c.data, intp)
+            itemsize = ir.Constant(intp, context.get_abi_sizeof(elem))
+            for r in range(MR_):
+                row = builder.add(base, builder.mul(builder.add(ci_v, ir.Constant(intp, r)), row_stride))
+                for v in range(V):
+                    col = builder.mul(builder.add(cj_v, ir.Constant(intp, v * lanes)), itemsize)
+                    ptr = builder.inttoptr(builder.add(row, col), vec.as_pointer())
+                    value = results[r * V + v]
+                    with builder.if_then(accumulate):
+                        builder.store(builder.fadd(builder.load(ptr, align=4), value), ptr, align=4)
+                    with builder.if_then(builder.not_(accumulate)):
+                        builder.store(value, ptr, align=4)
+        else:
+            for i, result in enumerate(results):
+                r, v = divmod(i, V)
+                ptr = builder.gep(c.data, [ir.Constant(intp, r * NR_ + v * lanes)])
+                builder.store(result, builder.bitcast(ptr, vec.as_pointer()), align=4)
+        return context.get_dummy_value()
+    return codegen
+
+
+def _lanes(dtype, nr):
+    lanes = max(1, TARGET["vector_bits"] // (8 * (8 if dtype == types.float64 else 4)))
+    lanes = min(lanes, nr)
+    return lanes if nr % lanes == 0 else None
+
+
+@intrinsic
+def fma_panel(typingctx, Ap, a0, Bp, b0, ldb, kc, tile, mr, nr):
+    """tile[:mr·nr] = the A panel at Ap[a0:] (kc groups of mr values) times the kc
+    rows of nr values at Bp[b0 + p·ldb:], written as LLVM vector code.
+
+    The mr x nr/L accumulators are SSA vector values carried through the depth
+    loop, L = the target's vector lanes for the dtype, so they live in registers
+    by construction: no reliance on the auto-vectoriser, whose choices for such
+    a loop change with the tile, the ISA and the LLVM version. Each depth step is
+    nr/L vector loads of B, mr broadcasts of A and mr·nr/L fused multiply-adds;
+    LLVM legalises <L x float> to zmm, ymm or NEON q registers."""
+    if not (isinstance(mr, types.IntegerLiteral) and isinstance(nr, types.IntegerLiteral)):
+        return None
+    lanes = _lanes(Ap.dtype, nr.literal_value)
+    if lanes is None:
+        return None
+    return (types.none(Ap, a0, Bp, b0, ldb, kc, tile, mr, nr),
+            _panel_codegen(Ap.dtype, mr.literal_value, nr.literal_value, lanes, False))
+
+
+@intrinsic
+def fma_panel_rows(typingctx, Ap, a0, Bp, b0, ldb, kc, C, ci, cj, accumulate, mr, nr):
+    """fma_panel, the result stored (or, with ``accumulate``, added) straight into
+    C[ci:ci+mr, cj:cj+nr], whose rows must be contiguous: vector loads and
+    stores instead of mr·nr scalar ones through a tile."""
+    if not (isinstance(mr, types.IntegerLiteral) and isinstance(nr, types.IntegerLiteral)):
+        return None
+    lanes = _lanes(Ap.dtype, nr.literal_value)
+    if lanes is None:
+        return None
+    return (types.none(Ap, a0, Bp, b0, ldb, kc, C, ci, cj, accumulate, mr, nr),
+            _panel_codegen(Ap.dtype, mr.literal_value, nr.literal_value, lanes, True))
+
+
+def _micro(Ap, a0, Bp, b0, kc, C, ci, cj, accumulate):
+    """C[ci:ci+MR, cj:cj+NR] (+)= the A panel at Ap[a0:] · the B panel at Bp[b0:]:
+    straight into C where its rows are contiguous, else through a stack tile."""
+    a0, b0, ci, cj = max(a0, 0), max(b0, 0), max(ci, 0), max(cj, 0)
+    if C.strides[1] == C.itemsize:
+        fma_panel_rows(Ap, a0, Bp, b0, NR, kc, C, ci, cj, accumulate, MR, NR)
+        return
+    acc = stack_array(TILE_ELEMS, C.dtype)
+    fma_panel(Ap, a0, Bp, b0, NR, kc, acc, MR, NR)
     if accumulate:
-        for j in range(NR):
-            for r in range(MR):
-                acc[r * NR + j] = C[ci + r, cj + j]
-    else:
-        for x in range(TILE):
-            acc[x] = 0
-    for p in range(kc):
-        for j in range(NR):
-            b = Bp[p * NR + j]
-            for r in range(MR):
-                acc[r * NR + j] += Ap[p * MR + r] * b
-    for j in range(NR):
         for r in range(MR):
-            C[ci + r, cj + j] = acc[r * NR + j]
+            for j in range(NR):
+                C[ci + r, cj + j] += acc[r * NR + j]
+    else:
+        for r in range(MR):
+            for j in range(NR):
+                C[ci + r, cj + j] = acc[r * NR + j]
 
 
-@njit
-def _block(Ap, Bp, C, i0, i1, j0, j1, kc, accumulate):
-    """C[i0:i1, j0:j1] (+)= packed A rows i0:i1 · packed B columns j0:j1.
-
-    Ap starts at row i0's panel, Bp at column j0's. One B panel (kc x NR, 32 KiB)
-    stays in L1 while the A panels stream from L2. Edge tiles go through a full
-    MR x NR scratch tile so the micro-kernel keeps its fixed shape."""
-    edge = np.empty((MR, NR), C.dtype)
-    for jp in range(0, j1 - j0, NR):
-        bpan = Bp[(jp // NR) * kc * NR:(jp // NR + 1) * kc * NR]
-        w = min(NR, j1 - j0 - jp)
-        for ip in range(0, i1 - i0, MR):
-            apan = Ap[(ip // MR) * kc * MR:(ip // MR + 1) * kc * MR]
-            h = min(MR, i1 - i0 - ip)
+def _block(Ap, Bp, C, i0, mc, j0, nc, kc, accumulate, edge):
+    """C[i0:i0+mc, j0:j0+nc] (+)= packed A rows · packed B columns. One B panel
+    (kc x NR) stays in L1 while the A panels stream from L2; edge tiles go
+    through the MR x NR scratch tile ``edge`` so the micro-kernel keeps its shape."""
+    for jp in range(0, nc, NR):
+        w = min(NR, nc - jp)
+        for ip in range(0, mc, MR):
+            h = min(MR, mc - ip)
+            a0, b0 = (ip // MR) * kc * MR, (jp // NR) * kc * NR
             if h == MR and w == NR:
-                _micro(apan, bpan, kc, C, i0 + ip, j0 + jp, accumulate)
+                _micro(Ap, a0, Bp, b0, kc, C, i0 + ip, j0 + jp, accumulate)
                 continue
-            _micro(apan, bpan, kc, edge, 0, 0, False)
+            _micro(Ap, a0, Bp, b0, kc, edge, 0, 0, False)
             for r in range(h):
                 for j in range(w):
                     if accumulate:
@@ -167,61 +315,68 @@ def _block(Ap, Bp, C, i0, i1, j0, j1, kc, accumulate):
                         C[i0 + ip + r, j0 + jp + j] = edge[r, j]
 
 
-@njit
-def _packed_serial(A, B, C):
-    m, k = A.shape
-    n = B.shape[1]
+def _packed(A, ta, B, tb, C):
+    """C = op(A)·op(B) (see _pack_a, _pack_b), GotoBLAS loop order: NC columns of B, KC deep, packed once and
+    shared; blocks of rows of A packed by the task that multiplies them (the
+    parallel axis: no two tasks write one row of C). A product with too few rows
+    for that (the convolutions' F x C·K·K times C·K·K x N·P) splits its columns
+    instead (_packed_columns)."""
+    m, k = (A.shape[1], A.shape[0]) if ta else (A.shape[0], A.shape[1])
+    n = B.shape[0] if tb else B.shape[1]
     if k == 0:
         C[:] = 0
         return
-    # Sized to the problem: small products must not pay for a megabyte of fresh pages.
-    kc_max = min(KC, k)
-    Bp = np.empty(kc_max * ((min(NC, n) + NR - 1) // NR * NR), C.dtype)
-    Ap = np.empty(kc_max * ((min(MC, m) + MR - 1) // MR * MR), C.dtype)
-    for j0 in range(0, n, NC):
-        j1 = min(n, j0 + NC)
-        for p0 in range(0, k, KC):
-            p1 = min(k, p0 + KC)
-            _pack_b(B, p0, p1, j0, j1, Bp)
-            for i0 in range(0, m, MC):
-                i1 = min(m, i0 + MC)
-                _pack_a(A, i0, i1, p0, p1, Ap)
-                _block(Ap, Bp, C, i0, i1, j0, j1, p1 - p0, p0 > 0)  # the first depth block stores
-
-
-@njit_parallel
-def _packed_parallel(A, B, C):
-    m, k = A.shape
-    n = B.shape[1]
-    if k == 0:
-        C[:] = 0
+    if m < 2 * MIN_ROW_BLOCKS * MR and n >= 2 * MIN_ROW_BLOCKS * NR:
+        _packed_columns(A, ta, B, tb, C)
         return
     kc_max = min(KC, k)
     Bp = np.empty(kc_max * ((min(NC, n) + NR - 1) // NR * NR), C.dtype)
-    # Rows are the parallel axis: short products get smaller row blocks, at least
-    # MIN_ROW_BLOCKS of them, so that every thread has work. (A constant rather than
-    # get_num_threads(), which would keep Numba from caching this function.)
-    mc = min(MC, (m + MIN_ROW_BLOCKS * MR - 1) // (MIN_ROW_BLOCKS * MR) * MR)
+    # a multiple of MIN_ROW_BLOCKS row blocks of at most MC rows, as even as MR
+    # allows: every thread count that divides MIN_ROW_BLOCKS gets the same share
+    n_ib = MIN_ROW_BLOCKS * ((m + MIN_ROW_BLOCKS * MC - 1) // (MIN_ROW_BLOCKS * MC))
+    mc = max(MR, ((m + n_ib - 1) // n_ib + MR - 1) // MR * MR)
     n_ib = (m + mc - 1) // mc
     for j0 in range(0, n, NC):
-        j1 = min(n, j0 + NC)
+        nc = min(NC, n - j0)
         for p0 in range(0, k, KC):
-            p1 = min(k, p0 + KC)
-            kc = p1 - p0
-            for t in prange((j1 - j0 + NR - 1) // NR):
-                jt = j0 + t * NR
-                _pack_b(B, p0, p1, jt, min(j1, jt + NR), Bp[t * kc * NR:(t + 1) * kc * NR])
-            # Each thread packs its own MC rows of A (into its own L2) and writes its own
-            # rows of C: no write races, no second fork-join per depth block.
+            kc = min(KC, k - p0)
+            for t in prange((nc + NR - 1) // NR):
+                jt = t * NR
+                _pack_b(B, tb, p0, kc, j0 + jt, min(NR, nc - jt), Bp[t * kc * NR:(t + 1) * kc * NR])
             for ib in prange(n_ib):
                 i0 = ib * mc
-                i1 = min(m, i0 + mc)
-                Ap = np.empty(kc * ((i1 - i0 + MR - 1) // MR * MR), C.dtype)
-                _pack_a(A, i0, i1, p0, p1, Ap)
-                _block(Ap, Bp, C, i0, i1, j0, j1, kc, p0 > 0)
+                rows = min(mc, m - i0)
+                Ap = np.empty(kc * ((rows + MR - 1) // MR * MR), C.dtype)
+                edge = np.empty((MR, NR), C.dtype)
+                _pack_a(A, ta, i0, rows, p0, kc, Ap)
+                _block(Ap, Bp, C, i0, rows, j0, nc, kc, p0 > 0, edge)
 
 
-# -- narrow outputs: dot products along contiguous rows ---------------------------
+def _packed_columns(A, ta, B, tb, C):
+    """C = op(A)·op(B) for few rows and many columns: every row of A packed once and shared,
+    the columns split into a multiple of MIN_ROW_BLOCKS tasks, each packing and
+    multiplying its own slice of B (no two tasks write one column of C)."""
+    m, k = (A.shape[1], A.shape[0]) if ta else (A.shape[0], A.shape[1])
+    n = B.shape[0] if tb else B.shape[1]
+    tasks = MIN_ROW_BLOCKS * ((n + MIN_ROW_BLOCKS * NC - 1) // (MIN_ROW_BLOCKS * NC))
+    width = ((n + tasks - 1) // tasks + NR - 1) // NR * NR
+    tasks = (n + width - 1) // width
+    kc_max = min(KC, k)
+    Ap = np.empty(kc_max * ((m + MR - 1) // MR * MR), C.dtype)
+    for p0 in range(0, k, KC):
+        kc = min(KC, k - p0)
+        _pack_a(A, ta, 0, m, p0, kc, Ap)
+        for t in prange(tasks):
+            j0 = t * width
+            nc = min(width, n - j0)
+            Bp = np.empty(kc * ((nc + NR - 1) // NR * NR), C.dtype)
+            edge = np.empty((MR, NR), C.dtype)
+            for jp in range(0, nc, NR):
+                _pack_b(B, tb, p0, kc, j0 + jp, min(NR, nc - jp), Bp[(jp // NR) * kc * NR:(jp // NR + 1) * kc * NR])
+            _block(Ap, Bp, C, 0, m, j0, nc, kc, p0 > 0, edge)
+
+
+# -- narrow outputs: dot products and axpys along contiguous rows -------------------
 @njit
 def _dot_rows(A, Bt, C, i):
     """C[i, :] = A[i] · Btᵀ, four output columns per pass over the row of A."""
@@ -230,7 +385,7 @@ def _dot_rows(A, Bt, C, i):
     j = 0
     while j + 4 <= n:
         b0, b1, b2, b3 = Bt[j], Bt[j + 1], Bt[j + 2], Bt[j + 3]
-        s0 = s1 = s2 = s3 = C[i, j] * 0
+        s0 = s1 = s2 = s3 = C.dtype.type(0)
         for p in range(k):
             x = a[p]
             s0 += x * b0[p]
@@ -241,7 +396,7 @@ def _dot_rows(A, Bt, C, i):
         j += 4
     while j < n:
         b0 = Bt[j]
-        s0 = C[i, j] * 0
+        s0 = C.dtype.type(0)
         for p in range(k):
             s0 += a[p] * b0[p]
         C[i, j] = s0
@@ -250,7 +405,7 @@ def _dot_rows(A, Bt, C, i):
 
 @njit
 def _axpy_row(A, B, C, i):
-    """C[i, :] = sum_p A[i, p] · B[p, :]: for narrow B with contiguous rows (no transpose)."""
+    """C[i, :] = sum_p A[i, p] · B[p, :]: for narrow B with contiguous rows."""
     c = C[i]
     c[:] = 0
     for p in range(A.shape[1]):
@@ -261,106 +416,180 @@ def _axpy_row(A, B, C, i):
 
 
 @njit
-def _narrow_axpy_serial(A, B, C):
-    for i in range(A.shape[0]):
-        _axpy_row(A, B, C, i)
-
-
-@njit_parallel
-def _narrow_axpy_parallel(A, B, C):
-    for i in prange(A.shape[0]):
-        _axpy_row(A, B, C, i)
-
-
-@njit
-def _narrow_serial(A, Bt, C):
-    C[:] = 0  # so that C[i, j] * 0 above is a clean zero of C's dtype
-    for i in range(A.shape[0]):
-        _dot_rows(A, Bt, C, i)
-
-
-@njit_parallel
-def _narrow_parallel(A, Bt, C):
-    C[:] = 0
-    for i in prange(A.shape[0]):
-        _dot_rows(A, Bt, C, i)
-
-
-@njit
-def _outer_rows(At, B, Ct, j):
-    """Ct[j] = sum_i B[i, j]·At[i]: column j of Aᵀ·B as axpys along At's contiguous rows,
-    four per pass over Ct[j]."""
-    g = Ct[j]
+def axpy_columns(At, D, Gt, j):
+    """Gt[j] = sum_i D[i, j]·At[i]: column j of Atᵀ·D as axpys along At's contiguous
+    rows, four per pass over Gt[j]. (The fused epochs' weight gradients too.)"""
+    g = Gt[j]
     g[:] = 0
     k = At.shape[0]
     i = 0
     while i + 4 <= k:
-        d0, d1, d2, d3 = B[i, j], B[i + 1, j], B[i + 2, j], B[i + 3, j]
+        d0, d1, d2, d3 = D[i, j], D[i + 1, j], D[i + 2, j], D[i + 3, j]
         a0, a1, a2, a3 = At[i], At[i + 1], At[i + 2], At[i + 3]
         for p in range(g.size):
             g[p] += d0 * a0[p] + d1 * a1[p] + d2 * a2[p] + d3 * a3[p]
         i += 4
     while i < k:
-        d0, a0 = B[i, j], At[i]
+        d0, a0 = D[i, j], At[i]
         for p in range(g.size):
             g[p] += d0 * a0[p]
         i += 1
 
 
-@njit
-def _narrow_tn_serial(At, B, C):
+def _narrow_axpy(A, B, C):
+    for i in prange(A.shape[0]):
+        _axpy_row(A, B, C, i)
+
+
+def _narrow_dot(A, Bt, C):
+    for i in prange(A.shape[0]):
+        _dot_rows(A, Bt, C, i)
+
+
+def _narrow_tn(At, B, C):
     """C = Atᵀ·B for narrow B and short depth (At stored (k, m), C-contiguous)."""
     Ct = np.empty((C.shape[1], C.shape[0]), C.dtype)
-    for j in range(C.shape[1]):
-        _outer_rows(At, B, Ct, j)
-    C[:] = Ct.T
-
-
-@njit_parallel
-def _narrow_tn_parallel(At, B, C):
-    Ct = np.empty((C.shape[1], C.shape[0]), C.dtype)
     for j in prange(C.shape[1]):
-        _outer_rows(At, B, Ct, j)
-    C[:] = Ct.T
+        axpy_columns(At, B, Ct, j)
+    for i in range(C.shape[0]):
+        for j in range(C.shape[1]):
+            C[i, j] = Ct[j, i]
 
 
-# -- compiled entry points for other kernels (fused epochs, conv) --------------------
-PARALLEL_MIN_WORK = 1 << 21  # multiply-adds below which a thread launch costs more than it saves
+_narrow_axpy_serial, _narrow_axpy_parallel = serial_and_parallel(_narrow_axpy)
+_narrow_dot_serial, _narrow_dot_parallel = serial_and_parallel(_narrow_dot)
+_narrow_tn_serial, _narrow_tn_parallel = serial_and_parallel(_narrow_tn)
+
+
+# -- the one shape dispatch ----------------------------------------------------------
+def _gemm(a, ta, b, tb, C):
+    """C = op(a)·op(b), op(x) = xᵀ where its flag is set, for C-contiguous a, b and
+    C (BLAS's transa/transb); picks the kernel by shape. The forms are flags, not
+    array types, so a dtype's dispatch is one machine code for all three forms
+    (each array-type signature would be another compile of the whole GEMM)."""
+    m, k = (a.shape[1], a.shape[0]) if ta else (a.shape[0], a.shape[1])
+    n = b.shape[0] if tb else b.shape[1]
+    if m == 0 or n == 0:
+        return
+    par = PARALLEL and m * k * n >= PARALLEL_MIN_WORK
+    if n < NARROW and ta and k <= KC:
+        # shallow Aᵀ·B: axpys along the stored rows of A into Cᵀ
+        B = b.T[:, :] if tb else b[:, :]
+        if par:
+            _narrow_tn_parallel(a, B, C)
+        else:
+            _narrow_tn_serial(a, B, C)
+    elif n < NARROW and not ta and not tb and k < DOT_MIN_DEPTH:
+        if par:
+            _narrow_axpy_parallel(a, b, C)
+        else:
+            _narrow_axpy_serial(a, b, C)
+    elif n < NARROW and not ta:  # dot products along rows of A and of Bᵀ
+        Bt = b if tb else np.ascontiguousarray(b.T)
+        if par:
+            _narrow_dot_parallel(a, Bt, C)
+        else:
+            _narrow_dot_serial(a, Bt, C)
+    elif n < NARROW:  # deep Aᵀ·B: Cᵀ = Bᵀ·Aᵀ, the wide dimension becomes the panel one
+        if par:
+            _packed_parallel(b, not tb, a, not ta, C.T[:, :])
+        else:
+            _packed_serial(b, not tb, a, not ta, C.T[:, :])
+    elif par:
+        _packed_parallel(a, ta, b, tb, C[:, :])
+    else:
+        _packed_serial(a, ta, b, tb, C[:, :])
+
+
+PACKED_BODIES = (_pack_b, _pack_a, _micro, _block, _packed_columns)
+_NARROW_TWINS = {"_narrow_tn_parallel": _narrow_tn_serial, "_narrow_axpy_parallel": _narrow_axpy_serial,
+                 "_narrow_dot_parallel": _narrow_dot_serial}
+
+
+def _stored(x):
+    """A logical operand as (C-contiguous array, transposed?): a transposed view is
+    its base, flagged; anything else strided is copied."""
+    if x.flags.c_contiguous:
+        return x, False
+    if x.T.flags.c_contiguous:
+        return x.T, True
+    return np.ascontiguousarray(x), False
+
+
+def build(tile, suffix, cache=True):
+    """The packed GEMM compiled for one geometry: {"serial", "parallel"} (the
+    packed drivers), {"gemm_serial", "gemm_parallel"} (the dispatch, (a, ta, b,
+    tb, C)), "gemm" (from Python, on logical operands: (A, B, C, parallel)) and
+    "pieces". Used for float64 (half of NR) and by `mnist-bench tune` for its
+    candidates. The serial dispatch links no parallel code: a run that never
+    asks for threads never compiles them."""
+    constants = dict(MR=tile["MR"], NR=tile["NR"], KC=tile["KC"], MC=tile["MC"], NC=tile["NC"],
+                     TILE_ELEMS=tile["MR"] * tile["NR"])
+    serial = specialize(list(PACKED_BODIES) + [_packed], suffix, constants, cache=cache)
+    # the parallel drivers call the serial packing and macro-kernel: one copy of each
+    parallel = specialize([_packed_columns, _packed], suffix + "_parallel",
+                          dict(constants, **{f.__name__: serial[f.__name__] for f in PACKED_BODIES[:-1]}),
+                          parallel=("_packed", "_packed_columns"), cache=cache)
+    dispatch_serial = specialize([_gemm], suffix, dict(constants, **_NARROW_TWINS, PARALLEL=False,
+                                                       _packed_serial=serial["_packed"],
+                                                       _packed_parallel=serial["_packed"]),
+                                 cache=cache)["_gemm"]
+    dispatch_parallel = specialize([_gemm], suffix + "_parallel",
+                                   dict(constants, PARALLEL=True, _packed_serial=serial["_packed"],
+                                        _packed_parallel=parallel["_packed"]), cache=cache)["_gemm"]
+
+    def gemm_views(A, B, C, parallel):
+        a, ta = _stored(A)
+        b, tb = _stored(B)
+        out = C if C.flags.c_contiguous else np.empty(C.shape, C.dtype)
+        (dispatch_parallel if parallel else dispatch_serial)(a, ta, b, tb, out)
+        if out is not C:
+            C[:] = out
+
+    return {"serial": serial["_packed"], "parallel": parallel["_packed"], "gemm": gemm_views,
+            "gemm_serial": dispatch_serial, "gemm_parallel": dispatch_parallel, "pieces": serial}
+
+
+_f32 = build(TILE, "_f32")
+_packed_serial, _packed_parallel = _f32["serial"], _f32["parallel"]
+gemm_serial, gemm_parallel = _f32["gemm_serial"], _f32["gemm_parallel"]
+# the float32 packing and macro-kernel, for compiled callers that keep an operand
+# packed across calls (the fused mlp epoch)
+pack_a, pack_b, block = (_f32["pieces"][k] for k in ("_pack_a", "_pack_b", "_block"))
+TILE_F64 = dict(TILE, NR=max(4, TILE["NR"] // 2))
+_f64 = build(TILE_F64, "_f64")
 
 
 @njit
-def gemm_into(A, B, C, a_rows_contiguous, parallel):
-    """C = A·B for logical operands, the same kernel choice as _gemm, callable from @njit."""
-    m, k = A.shape
-    n = B.shape[1]
-    par = parallel and m * k * n >= PARALLEL_MIN_WORK
-    if m == 0 or n == 0:
-        return
-    if n < NARROW and not a_rows_contiguous and k <= KC:
-        if par:
-            _narrow_tn_parallel(A.T, B, C)
-        else:
-            _narrow_tn_serial(A.T, B, C)
-    elif n < NARROW and B.strides[1] == B.itemsize and k < DOT_MIN_DEPTH and a_rows_contiguous:
-        if par:
-            _narrow_axpy_parallel(A, B, C)
-        else:
-            _narrow_axpy_serial(A, B, C)
-    elif n < NARROW and a_rows_contiguous:
-        Bt = np.ascontiguousarray(B.T)
-        if par:
-            _narrow_parallel(A, Bt, C)
-        else:
-            _narrow_serial(A, Bt, C)
-    elif n < NARROW:
-        if par:
-            _packed_parallel(B.T, A.T, C.T)
-        else:
-            _packed_serial(B.T, A.T, C.T)
-    elif par:
-        _packed_parallel(A, B, C)
+def gemm(a, ta, b, tb, C, parallel):
+    """C = op(a)·op(b) (float32) from compiled code: see _gemm."""
+    if parallel:
+        gemm_parallel(a, ta, b, tb, C)
     else:
-        _packed_serial(A, B, C)
+        gemm_serial(a, ta, b, tb, C)
+
+
+def gemm_views(A, B, C, parallel):
+    """C = A·B from Python on logical operands (transposed views stay uncopied)."""
+    (_f64 if A.dtype == np.float64 else _f32)["gemm"](A, B, C, parallel)
+
+
+_naive_serial, _naive_parallel = serial_and_parallel(_naive)
+_blocked_serial, _blocked_parallel = serial_and_parallel(_blocked)
+
+
+def _two(serial, parallel):
+    def run(A, B, C, use_threads):
+        (parallel if use_threads else serial)(A, B, C, use_threads)
+    return run
+
+
+# name -> (A, B, C, parallel) on logical operands. NumbaOps' ``matmul`` option
+# picks one by name; the kernel family times each serial and parallel.
+VERSIONS = {"v1_naive": _two(_naive_serial, _naive_parallel),
+            "v2_blocked": _two(_blocked_serial, _blocked_parallel),
+            "v3_packed": gemm_views}
+DEFAULT_VERSION = "v3_packed"
 
 
 # -- the Python entry points ---------------------------------------------------------
@@ -386,49 +615,32 @@ def _check(a, b, out, m, k, k2, n, form):
     return out
 
 
-def _gemm(A, B, out, parallel, a_rows_contiguous):
-    """out = A·B for logical operands (views); picks the kernel by shape."""
-    m, k = A.shape
-    n = B.shape[1]
-    if m == 0 or n == 0:
-        return out
-    parallel = parallel and m * k * n >= PARALLEL_MIN_WORK
-    if n < NARROW:
-        # Aᵀ·B of short depth: axpys along the stored (contiguous) rows of A into Cᵀ.
-        # Deep ones read all of A once per output column that way; they take the
-        # transposed packed problem below.
-        if not a_rows_contiguous and k <= KC:
-            (_narrow_tn_parallel if parallel else _narrow_tn_serial)(A.T, B, out)
-            return out
-        if B.flags.c_contiguous and a_rows_contiguous and k < DOT_MIN_DEPTH:
-            (_narrow_axpy_parallel if parallel else _narrow_axpy_serial)(A, B, out)
-            return out
-        if a_rows_contiguous:  # dot products along rows of A and of Bᵀ (a view for A·Bᵀ)
-            (_narrow_parallel if parallel else _narrow_serial)(A, np.ascontiguousarray(B.T), out)
-            return out
-        A, B, C = B.T, A.T, out.T  # Cᵀ = Bᵀ·Aᵀ: the wide dimension becomes the panel one
-    else:
-        C = out
-    (_packed_parallel if parallel else _packed_serial)(A, B, C)
+def _version(name):
+    try:
+        return VERSIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown matmul version {name!r}; choose from {', '.join(VERSIONS)}") from None
+
+
+def matmul(a, b, out=None, parallel=False, version=DEFAULT_VERSION):
+    """A·B: a (m, k), b (k, n) -> (m, n)."""
+    out = _check(a, b, out, a.shape[0], a.shape[-1], b.shape[0], b.shape[-1], "matmul")
+    _version(version)(a, b, out, parallel)
     return out
 
 
-def matmul(a, b, out=None, parallel=False):
-    """A·B: a (m, k), b (k, n) -> (m, n)."""
-    out = _check(a, b, out, a.shape[0], a.shape[-1], b.shape[0], b.shape[-1], "matmul")
-    return _gemm(a, b, out, parallel, True)
-
-
-def matmul_nt(a, b, out=None, parallel=False):
+def matmul_nt(a, b, out=None, parallel=False, version=DEFAULT_VERSION):
     """A·Bᵀ: a (m, k), b (n, k) -> (m, n)."""
     out = _check(a, b, out, a.shape[0], a.shape[-1], b.shape[-1], b.shape[0], "matmul_nt")
-    return _gemm(a, b.T, out, parallel, True)
+    _version(version)(a, b.T, out, parallel)
+    return out
 
 
-def matmul_tn(a, b, out=None, parallel=False):
+def matmul_tn(a, b, out=None, parallel=False, version=DEFAULT_VERSION):
     """Aᵀ·B: a (k, m), b (k, n) -> (m, n)."""
     out = _check(a, b, out, a.shape[-1], a.shape[0], b.shape[0], b.shape[-1], "matmul_tn")
-    return _gemm(a.T, b, out, parallel, False)
+    _version(version)(a.T, b, out, parallel)
+    return out
 
 
 # -- the families: one per form ------------------------------------------------------
@@ -439,8 +651,8 @@ FORMS = {
     "tn": (lambda a, b: (a.T, b), matmul_tn),
 }
 
-# 64 ... 2048 squares, then every shape the networks use, as (m, k, n) of the
-# logical product. nielsen batch 10, mlp batch 128, linear full set, cnn fc.
+# 64 ... 2048 squares, then the shapes the networks use, as (m, k, n) of the
+# logical product: nielsen batch 10, mlp batch 128, linear full set, cnn fc.
 SQUARES = [(s, s, s) for s in (64, 128, 256, 512, 1024, 2048)]
 NETWORK_SHAPES = {
     "nn": [(10, 784, 30), (10, 30, 10), (128, 784, 128), (128, 128, 10),
@@ -479,31 +691,11 @@ def _make_family(form):
                        sweep_shapes=SQUARES + NETWORK_SHAPES[form], check_shapes=CHECK_SHAPES,
                        # The naive loops take minutes per call past ~300M multiply-adds;
                        # the smaller shapes already show where they stand.
-                       skip_timing=lambda version, s: version == "v1_naive" and s[0] * s[1] * s[2] > 300e6)
-
-    def logical_out(a, b):
-        A, B = logical(a, b)
-        return A, B, np.empty((A.shape[0], B.shape[1]), a.dtype)
-
-    @fam.version
-    def v1_naive(a, b):
-        A, B, C = logical_out(a, b)
-        _naive(A, B, C)
-        return C
-
-    @fam.version
-    def v2_blocked(a, b):
-        A, B, C = logical_out(a, b)
-        _blocked(A, B, C)
-        return C
-
-    @fam.version
-    def v3_register_tiled(a, b):
-        return kernel(a, b)
-
-    @fam.version
-    def v4_parallel(a, b):
-        return kernel(a, b, parallel=True)
+                       skip_timing=lambda v, s: v.startswith("v1_naive") and s[0] * s[1] * s[2] > 300e6)
+    for name in VERSIONS:
+        for parallel in (False, True):
+            fam.version(lambda a, b, v=name, p=parallel: kernel(a, b, parallel=p, version=v),
+                        name=name + ("_parallel" if parallel else ""))
 
     @fam.version(library="numpy")
     def numpy_blas(a, b):

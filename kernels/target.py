@@ -9,10 +9,12 @@ the matmul geometry (``derive``):
 - NR: two vectors of B per depth step (32 floats on AVX-512, 16 on AVX2,
   8 on NEON or SSE);
 - MR: as many rows as the accumulators (MR x 2 vectors), the two B vectors and
-  one broadcast of A leave registers for: (registers - 3) // 2, at most 12
-  (14 x 32 leaves edge tiles too tall for the networks' batch sizes);
-- KC: one KC x NR panel of B fills at most half the L1 data cache;
-- MC: one MC x KC block of A fills at most half the L2;
+  one broadcast of A leave registers for: (registers - 3) // 2, at most 13;
+- KC: one KC x NR panel of B fills up to a quarter of the L2 (at least the
+  L1): every KC slice of the depth is one more pass over C through memory,
+  while the panel streams from L2 at the micro-kernel's pace anyway (the
+  tuner's measured best on the development machine);
+- MC: one MC x KC block of A fills at most half the L2 (at least 2 x MR rows);
 - NC: one KC x NC block of B fills at most a quarter of the L3, capped at 4096.
 
 float64 uses the same registers with half the lanes: NR and KC in floats halve.
@@ -101,10 +103,11 @@ def derive(isa, cache_sizes) -> dict:
     bits, registers = ISA[isa]
     lanes = bits // 32
     nr = 2 * lanes
-    mr = min(12, (registers - 3) // 2)
-    kc = max(64, (cache_sizes["L1d"] // 2) // (nr * 4) // 16 * 16)
-    mc = max(mr, min(1024, (cache_sizes["L2"] // 2) // (kc * 4)) // mr * mr)
-    nc = max(nr, min(4096, (cache_sizes["L3"] // 4) // (kc * 4)) // nr * nr)
+    mr = min(13, (registers - 3) // 2)
+    kc = max(64, max(cache_sizes["L1d"], cache_sizes["L2"] // 4) // (nr * 4) // 16 * 16)
+    depth = min(kc, 1024)  # the blocks are sized for the networks' depths (784, 1024)
+    mc = max(2 * mr, min(1024, (cache_sizes["L2"] // 2) // (depth * 4)) // mr * mr)
+    nc = max(nr, min(4096, (cache_sizes["L3"] // 4) // (depth * 4)) // nr * nr)
     return {"MR": mr, "NR": nr, "KC": kc, "MC": mc, "NC": nc}
 
 

@@ -34,12 +34,11 @@ def jobs():
     i8x4 = t(np.zeros((1,) * 4, np.int8))
     i64, f32, u64 = types.int64, types.float32, types.uint64
     mm = (f2, f2, f2, f1, i64, i64, i64, i64)
-    for form in cuda_matmul.FORMS:
-        yield f"naive {form}", cuda_matmul.naive_kernel(form), mm
-        yield f"tiled {form}", cuda_matmul.tiled_kernel(form, cuda_matmul.TILE), mm
-        yield f"v3 {form}", cuda_matmul.register_tiled_1d_kernel(form, **cuda_matmul.V3), mm
-        yield f"v4 {form}", cuda_matmul.register_tiled_2d_kernel(form, **cuda_matmul.V4), mm
-        yield f"v5 {form}", cuda_matmul.prefetch_kernel(form, **cuda_matmul.V5), mm
+    for form in cuda_matmul.FORMS:  # every registered version and declared configuration
+        for name, v in cuda_matmul.VERSIONS.items():
+            for config in v.configs:
+                yield (f"{cuda_matmul.config_name(name, config)} {form}",
+                       v.kernel(form, dict(config)), mm)
     nn, up = cuda_nn, cuda_update
     yield "sigmoid_backward", nn.sigmoid_backward_kernel, (f1, f1, f1)
     yield "relu_backward", nn.relu_backward_kernel, (f1, f1, f1)

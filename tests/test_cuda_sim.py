@@ -110,28 +110,27 @@ def test_docs_example_is_wrong_on_non_square_shape_where_ours_are_right():
 # -- matmul family ---------------------------------------------------------------------
 @pytest.mark.parametrize("family", cuda_matmul.FAMILIES, ids=lambda f: f.name)
 def test_matmul_versions_production_tiles(family):
-    """The tile sizes the GPU runs (16×16, 64×64/8, 128×128/8×8) on an odd shape."""
-    checks = family.validate([(7, 5, 33)])
-    assert [c.version for c in checks] == list(cuda_matmul.VERSIONS)
+    """Every registered version and declared tile configuration (what the GPU
+    runs) on an odd shape; the family holds each of them, and cuBLAS."""
+    own = [v for v in family.versions.values() if v.library == "cuda"]
+    assert {v.name.split("[")[0] for v in own} == set(cuda_matmul.VERSIONS)
+    assert len(own) == sum(len(v.configs) for v in cuda_matmul.VERSIONS.values())
+    assert {"cublas_fp32", "cublas_tf32"} <= set(family.versions)
+    checks = family.validate([(7, 5, 33)], versions=[v.name for v in own])
     assert all(c.ok for c in checks), [(c.version, c.error) for c in checks if not c.ok]
-
-
-# Small tiles so several output tiles and K tiles are walked, by a grid of
-# at most 2 blocks (the simulator's cap), in every form.
-SMALL = {"v1_naive": (4, 2), "v2_shared_tiled": {"T": 4},
-         "v3_1d_register_tiled": dict(BM=8, BN=8, BK=4, TM=4),
-         "v4_2d_register_tiled": dict(BM=8, BN=8, BK=4, TM=2, TN=4),
-         "v5_prefetch_register_tiled": dict(BM=8, BN=8, BK=4, TM=2, TN=4)}
 
 
 @pytest.mark.parametrize("form", cuda_matmul.FORMS)
 @pytest.mark.parametrize("version", cuda_matmul.VERSIONS)
 def test_matmul_small_tiles_odd_shapes(form, version):
+    """The registry's small configuration of every version: several output and K
+    tiles walked by a grid of at most 2 blocks (the simulator's cap)."""
     family = {f.name: f for f in cuda_matmul.FAMILIES}[f"cuda_matmul_{form}"]
-    for m, n, k in [(1, 1, 1), (17, 13, 9), (9, 3, 19)]:
+    small = cuda_matmul.VERSIONS[version].simulator
+    for m, n, k in [(1, 1, 1), (17, 13, 9), (9, 3, 19), (33, 18, 21)]:
         rng = np.random.default_rng(m)
         a, b = family.make_inputs((m, n, k), np.dtype(np.float32), rng)
-        got = cuda_matmul.launch(version, form, a, b, config=SMALL[version]).copy_to_host()
+        got = cuda_matmul.launch(version, form, a, b, config=small).copy_to_host()
         want = family.reference(a.astype(np.float64), b.astype(np.float64))
         assert got.shape == want.shape
         assert np.allclose(got, want, rtol=1e-5, atol=1e-5), (m, n, k)

@@ -69,34 +69,86 @@ def test_fused_nielsen_with_optimizer_state_matches_numpy(overrides):
         np.testing.assert_allclose(trainers[1].params()[k], want, atol=1e-3 * moved)
 
 
-# The mlp epoch's kernels: tiled A·B / Aᵀ·B (full 8 x 32 tiles plus ragged edges),
-# and the 10-wide products against W2 held transposed.
-AB_SHAPES = [(1, 1, 1), (7, 33, 5), (8, 784, 32), (33, 257, 7), (17, 9, 65), (96, 784, 128)]
+# The mlp epoch's kernels: the batch packed straight from X (both ways), the panel
+# products forward (C plain) and backward (C packed), and the 10-wide second layer
+# against W2 held transposed.
+PANEL_SHAPES = [(1, 1, 1), (7, 33, 5), (13, 784, 32), (33, 257, 7), (17, 9, 65), (96, 784, 128)]
 
 
 @pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
-@pytest.mark.parametrize("m,k,n", AB_SHAPES)
-def test_tiled_ab_and_atb_match_numpy(m, k, n, parallel):
-    rng = np.random.default_rng(m * 1000 + k + n)
-    a = rng.standard_normal((m, k)).astype(np.float32)
-    at = rng.standard_normal((k, m)).astype(np.float32)
-    b = rng.standard_normal((k, n)).astype(np.float32)
-    for transpose_a, want in ((False, a @ b), (True, at.T @ b)):
-        c = np.full((m, n), np.nan, np.float32)
-        fe._ab(at if transpose_a else a, b, c, transpose_a, parallel)
-        np.testing.assert_allclose(c, want, rtol=1e-4, atol=1e-4 * np.sqrt(k))
+@pytest.mark.parametrize("n,d,h", PANEL_SHAPES)
+def test_packed_batch_panel_products_match_numpy(n, d, h, parallel):
+    from mnist_numba_bench.kernels.matmul import pack_b
+    mr, nr = fe.MMR, fe.MNR
+    rng = np.random.default_rng(n * 1000 + d + h)
+    x = rng.standard_normal((n + 5, d)).astype(np.float32)
+    order = rng.permutation(n + 5).astype(np.int64)
+    lo = 3  # the batch starts part-way into the order
+    rows = order[lo:lo + n]
+    ap = np.full(-(-n // mr) * mr * d, np.nan, np.float32)
+    atp = np.full(-(-d // mr) * mr * n, np.nan, np.float32)
+    (fe._pack_batch_parallel if parallel else fe._pack_batch_serial)(x, order, lo, n, ap, atp)
+    panels = -(-h // nr)
+    w = rng.standard_normal((d, h)).astype(np.float32)
+    wp = np.empty(panels * d * nr, np.float32)
+    fe._to_panels(w.ravel().copy(), d, h, wp, False)
+    edges = np.empty((panels, mr, nr), np.float32)
+    products = fe._panel_products_parallel if parallel else fe._panel_products_serial
+    hid = np.full((n, panels * nr), np.nan, np.float32)
+    products(ap, wp, hid, n, d, panels, d * nr, edges, False)
+    np.testing.assert_allclose(hid[:, :h], x[rows] @ w, rtol=1e-4, atol=1e-4 * np.sqrt(d))
+    np.testing.assert_array_equal(hid[:, h:], 0)  # zero panel columns give zero units
+    dh = rng.standard_normal((n, panels * nr)).astype(np.float32)
+    dhp = np.empty(panels * n * nr, np.float32)
+    for t in range(panels):
+        pack_b(dh, False, 0, n, t * nr, nr, dhp[t * n * nr:(t + 1) * n * nr])
+    gp = np.full((panels * d, nr), np.nan, np.float32)
+    products(atp, dhp, gp, d, n, panels, n * nr, edges, True)
+    g = np.empty(d * h, np.float32)
+    fe._to_panels(g, d, h, gp.ravel(), True)
+    np.testing.assert_allclose(g.reshape(d, h), x[rows].T @ dh[:, :h], rtol=1e-4, atol=1e-4 * np.sqrt(n))
 
 
 @pytest.mark.parametrize("m,h,c", [(1, 1, 1), (7, 33, 3), (128, 128, 10), (5, 17, 5)])
-def test_narrow_second_layer_kernels_match_numpy(m, h, c):
+@pytest.mark.parametrize("act", ["sigmoid", "relu"])
+def test_narrow_second_layer_kernels_match_numpy(m, h, c, act):
     rng = np.random.default_rng(m + h + c)
     hid = rng.standard_normal((m, h)).astype(np.float32)  # about half negative: ReLU mask matters
+    if act == "sigmoid":
+        hid = 1 / (1 + np.exp(-hid))
     w2t = rng.standard_normal((c, h)).astype(np.float32)
     d = rng.standard_normal((m, c)).astype(np.float32)
-    logits, dz, gt = (np.full(s, np.nan, np.float32) for s in ((m, c), (m, h), (c, h)))
+    logits, dz = (np.full(s, np.nan, np.float32) for s in ((m, c), (m, h)))
     fe._dot_rows_nt(hid, w2t, logits)
     np.testing.assert_allclose(logits, hid @ w2t.T, rtol=1e-4, atol=1e-4 * np.sqrt(h))
-    fe._relu_backward_rows(d, w2t, hid, dz)
-    np.testing.assert_allclose(dz, np.where(hid > 0, d @ w2t, 0), rtol=1e-4, atol=1e-4 * np.sqrt(c))
-    fe._outer_sum_t(hid, d, gt)
-    np.testing.assert_allclose(gt, (hid.T @ d).T, rtol=1e-4, atol=1e-4 * np.sqrt(m))
+    fe._hidden_backward_rows(d, w2t, hid, fe.SIGMOID if act == "sigmoid" else fe.RELU, dz)
+    deriv = hid * (1 - hid) if act == "sigmoid" else (hid > 0)
+    np.testing.assert_allclose(dz, (d @ w2t) * deriv, rtol=1e-4, atol=1e-4 * np.sqrt(c))
+
+
+@pytest.mark.parametrize("batch_size", [0, 64, 100], ids=["full-batch", "bs64", "bs100-short-last"])
+def test_fused_linear_matches_numpy_and_adds_in_one_order(batch_size):
+    """The one-pass linear epoch (forward, softmax gradient and weight gradient per
+    block of rows): numpy's weights after two epochs, and bit-identical weights
+    serial and parallel (the blocks are split into a fixed number of tasks)."""
+    from mnist_numba_bench.bench.backends import get_backend
+    from mnist_numba_bench.bench.backends.numba_fused import NumbaFusedTrainer
+    from mnist_numba_bench.bench.validate import param_error, validation_data
+    from mnist_numba_bench.models import config_for, get_network
+    from mnist_numba_bench.models.train import epoch_batches
+    net = get_network("linear")
+    config = dict(config_for(net), batch_size=batch_size)
+    x, y, _ = validation_data(net, 300)
+    init = net.init_params(0)
+    trainers = [get_backend("numpy").make_trainer(net, init, config, 0),
+                NumbaFusedTrainer(net, init, config, 0, parallel=False),
+                NumbaFusedTrainer(net, init, config, 0, parallel=True)]
+    for t in trainers:
+        t.set_data(x, y)
+        for epoch in range(2):
+            t.train_epoch(epoch_batches(len(x), batch_size, 0, epoch))
+    want, serial, parallel = (t.params() for t in trainers)
+    err, message = param_error(serial, want, init)
+    assert err < 2e-3, message
+    for k in want:
+        np.testing.assert_array_equal(serial[k], parallel[k])

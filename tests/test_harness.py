@@ -216,7 +216,7 @@ def test_unknown_kernel_family_is_one_line_before_any_work(tmp_path):
 
 def test_kernel_sweep_interleaves_versions_in_their_own_library_workers(tmp_path):
     _, cells = run_ok("kernels", "--families", "matmul_nt", "--versions",
-                      "numpy_blas,v3_register_tiled,torch_mm", "--shapes", "33x65x47",
+                      "numpy_blas,v3_packed,torch_mm", "--shapes", "33x65x47",
                       "--dtypes", "float32", "--repeats", "3", "--threads", "1", tmp_path=tmp_path)
     assert set(cells["status"]) == {"ok"} and len(cells) == 3
     assert set(cells["library"]) == {"numpy", "numba", "torch"}

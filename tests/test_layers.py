@@ -150,7 +150,7 @@ def test_commands_work_beside_other_top_level_packages(shadowed):
     run, work = shadowed
     assert "numba-fused" in run("list")
     assert "synthetic" in run("data", "info", "--dataset", "synthetic")
-    out = run("kernels", "--families", "matmul_nn", "--versions", "numpy_blas,v3_register_tiled",
+    out = run("kernels", "--families", "matmul_nn", "--versions", "numpy_blas,v3_packed",
               "--sizes", "64", "--repeats", "2", "--results-dir", "res")
     assert "matmul_nn" in out
     out = run("run", "--models", "linear", "--backends", "numpy,numba", "--dataset", "synthetic",

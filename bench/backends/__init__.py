@@ -28,6 +28,9 @@ class Backend:
     def make_trainer(self, network, init_params: dict, config: dict, seed: int = 0):
         raise NotImplementedError
 
+    # Parity with numpy within bench/validate.TOLERANCE unless a reduced-precision
+    # backend (TF32) declares its own, which its name must say.
+    validation_tolerance = None
     # Environment variable -> subdirectory of the compile caches this backend fills
     # (Numba's, Inductor's, JAX's); empty for backends that compile nothing.
     compile_caches = {}
@@ -52,7 +55,11 @@ REGISTRY = {
     "torch": ".torch_backend:TorchBackend",
     "torch-ops": ".torch_backend:TorchOpsBackend",
     "torch-compile": ".torch_backend:TorchCompileBackend",
+    "jax": ".jax_backend:JaxBackend",
+    "jax-scan": ".jax_backend:JaxScanBackend",
     "torch-cuda": ".torch_backend:TorchCudaBackend",
+    "torch-cuda-graphs": ".torch_backend:TorchCudaGraphsBackend",
+    "torch-cuda-tf32": ".torch_backend:TorchCudaTF32Backend",
     "torch-ops-cuda": ".torch_backend:TorchOpsCudaBackend",
     "numba-cuda": ".numba_cuda:NumbaCudaBackend",
     "numba-cuda-epoch": ".numba_cuda:NumbaCudaEpochBackend",
@@ -93,20 +100,41 @@ def register(name: str, backend_class):
     _cache.pop(name, None)
 
 
+def parse_name(name: str):
+    """"numba-parallel:matmul=v2_blocked,conv=direct" -> ("numba-parallel", {options})."""
+    base, _, rest = name.partition(":")
+    options = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"backend {name!r}: options go as KEY=VALUE after a colon")
+        options[key] = value
+    return base, options
+
+
 def get_backend(name: str) -> Backend:
-    """The backend called ``name``; unknown names raise ValueError listing the known ones."""
+    """The backend called ``name`` (with options after a colon, where the backend
+    takes them); unknown names raise ValueError listing the known ones."""
     plugin_modules()
-    if name not in REGISTRY:
-        raise ValueError(f"unknown backend {name!r}; choose from {', '.join(REGISTRY)}")
+    base, options = parse_name(name)
+    if base not in REGISTRY:
+        raise ValueError(f"unknown backend {base!r}; choose from {', '.join(REGISTRY)}")
     if name not in _cache:
-        entry = REGISTRY[name]
+        entry = REGISTRY[base]
         try:
             if isinstance(entry, str):
                 module, cls = entry.split(":")
                 entry = getattr(importlib.import_module(module, __package__), cls)
-            _cache[name] = entry()
         except ImportError as e:
             _cache[name] = UnavailableBackend(name, f"cannot import {e.name or e}: {e}")
+            return _cache[name]
+        try:
+            backend = entry(**options)
+        except TypeError:
+            raise ValueError(f"backend {base!r} takes no options {', '.join(options)}") from None
+        if options:
+            backend.name = name
+        _cache[name] = backend
     return _cache[name]
 
 

@@ -5,12 +5,18 @@
 kernels below PARALLEL_MIN_ELEMENTS elements, and matmuls below
 kernels.matmul.PARALLEL_MIN_WORK multiply-adds, stay serial even in the
 parallel backend: waking the thread pool costs more than such a pass.
+
+Options, given after the backend's name (``numba-parallel:matmul=v2_blocked``):
+``matmul`` -- a version of kernels/matmul.VERSIONS; ``conv`` -- a method of
+kernels/conv.METHODS. So one sweep can time two kernel versions inside the
+same network, side by side.
 """
 import numpy as np
 
 from ...kernels import backprop as bp
 from ...kernels import conv, update
-from ...kernels.matmul import matmul, matmul_nt, matmul_tn
+from ...kernels.conv import METHODS as CONV_METHODS
+from ...kernels.matmul import DEFAULT_VERSION, VERSIONS, matmul, matmul_nt, matmul_tn
 from ...models.ops import Ops
 from ...models.train import OpsTrainer
 
@@ -20,9 +26,11 @@ PARALLEL_MIN_ELEMENTS = 1 << 15
 
 
 class NumbaOps(Ops):
-    def __init__(self, parallel=False):
-        self.parallel = parallel
+    def __init__(self, parallel=False, matmul_version=DEFAULT_VERSION, conv_method="gemm"):
+        self.parallel, self.matmul_version, self.conv_method = parallel, matmul_version, conv_method
         self.name = "numba-parallel" if parallel else "numba"
+        # the patch columns of the last convolutions' inputs, for their backward
+        self._columns = {}
 
     def _par(self, elements):
         return self.parallel and elements >= PARALLEL_MIN_ELEMENTS
@@ -43,13 +51,13 @@ class NumbaOps(Ops):
 
     # -- matmul
     def matmul(self, a, b, out=None):
-        return matmul(a, b, out, self.parallel)
+        return matmul(a, b, out, self.parallel, self.matmul_version)
 
     def matmul_nt(self, a, b, out=None):
-        return matmul_nt(a, b, out, self.parallel)
+        return matmul_nt(a, b, out, self.parallel, self.matmul_version)
 
     def matmul_tn(self, a, b, out=None):
-        return matmul_tn(a, b, out, self.parallel)
+        return matmul_tn(a, b, out, self.parallel, self.matmul_version)
 
     # -- dense layers
     def dense(self, x, w, b, activation):
@@ -89,10 +97,22 @@ class NumbaOps(Ops):
 
     # -- cnn
     def conv2d(self, x, w, b):
-        return conv.conv2d(x, w, b, self.parallel)
+        if self.conv_method != "gemm":
+            return conv.conv2d(x, w, b, self.parallel, self.conv_method)
+        conv._check_conv(x, w)
+        y, cols = conv.conv2d_gemm(x, w, b, self.parallel)
+        # kept for this input's backward (the network hands the same array back);
+        # at most the two convolutions of one step
+        self._columns[id(x)] = (x, cols)
+        while len(self._columns) > 2:
+            self._columns.pop(next(iter(self._columns)))
+        return y
 
     def conv2d_backward(self, x, w, dy, dw_out, db_out, need_dx=True):
-        return conv.conv2d_backward(x, w, dy, dw_out, db_out, need_dx, self.parallel)
+        kept = self._columns.pop(id(x), (None, None))
+        cols = kept[1] if kept[0] is x else None
+        return conv.conv2d_backward(x, w, dy, dw_out, db_out, need_dx, self.parallel,
+                                    self.conv_method, cols)
 
     def maxpool2(self, x):
         return conv.maxpool2(x, self.parallel)
@@ -134,8 +154,18 @@ class NumbaBackend(Backend):
     parallel = False
     compile_caches = {"NUMBA_CACHE_DIR": "numba"}
 
+    def __init__(self, matmul=DEFAULT_VERSION, conv="gemm"):
+        if matmul not in VERSIONS:
+            raise ValueError(f"{self.name}: unknown matmul version {matmul!r}; choose from "
+                             f"{', '.join(VERSIONS)}")
+        if conv not in CONV_METHODS:
+            raise ValueError(f"{self.name}: unknown conv method {conv!r}; choose from "
+                             f"{', '.join(CONV_METHODS)}")
+        self.matmul, self.conv = matmul, conv
+
     def make_trainer(self, network, init_params, config, seed=0):
-        return OpsTrainer(NumbaOps(self.parallel), network, init_params, config, seed)
+        return OpsTrainer(NumbaOps(self.parallel, self.matmul, self.conv), network, init_params,
+                          config, seed)
 
 
 class NumbaParallelBackend(NumbaBackend):

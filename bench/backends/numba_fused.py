@@ -45,10 +45,8 @@ class NumbaFusedTrainer(Trainer):
                  float(c.get("beta", 0.9)), float(c.get("beta1", 0.9)),
                  float(c.get("beta2", 0.999)), float(c.get("eps", 1e-8)), self.parallel)
         common = (self.x, self.y, order, starts, contiguous, self.flat, self.gflat, self.s1, self.s2)
-        if self.net.name == "linear":
-            total, self.step = EPOCHS["linear"](*common, *hyper)
-        else:
-            total, self.step = EPOCHS[self.net.name](*common, self.net.hidden, *hyper)
+        epoch, extra = EPOCHS[self.net.name]
+        total, self.step = epoch(*common, *extra(self.net), *hyper)
         return float(total / max(1, len(starts) - 1))
 
     def predict(self, x, chunk=1000):

@@ -285,7 +285,7 @@ class TorchTrainer(Trainer):
     """
 
     def __init__(self, network, init_params, config, seed=0, device="cpu", compile=False,
-                 compile_log=None):
+                 compile_log=None, compile_mode=None):
         super().__init__(network, init_params, config, seed)
         if network.name not in MODULES:
             raise ValueError(f"no torch module for network {network.name!r}; "
@@ -301,8 +301,8 @@ class TorchTrainer(Trainer):
         self.forward_loss, self.optimizer_step = self._forward_loss, self.optimizer.step
         self.compiled_batch_sizes = None
         if compile:
-            self.forward_loss = torch.compile(self._forward_loss, dynamic=False)
-            self.optimizer_step = torch.compile(self.optimizer.step, dynamic=False)
+            self.forward_loss = torch.compile(self._forward_loss, dynamic=False, mode=compile_mode)
+            self.optimizer_step = torch.compile(self.optimizer.step, dynamic=False, mode=compile_mode)
             self.compiled_batch_sizes = set()
             self.compile_log = compile_log if compile_log is not None else {}
             self.compile_log["cold_s"] = 0.0
@@ -406,10 +406,13 @@ class TorchBackend(Backend):
         torch.set_num_threads(n)
         self.threads = torch.get_num_threads()
 
+    compile_mode = None
+
     def make_trainer(self, network, init_params, config, seed=0):
         self._compile_log = {}
         return TorchTrainer(network, init_params, config, seed, device=self.device,
-                            compile=self.compile, compile_log=self._compile_log)
+                            compile=self.compile, compile_log=self._compile_log,
+                            compile_mode=self.compile_mode)
 
     def compile_info(self):
         return dict(self._compile_log)
@@ -451,6 +454,29 @@ class TorchCudaBackend(TorchBackend):
     def make_trainer(self, network, init_params, config, seed=0):
         _tf32_off()
         return super().make_trainer(network, init_params, config, seed)
+
+
+class TorchCudaGraphsBackend(TorchCudaBackend):
+    name = "torch-cuda-graphs"
+    description = ("the torch model under torch.compile(mode=\"reduce-overhead\") on a CUDA device: "
+                   "inductor kernels replayed as CUDA graphs, the baseline for launch-bound "
+                   "networks (TF32 off; compile time apart)")
+    compile = True
+    compile_mode = "reduce-overhead"
+    compile_caches = {"TORCHINDUCTOR_CACHE_DIR": "inductor", "TRITON_CACHE_DIR": "triton"}
+
+
+class TorchCudaTF32Backend(TorchCudaBackend):
+    name = "torch-cuda-tf32"
+    description = ("the torch model on a CUDA device with TF32 matmuls and convolutions "
+                   "(reduced precision: a labelled line, not float32)")
+    validation_tolerance = 3e-2  # TF32 keeps 10 mantissa bits
+
+    def make_trainer(self, network, init_params, config, seed=0):
+        trainer = TorchBackend.make_trainer(self, network, init_params, config, seed)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        return trainer
 
 
 class TorchOpsBackend(Backend):
