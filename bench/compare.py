@@ -29,7 +29,8 @@ import numpy as np
 
 from .stats import _u_null_counts, shift
 
-MATCH_KEY = ("kind", "model", "backend", "batch_size", "threads", "dataset", "shape", "dtype")
+MATCH_KEY = ("kind", "model", "backend", "batch_size", "threads", "dataset", "train_samples",
+             "shape", "dtype")
 # Exact U distribution below this many samples in all (without ties); beyond it
 # the normal approximation is within ~1e-3 of exact.
 EXACT_MAX_SAMPLES = 40

@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from ..models.cache import cache_root
@@ -29,6 +30,7 @@ from ..models.cache import cache_root
 PACKAGE = __package__.rpartition(".")[0]
 SOURCES = ("models", "kernels", os.path.join("bench", "backends"))
 COMPILERS = ("numba", "llvmlite", "torch", "jax", "jaxlib")
+_MERGE = threading.Lock()
 
 
 def code_version() -> str:
@@ -87,10 +89,11 @@ def measure(backend, backend_name, model, batch_size, threads, worker_env) -> di
         cold = probe(backend_name, model, batch_size, threads, env)
         hit = probe(backend_name, model, batch_size, threads, env)
         shared = compiled_dir()
-        for sub in getattr(backend, "compile_caches", {}).values():
-            if os.path.isdir(os.path.join(fresh, sub)):
-                shutil.copytree(os.path.join(fresh, sub), os.path.join(shared, sub),
-                                dirs_exist_ok=True)
+        with _MERGE:  # two probes may carry files of the same name
+            for sub in getattr(backend, "compile_caches", {}).values():
+                if os.path.isdir(os.path.join(fresh, sub)):
+                    shutil.copytree(os.path.join(fresh, sub), os.path.join(shared, sub),
+                                    dirs_exist_ok=True)
     return {"cold_s": cold, "cache_hit_s": hit}
 
 
@@ -121,13 +124,18 @@ class CompileTimes:
         os.replace(tmp, self.path)
 
 
-def figures(pairs, machine, run_id, worker_env_of, force=False, log=print) -> dict:
+def figures(pairs, machine, run_id, worker_env_of, force=False, log=print, lanes=None) -> dict:
     """{(backend, model): compile record} for every pair whose backend compiles:
-    stored figures of this code version on this machine, or new measurements."""
+    stored figures of this code version on this machine, or new measurements.
+
+    The probes run ``lanes`` at a time (default: one per core): a compiler is
+    single-threaded, so probes on different cores do not wait on each other;
+    the figures say how many ran at once."""
+    from concurrent.futures import ThreadPoolExecutor
     from .backends import get_backend
     version = code_version()
     store = CompileTimes()
-    out = {}
+    out, todo = {}, []
     for backend_name, model, batch_size, threads in pairs:
         backend = get_backend(backend_name)
         if not getattr(backend, "compile_caches", None) or not backend.available()[0]:
@@ -138,20 +146,31 @@ def figures(pairs, machine, run_id, worker_env_of, force=False, log=print) -> di
         record = None if force else store.get(key)
         if record is not None:
             out[backend_name, model] = dict(record, source="stored")
-            continue
+        else:
+            todo.append((key, backend, backend_name, model, batch_size, threads))
+    lanes = max(1, min(lanes or os.cpu_count() or 1, len(todo) or 1))
+
+    def one(job):
+        key, backend, backend_name, model, batch_size, threads = job
         log(f"compile: measuring {backend_name} / {model} (cold, then cache hit) ...")
         t0 = time.perf_counter()
         try:
             figures_ = measure(backend, backend_name, model, batch_size, threads,
                                worker_env_of(backend_name, threads))
         except (RuntimeError, subprocess.TimeoutExpired) as e:
-            out[backend_name, model] = {"error": str(e), "source": "failed"}
-            continue
-        record = dict(figures_, code_version=version, run_id=run_id,
-                      measured=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                      threads=threads, batch_size=batch_size)
-        store.put(key, record)
-        out[backend_name, model] = dict(record, source="measured")
+            return job, {"error": str(e), "source": "failed"}
         log(f"compile: {backend_name} / {model}: cold {figures_['cold_s']:.1f} s, "
             f"cache hit {figures_['cache_hit_s']:.2f} s ({time.perf_counter() - t0:.0f} s)")
+        return job, dict(figures_, code_version=version, run_id=run_id,
+                         measured=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                         threads=threads, batch_size=batch_size, probes_at_once=lanes)
+
+    with ThreadPoolExecutor(lanes) as pool:
+        for job, record in pool.map(one, todo):
+            key, _, backend_name, model = job[:4]
+            if record.get("source") == "failed":
+                out[backend_name, model] = record
+                continue
+            store.put(key, record)
+            out[backend_name, model] = dict(record, source="measured")
     return out

@@ -6,10 +6,16 @@ The suites time with the core's rules: perf_counter, the garbage collector off
 while timing, iterations per round from ``CpuTimer.calibrate``; every case runs
 under ``threadpool_limits`` with Numba's and torch's pools set to the same count,
 and the counts the pools really have are recorded (a mismatch fails the case).
+Subnormals are flushed to zero as in the harness's workers (bench/fpenv.py);
+threads started before this file is imported keep IEEE arithmetic.
 """
 import os
 
 import pytest
+
+from mnist_numba_bench.bench.fpenv import flush_subnormals
+
+flush_subnormals()
 
 
 def pytest_addoption(parser):

@@ -169,7 +169,8 @@ def finalize(cell):
                     figures_from=("measured in this run" if figures["source"] == "measured" else
                                   f"stored: measured {figures.get('measured')} "
                                   f"in run {figures.get('run_id')}"),
-                    code_version=figures.get("code_version"))
+                    code_version=figures.get("code_version"),
+                    probes_at_once=figures.get("probes_at_once", 1))
     elif comp.get("first_step_s") is not None:
         comp.update(cold_s=comp["first_step_s"], cache_hit_s=None,
                     cold_source="first step (the backend caches no compiled code)"

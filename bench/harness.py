@@ -62,7 +62,7 @@ def main(args):
             writer.put({k: v for k, v in cell.items() if k not in INTERNAL})
 
         supervisor = Supervisor(worker_key, env_of, store, finalize, sweep["repeats"],
-                                seed=int(writer.run_id[-6:], 16))
+                                seed=int(writer.run_id[-6:], 16), processes=sweep["processes"])
         writer.header["settings"]["round_order_seed"] = supervisor.seed
         supervisor.run([cells], Progress(len(cells), sweep["repeats"]))
         writer.close("complete")

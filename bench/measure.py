@@ -207,7 +207,8 @@ def thread_pools() -> dict:
     environment variables that set them."""
     from .machine import THREAD_VARS
     import sys
-    out = {"env": {v: os.environ.get(v) for v in THREAD_VARS}, "pools": [],
+    from .fpenv import state
+    out = {"env": {v: os.environ.get(v) for v in THREAD_VARS}, "pools": [], "subnormals": state(),
            "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}
     try:
         from threadpoolctl import threadpool_info

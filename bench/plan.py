@@ -9,12 +9,12 @@ from ..models import NETWORKS, config_for, get_network
 
 MODES = ("throughput", "tta")
 # The README's main job: nielsen and mlp across a batch-size sweep on every CPU
-# backend this machine has, on a 4,096-image subset. numpy-loop backprops one
+# backend this machine has, on a 2,048-image subset. numpy-loop backprops one
 # sample at a time, so its epoch time does not depend on the batch size: it is
 # timed at each model's write-up batch size only.
 QUICK = dict(models="nielsen,mlp", batch_sizes="2,8,32,128,512,1024",
              backends="numpy-loop,numpy,numba,numba-parallel,numba-fused,torch,torch-ops,jax,jax-scan",
-             epochs=1, repeats=7, train_limit=4096)
+             epochs=1, repeats=5, train_limit=2048, processes=1)
 BATCH_INDEPENDENT = {"numpy-loop"}
 
 
@@ -36,6 +36,9 @@ def add_arguments(parser):
                              "tta: most epochs per seed (default: the model's own)")
     parser.add_argument("--repeats", type=int, default=9,
                         help="rounds: timed samples per cell, one per round (default 9)")
+    parser.add_argument("--processes", type=int, default=3,
+                        help="throughput: fresh worker processes per backend in turn, the rounds "
+                             "shared among them (default 3; --quick 1)")
     parser.add_argument("--seeds", default=None,
                         help="comma-separated init/batch-order seeds (default 0; tta: 0,1,2,3,4)")
     parser.add_argument("--target-accuracy", type=float, default=0.90,
@@ -138,6 +141,8 @@ def plan(args) -> dict:
     seeds = ints(args.seeds or ("0,1,2,3,4" if args.mode == "tta" else "0"), "seeds", 0)
     if args.repeats < 1:
         raise ValueError("--repeats must be at least 1")
+    if args.processes < 1:
+        raise ValueError("--processes must be at least 1")
     if args.epochs is not None and args.epochs < 1:
         raise ValueError("--epochs must be at least 1")
     if args.train_limit is not None and args.train_limit < 1:
@@ -161,6 +166,7 @@ def plan(args) -> dict:
             "repeats": args.repeats if args.mode == "throughput" else len(seeds), "seeds": seeds,
             "target_accuracy": args.target_accuracy, "train_limit": args.train_limit,
             "overrides": overrides, "measure_compile": args.measure_compile,
+            "processes": min(args.processes, args.repeats) if args.mode == "throughput" else 1,
             "model_batch_sizes": {m: NETWORKS[m].defaults["batch_size"] for m in models}}
 
 

@@ -7,7 +7,9 @@ a process. A sweep runs in groups of cells (all of an epoch sweep; one kernel
 shape at a time in a kernel sweep):
 
 1. setup: every cell of the group is validated and warmed up in its worker --
-   several workers at once, at most one per core; a cell that fails is stored
+   several workers at once, as many as the cores hold at the cells' thread count
+   (spinning thread pools of two workers on one core slow both many times over);
+   a cell that fails is stored
    at once (invalid, unavailable, error) and never timed;
 2. rounds: in each round every ready cell gives one sample, in an order shuffled
    afresh each round (seeded, and recorded). Only the sampling worker runs: the
@@ -156,10 +158,12 @@ class Supervisor:
     gives a new worker's environment; ``store(cell)`` writes a cell (replacing an
     earlier version of it); ``finalize(cell)`` adds its derived figures."""
 
-    def __init__(self, worker_key, env_of, store, finalize, rounds, seed=0, parallel_setup=None):
+    def __init__(self, worker_key, env_of, store, finalize, rounds, seed=0, parallel_setup=None,
+                 processes=1):
         self.worker_key, self.env_of, self.store, self.finalize = worker_key, env_of, store, finalize
         self.rounds, self.seed = rounds, seed
-        self.parallel_setup = parallel_setup or os.cpu_count() or 1
+        self.parallel_setup = parallel_setup
+        self.processes = max(1, min(processes, rounds))
         self.workers = {}
 
     def worker(self, key) -> Worker:
@@ -180,11 +184,18 @@ class Supervisor:
             self.sample(ready, progress, random.Random(order_seed.random()))
             self.finish(ready)
 
-    def setup(self, cells, progress) -> list:
+    def setup(self, cells, progress, again=False) -> list:
+        """Set every cell up in its worker; ``again``: in a fresh worker, for the next
+        share of the rounds (the cell keeps its first setup's figures; a failure
+        now makes it an error)."""
+        if not cells:
+            return []
         by_worker = {}
         for cell in cells:
             by_worker.setdefault(self.worker_key(cell), []).append(cell)
-        ready, lock, gate = [], threading.Lock(), threading.Semaphore(self.parallel_setup)
+        lanes = self.parallel_setup or max(
+            1, (os.cpu_count() or 1) // max(int(c.get("threads") or 1) for c in cells))
+        ready, lock, gate = [], threading.Lock(), threading.Semaphore(lanes)
         # Started from this thread: PR_SET_PDEATHSIG fires when the *thread* that
         # started a child exits, which a setup thread does at once.
         for key in by_worker:
@@ -198,6 +209,15 @@ class Supervisor:
                         answer = w.request({"op": "setup", "id": cell["id"], "cell": cell})
                     except WorkerDied as e:
                         answer = {"status": "error", "error": str(e)}
+                    if again:
+                        with lock:
+                            if answer.get("status") == "ready":
+                                ready.append(cell)
+                            else:
+                                cell.update(status="error", error="setup in a fresh worker failed: " +
+                                            str(answer.get("error") or answer.get("status")))
+                                self.store(cell)
+                        continue
                     cell.update(answer)
                     with lock:
                         if cell["status"] == "ready":
@@ -221,7 +241,14 @@ class Supervisor:
                         status="ok")
         estimate = sum((c.get("compile") or {}).get("warmup_epoch_s") or
                        (c.get("first_call_s") or 0) for c in cells)
+        # The rounds are shared among `processes` generations of workers: a worker
+        # process can run a few per cent faster or slower than the next one for
+        # its whole life (memory placement), which more rounds in one process
+        # never average out, while the median of per-round ratios does.
+        fresh = {round(g * self.rounds / self.processes) for g in range(1, self.processes)}
         for r in range(self.rounds):
+            if r in fresh:
+                self.respawn(cells, progress, r)
             t0 = time.perf_counter()
             order = list(cells)
             rng.shuffle(order)
@@ -257,6 +284,21 @@ class Supervisor:
             estimate = took
             progress.line(f"[round {r + 1:>2}/{self.rounds}] {len(order)} cells, {took:.1f} s",
                           eta=estimate * (self.rounds - r - 1))
+
+    def respawn(self, cells, progress, first_round):
+        """Every worker replaced by a fresh process, and the cells still timed set
+        up in it again."""
+        live = [c for c in cells if c["status"] == "ok"]
+        if not live:
+            return
+        t0 = time.perf_counter()
+        self.close()
+        ready = {c["id"] for c in self.setup(live, progress, again=True)}
+        for cell in live:
+            if cell["id"] in ready:
+                cell.setdefault("worker_processes", [0]).append(first_round)
+        progress.line(f"[fresh workers] {len(ready)} cells set up again for rounds "
+                      f"{first_round + 1}- ({time.perf_counter() - t0:.1f} s)")
 
     def finish(self, cells):
         for cell in cells:

@@ -15,6 +15,8 @@ sends one JSON command per line; the worker answers each with one JSON line:
 Between commands the worker blocks reading its stdin (and the parent stops it
 with SIGSTOP), so while another worker times a sample this one uses no CPU.
 Anything a library prints goes to stderr, never into the reply stream.
+Every worker computes with subnormal floats flushed to zero, the way XLA does
+(bench/fpenv.py), so no backend pays for gradual underflow that another skips.
 
     python -m mnist_numba_bench.bench.worker --compile-probe '{"backend": ..., "model": ...}'
 
@@ -81,6 +83,9 @@ def compile_probe(job) -> float:
 
 
 def main(argv=None) -> int:
+    # before any import that starts a thread pool, which then inherits it
+    from .fpenv import flush_subnormals
+    flush_subnormals()
     from .store import _json_safe
     argv = sys.argv[1:] if argv is None else argv
     out = os.fdopen(os.dup(1), "w")

@@ -4,6 +4,7 @@ processes, the thread pools are verified, and an interrupted or killed run keeps
 what it finished."""
 import gzip
 import os
+import platform
 import signal
 import struct
 import subprocess
@@ -86,6 +87,8 @@ def test_throughput_sweep_validates_then_times_every_cell_in_rounds(tmp_path, ti
     assert len(ok) == 5
     for _, c in ok.iterrows():
         assert c["validation.ok"] and len(c["samples_s"]) == 4 and c["rounds_done"] == 4
+        # the rounds shared among three worker processes in turn (the default)
+        assert list(c["worker_processes"]) == [0, 1, 3]
         assert c["median_s"] == pytest.approx(float(np.median(c["samples_s"])))
         assert c["ci_low_s"] <= c["median_s"] <= c["ci_high_s"]
         assert c["train_samples"] == 100 and c["compile.first_step_s"] > 0
@@ -96,6 +99,8 @@ def test_throughput_sweep_validates_then_times_every_cell_in_rounds(tmp_path, ti
         pools = c["env.pools"]
         assert pools and all(p["num_threads"] == 1 for p in pools)
         assert c["env.env"]["OPENBLAS_NUM_THREADS"] == "1"
+        if platform.machine() == "x86_64":  # XLA's subnormal handling, for every backend
+            assert c["env.subnormals"] == "flush-to-zero"
         # the other worker was stopped while this one timed: it used no CPU
         assert c["noise.idle_workers_cpu_s"] <= 0.02 * len(c["samples_s"])
     assert runs["settings.train_limit"][0] == 100 and runs["settings.round_order_seed"][0] > 0
@@ -242,3 +247,23 @@ def test_the_epoch_timer_adds_nothing_measurable():
 
     seconds = [timed_epochs(Idle(), [None])[0] for _ in range(20_000)]
     assert float(np.median(seconds)) < 20e-6  # 1 % of 2 ms, with room for a busy machine
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="MXCSR is x86-64's")
+def test_flushing_subnormals_reaches_threads_started_after_it():
+    code = ("from mnist_numba_bench.bench.fpenv import flush_subnormals, state\n"
+            "import numba, numpy as np\n"
+            "print(state())\n"
+            "flush_subnormals()\n"
+            "@numba.njit(parallel=True)\n"
+            "def nonzero(a):\n"
+            "    n = 0\n"
+            "    for i in numba.prange(a.size):\n"
+            "        n += a[i] * np.float32(1.0) != 0\n"
+            "    return n\n"
+            "print(state(), nonzero(np.full(4096, 1e-39, np.float32)))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, NUMBA_NUM_THREADS="2"), timeout=120)
+    assert out.returncode == 0, out.stderr
+    # a fresh process computes IEEE; after the call the main thread and Numba's pool flush
+    assert out.stdout.split() == ["ieee", "flush-to-zero", "0"]

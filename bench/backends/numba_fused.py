@@ -4,7 +4,10 @@ compiled call, for linear, nielsen and mlp (kernels/fused_epoch.py).
 The trainer takes the harness's batch order as given, starts from the same
 canonical parameters, and applies the same update rules as the ops path, so
 its weights match ``numpy`` within float32 rounding. Prediction reuses the
-Numba ops forward pass.
+serial Numba ops forward pass: prediction is evaluation, outside the timed
+epochs (in tta mode inside the clock, a few per cent of it), and the serial
+kernels compile in less than half the time of the parallel ones, which every
+cold start of this backend pays.
 """
 import numpy as np
 
@@ -32,7 +35,7 @@ class NumbaFusedTrainer(Trainer):
         self.s1 = np.zeros(n if opt != "sgd" else 0, np.float32)
         self.s2 = np.zeros(n if opt == "adam" else 0, np.float32)
         self.parallel = parallel
-        self.ops = NumbaOps(parallel)
+        self.ops = NumbaOps(False)
 
     def set_data(self, x, y):
         self.x = np.ascontiguousarray(x, np.float32).reshape(len(x), -1)

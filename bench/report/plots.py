@@ -79,15 +79,25 @@ def plot_crossover(cells):
     e = crossover_data(cells)
     if e.empty:
         return None, "no valid epoch cells with a batch size"
-    panels = sorted({(m, mo, t) for m, mo, t in zip(e["machine_label"], e["model"], e["threads"])},
+    e = e[e["images_per_s"].notna()]
+    if e.empty:
+        return None, "no epoch cell with an image count"
+    # one panel per epoch size as well: a 2,048-image epoch is not a 50,000-image one
+    e = e.assign(n_images=e["train_samples"].fillna(0).astype(int),
+                 threads=e["threads"].fillna(0).astype(int))
+    panels = sorted({k for k in zip(e["machine_label"], e["model"], e["threads"], e["n_images"])},
                     key=str)
     fig, axes = _grid(len(panels))
     st = styles(cells)
-    for ax, (machine, model, threads) in zip(axes, panels):
-        g = e[(e["machine_label"] == machine) & (e["model"] == model) & (e["threads"] == threads)]
+    for ax, (machine, model, threads, n_images) in zip(axes, panels):
+        g = e[(e["machine_label"] == machine) & (e["model"] == model) & (e["threads"] == threads) &
+              (e["n_images"] == n_images)]
+        # the lines of one run only: the one that swept the most batch sizes (the newest
+        # on a tie), so no line joins points measured by different code on different days
+        spread = g.groupby("run_id").agg(sizes=("x", "nunique"), order=("run_order", "max"))
+        g = g[g["run_id"] == max(spread.index, key=lambda r: tuple(spread.loc[r]))]
         for b, bg in g.groupby("backend"):
-            # one run per point: the newest at each batch size
-            bg = bg.sort_values("run_order").drop_duplicates("x", keep="last").sort_values("x")
+            bg = bg.sort_values("x")
             color, marker = st[b]
             yerr = [np.clip(bg["images_per_s"] - bg["images_low"], 0, None).fillna(0),
                     np.clip(bg["images_high"] - bg["images_per_s"], 0, None).fillna(0)]
@@ -96,11 +106,16 @@ def plot_crossover(cells):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         _plain_log(ax)
+        from matplotlib.ticker import NullFormatter
+        xs = sorted(g["x"].dropna().unique())
+        ax.set_xticks(xs, [f"{int(x):,}" for x in xs])  # the measured batch sizes, no others
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("batch size")
         ax.set_ylabel("training images per second")
         samples = g["train_samples"].dropna()
         images = f", {int(samples.iloc[0]):,} images" if len(samples) else ""
-        ax.set_title(f"{model}, {threads} threads{images}\n{machine}", fontsize=8)
+        threads_text = f"{threads} threads" if threads else "threads not recorded"
+        ax.set_title(f"{model}, {threads_text}{images}\n{machine}", fontsize=8)
         ax.legend(fontsize=7, loc="best", ncols=2)
     fig.suptitle(PLOT_TITLES["crossover"], fontsize=10)
     return fig, None
