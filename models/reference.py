@@ -16,8 +16,10 @@ def _sigmoid(z):
     return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(z.dtype)
 
 
-class NumpyOps(Ops):
-    name = "numpy"
+class HostArrays:
+    """The array plumbing of every ops implementation on NumPy host arrays (the
+    reference's and the Numba kernels'): float32 C-contiguous inputs, labels as
+    they are."""
 
     def asarray(self, x):
         x = np.asarray(x)
@@ -31,6 +33,10 @@ class NumpyOps(Ops):
 
     def take_rows(self, x, idx):
         return x[idx]
+
+
+class NumpyOps(HostArrays, Ops):
+    name = "numpy"
 
     def matmul(self, a, b, out=None):
         return np.matmul(a, b, out=out)

@@ -1,5 +1,12 @@
 """Every CPU kernel version against its float64 reference, on odd shapes, float32 and
-float64 (the KernelFamily checks), plus the contracts the kernels' callers rely on."""
+float64 (the KernelFamily checks), plus the contracts the kernels' callers rely on,
+and the micro-kernel's compiled depth loop on each x86 path."""
+import json
+import os
+import platform
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -142,3 +149,32 @@ def test_conv_weight_gradient_stays_accurate_over_a_full_batch(parallel):
     want_db = dy.astype(np.float64).sum(axis=(0, 2, 3))
     assert np.max(np.abs(dw - want_dw)) / np.max(np.abs(want_dw)) < 1e-6
     assert np.max(np.abs(db - want_db)) / np.max(np.abs(want_db)) < 1e-6
+
+
+MICRO_KERNEL_ASM = os.path.join(os.path.dirname(__file__), "helpers", "micro_kernel_asm.py")
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 assembly")
+@pytest.mark.parametrize("cpu_name", [None, "haswell"], ids=["host", "avx2-haswell"])
+def test_micro_kernel_depth_loop_is_full_width_fmas_without_spills(cpu_name, tmp_path):
+    # a fresh process with an empty cache: Numba shows no assembly of cached code
+    env = dict(os.environ, MNIST_BENCH_CACHE=str(tmp_path))
+    env.pop("NUMBA_CPU_FEATURES", None)
+    if cpu_name:
+        env["NUMBA_CPU_NAME"] = cpu_name
+    else:
+        env.pop("NUMBA_CPU_NAME", None)
+    run = subprocess.run([sys.executable, MICRO_KERNEL_ASM], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    if cpu_name:
+        assert got["cpu_name"] == cpu_name and got["isa"] == "avx2"
+    register = {512: "zmm", 256: "ymm", 128: "xmm"}[got["vector_bits"]]
+    accumulators = got["MR"] * got["NR"] * 32 // got["vector_bits"]
+    assert got["loops"], "no depth loop with FMAs found in the micro-kernel"
+    for loop in got["loops"]:
+        # every accumulator updated by one FMA per depth step, on the full vector width
+        assert loop["fmas"] % accumulators == 0, loop
+        assert loop["registers"] == [register], loop
+        assert loop["stack_moves"] == [], f"accumulators spilled: {loop['stack_moves'][:4]}"

@@ -18,6 +18,7 @@ from ...kernels import conv, update
 from ...kernels.conv import METHODS as CONV_METHODS
 from ...kernels.matmul import DEFAULT_VERSION, VERSIONS, matmul, matmul_nt, matmul_tn
 from ...models.ops import Ops
+from ...models.reference import HostArrays
 from ...models.train import OpsTrainer
 
 from . import Backend
@@ -25,7 +26,7 @@ from . import Backend
 PARALLEL_MIN_ELEMENTS = 1 << 15
 
 
-class NumbaOps(Ops):
+class NumbaOps(HostArrays, Ops):
     def __init__(self, parallel=False, matmul_version=DEFAULT_VERSION, conv_method="gemm"):
         self.parallel, self.matmul_version, self.conv_method = parallel, matmul_version, conv_method
         self.name = "numba-parallel" if parallel else "numba"
@@ -34,20 +35,6 @@ class NumbaOps(Ops):
 
     def _par(self, elements):
         return self.parallel and elements >= PARALLEL_MIN_ELEMENTS
-
-    # -- memory
-    def asarray(self, x):
-        x = np.asarray(x)
-        return np.ascontiguousarray(x, np.float32) if x.dtype.kind == "f" else x
-
-    def to_numpy(self, a):
-        return np.asarray(a)
-
-    def zeros(self, shape):
-        return np.zeros(shape, np.float32)
-
-    def take_rows(self, x, idx):
-        return x[idx]
 
     # -- matmul
     def matmul(self, a, b, out=None):
