@@ -1,5 +1,9 @@
 """The numba backends against the numpy reference: same weights after N steps from the
 same init and batch order (bench.validate), for every network each one supports."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -74,3 +78,19 @@ def test_parallel_backend_records_threads():
     assert backend.threads == 1 == numba.get_num_threads()
     backend.configure_threads(numba.config.NUMBA_NUM_THREADS)
     assert backend.threads == numba.config.NUMBA_NUM_THREADS
+
+
+CACHE_HIT_PROBE = os.path.join(os.path.dirname(__file__), "helpers", "cache_hit_probe.py")
+
+
+@pytest.mark.parametrize("backend", ["numba", "numba-parallel", "numba-fused"])
+def test_a_second_process_compiles_nothing(backend):
+    # the first process fills the compile cache (or finds it filled); the second
+    # must load every function it runs from it
+    env = dict(os.environ, NUMBA_NUM_THREADS="2")
+    runs = [subprocess.run([sys.executable, CACHE_HIT_PROBE, backend, "mlp"], env=env,
+                           capture_output=True, text=True, timeout=600) for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-2000:]
+    misses, hits = map(int, runs[1].stdout.split()[-2:])
+    assert misses == 0 and hits > 0
