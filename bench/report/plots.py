@@ -76,15 +76,10 @@ def _left_out_note(ax, cells):
 
 
 def plot_crossover(cells):
+    from matplotlib.ticker import NullFormatter
     e = crossover_data(cells)
     if e.empty:
-        return None, "no valid epoch cells with a batch size"
-    e = e[e["images_per_s"].notna()]
-    if e.empty:
-        return None, "no epoch cell with an image count"
-    # one panel per epoch size as well: a 2,048-image epoch is not a 50,000-image one
-    e = e.assign(n_images=e["train_samples"].fillna(0).astype(int),
-                 threads=e["threads"].fillna(0).astype(int))
+        return None, "no valid epoch cells with a batch size and an image count"
     panels = sorted({k for k in zip(e["machine_label"], e["model"], e["threads"], e["n_images"])},
                     key=str)
     fig, axes = _grid(len(panels))
@@ -105,8 +100,7 @@ def plot_crossover(cells):
                         color=color, label=b, lw=1.4)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        _plain_log(ax)
-        from matplotlib.ticker import NullFormatter
+        _plain_log(ax, "y")
         xs = sorted(g["x"].dropna().unique())
         ax.set_xticks(xs, [f"{int(x):,}" for x in xs])  # the measured batch sizes, no others
         ax.xaxis.set_minor_formatter(NullFormatter())

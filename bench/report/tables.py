@@ -173,7 +173,8 @@ def recommendation_table(cells):
 
 def crossover_data(cells):
     """Epoch cells for the crossover plot: usable, with x = batch size (full batch at
-    the training-set size) and images/s with its interval."""
+    the training-set size), images/s with its interval, and the panel keys
+    ``n_images`` and ``threads``."""
     e = cells[(cells["kind"] == "epoch") & cells["usable"]].copy()
     if e.empty:
         return e
@@ -185,7 +186,11 @@ def crossover_data(cells):
     e["images_per_s"] = n / e["median_s"]
     e["images_low"] = n / e["ci_high_s"]
     e["images_high"] = n / e["ci_low_s"]
-    return e
+    # one panel per epoch size as well: a 2,048-image epoch is not a 50,000-image
+    # one; threads 0 where a cell did not record them (imported GPU files)
+    e = e[e["images_per_s"].notna()]
+    return e.assign(n_images=e["train_samples"].fillna(0).astype(int),
+                    threads=e["threads"].fillna(0).astype(int))
 
 
 # -- kernel tables: the roofline ------------------------------------------------------

@@ -1,21 +1,18 @@
-"""One cell's warm-up (build a trainer, one step, one prediction) on a Numba
-backend, then the compile-cache misses and hits of every Numba dispatcher this
-process created, as "misses hits" (argv: backend model)."""
+"""The compile probe's warm-up of one cell (bench.worker.compile_probe: build a
+trainer, one step, one prediction) on a Numba backend, then the compile-cache
+misses and hits of every Numba dispatcher this process created, as "misses hits"
+(argv: backend model)."""
 import gc
 import sys
 
 from numba.core.registry import CPUDispatcher
 
-from mnist_numba_bench.bench.backends import get_backend
-from mnist_numba_bench.bench.validate import run_steps, validation_data
-from mnist_numba_bench.models import config_for, get_network
+from mnist_numba_bench.bench.worker import compile_probe
+from mnist_numba_bench.models import NETWORKS
 
-backend = get_backend(sys.argv[1])
-backend.configure_threads(2)
-network = get_network(sys.argv[2])
-config = config_for(network)
-x, y, _ = validation_data(network, max(config["batch_size"], 8))
-run_steps(backend, network, config, x, y, 1).predict(x[:4])
+backend, model = sys.argv[1:3]
+compile_probe({"backend": backend, "model": model, "threads": 2,
+               "batch_size": NETWORKS[model].defaults["batch_size"]})
 dispatchers = [o for o in gc.get_objects() if isinstance(o, CPUDispatcher)]
 print(sum(sum(d._cache_misses.values()) for d in dispatchers),
       sum(sum(d._cache_hits.values()) for d in dispatchers))
