@@ -2,14 +2,22 @@
 
 ``EpochUnit`` (throughput): ``setup`` validates the backend against numpy at the
 cell's batch size (a cell that fails is never timed), times the first step (JIT
-or cache load) and one warm-up epoch, and checks the process's thread pools;
-``sample(i)`` is one timed sample -- ``epochs`` epochs in the shared batch order
-of epochs 1 + i·epochs ..., drawn before the clock starts -- and ``finish``
-scores the test set. ``TtaUnit`` (time to accuracy): sample i trains seed i from
-its init until the test accuracy reaches the target, evaluation on the clock.
+or cache load), one warm-up epoch (epoch 0) and one calibration epoch (epoch
+1), from which it sets the epochs per sample so that a sample lasts at least
+EPOCH_SAMPLE_MIN_S (as pyperf calibrates its loops: a sample of a few
+milliseconds is scheduler noise, not signal), and checks the process's thread
+pools; ``sample(i)`` is one timed sample -- ``epochs_per_sample`` epochs in the
+shared batch order of epochs 2 + i·epochs_per_sample ..., drawn before the clock
+starts -- and ``finish`` scores the test set, then checks the timed trainer
+itself against the reference over every epoch it trained (bench/verify.py): a
+cell whose timed work differs from the checked work is stored invalid, its
+samples kept and never reported. ``TtaUnit`` (time to accuracy): sample i
+trains seed i from its init until the test accuracy reaches the target,
+evaluation on the clock.
 
 Only the epoch loop and a final synchronisation are inside the timer.
 """
+import math
 import time
 
 import numpy as np
@@ -20,6 +28,9 @@ from .measure import CpuTimer, thread_mismatches, thread_pools
 from .stats import NOISY_STEAL, mlperf_score
 
 VALIDATION_STEPS = 3
+EPOCH_SAMPLE_MIN_S = 0.1
+MAX_EPOCHS_PER_SAMPLE = 1000
+FIRST_SAMPLE_EPOCH = 2  # epoch 0 warms up, epoch 1 calibrates
 _data = {}
 
 
@@ -54,6 +65,7 @@ class EpochUnit:
         self.config["batch_size"] = cell["batch_size"]
         self.seed = cell.get("seed") or 0
         self.epochs = cell.get("epochs") or 1
+        self.trained = []  # epoch indices the timed trainer trained, in order
 
     def refuse(self):
         """(status, why) when the cell cannot run here, else None."""
@@ -94,10 +106,18 @@ class EpochUnit:
         self.trainer = self.backend.make_trainer(self.network, self.network.init_params(self.seed),
                                                  self.config, self.seed)
         self.trainer.set_data(self.x, self.y)
-        warm_s, _ = timed_epochs(self.trainer, [epoch_batches(len(self.x), self.cell["batch_size"],
-                                                              self.seed, 0)])
+        warm_s = self.train([0])
         out["compile"] = {"first_step_s": first_step, "warmup_epoch_s": warm_s,
                           "backend": self.backend.compile_info()}
+        calibration_s = self.train([1])
+        if self.cell.get("epochs_per_sample"):  # set up again in a fresh worker: keep the count
+            self.per_sample = int(self.cell["epochs_per_sample"])
+        else:
+            epoch_s = max(min(warm_s, calibration_s), 1e-9)
+            self.per_sample = max(self.epochs, min(MAX_EPOCHS_PER_SAMPLE,
+                                                   math.ceil(EPOCH_SAMPLE_MIN_S / epoch_s)))
+        out["epochs_per_sample"] = self.per_sample
+        out["calibration_epoch_s"] = calibration_s
         pools = thread_pools()
         out["env"] = pools
         wrong = thread_mismatches(pools, threads)
@@ -108,15 +128,29 @@ class EpochUnit:
         out["epochs"] = self.epochs
         return out | {"status": "ready"}
 
-    def sample(self, index) -> dict:
+    def train(self, epochs) -> float:
+        """Seconds per epoch of the timed trainer over these epoch indices."""
         n, bs = len(self.x), self.cell["batch_size"]
-        first = 1 + index * self.epochs
-        batch_lists = [epoch_batches(n, bs, self.seed, e) for e in range(first, first + self.epochs)]
-        seconds, loss = timed_epochs(self.trainer, batch_lists)
-        return {"seconds": seconds, "loss": loss}
+        seconds, self.loss = timed_epochs(self.trainer, [epoch_batches(n, bs, self.seed, e)
+                                                         for e in epochs])
+        self.trained.extend(epochs)
+        return seconds
+
+    def sample(self, index) -> dict:
+        first = FIRST_SAMPLE_EPOCH + index * self.per_sample
+        seconds = self.train(range(first, first + self.per_sample))
+        return {"seconds": seconds, "loss": self.loss}
 
     def finish(self) -> dict:
-        return {"accuracy": accuracy(self.trainer, self.test_x, self.test_y)}
+        from .verify import verify
+        out = {"accuracy": accuracy(self.trainer, self.test_x, self.test_y)}
+        labels = self.test_y
+        check = verify(self.trainer, self.backend, self.network, self.config, self.seed,
+                       (self.x, self.y), self.trained, (self.test_x, labels))
+        out["verification"] = check
+        if check["status"] != "ok":
+            out.update(status=check["status"], error=check["error"])
+        return out
 
 
 class TtaUnit(EpochUnit):

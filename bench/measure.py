@@ -148,22 +148,55 @@ def process_cpu_seconds(pid):
         return None
 
 
+def run_delay_seconds(pid):
+    """Seconds the threads of a process have spent runnable but waiting for a CPU
+    (the scheduler's run_delay, summed over /proc/PID/task/*/schedstat), or None
+    where the kernel does not report it."""
+    total, seen = 0, False
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[1])
+                seen = True
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that ended meanwhile
+    return total / 1e9 if seen else None
+
+
+# A sample whose process waited this share of the sample's wall time (summed over
+# its threads) for a CPU, or lost more than NOISY_STEAL to the hypervisor, was
+# descheduled: it is taken again.
+DESCHEDULED_SHARE = 0.1
+
+
 class Noise:
     """Readings taken just before and just after one sample: the share of CPU time
-    the hypervisor stole, the load average, the clock, and the CPU time that other
-    processes of the sweep (``watch``: the idle workers) used meanwhile, which must
-    stay 0 for the interleaving to be fair."""
+    the hypervisor stole, the load average, the clock, how long the sampled
+    process (``target``) waited for a CPU, and the CPU time that other processes
+    of the sweep (``watch``: the idle workers) used meanwhile, which must stay 0
+    for the interleaving to be fair."""
 
-    def __init__(self, watch=()):
+    def __init__(self, watch=(), target=None):
         self.watch = list(watch)
+        self.target = target
 
     def start(self):
         self._steal, self._total = _proc_stat()
         self._others = [process_cpu_seconds(p) for p in self.watch]
+        self._delay = run_delay_seconds(self.target) if self.target else None
+        self._t0 = time.perf_counter()
 
     def stop(self) -> dict:
+        wall = time.perf_counter() - self._t0
         steal, total = _proc_stat()
         out = {"load1": round(os.getloadavg()[0], 2)}
+        delay = run_delay_seconds(self.target) if self.target else None
+        if delay is not None and self._delay is not None and wall > 0:
+            out["waited_share"] = round((delay - self._delay) / wall, 4)
         if steal is not None and self._steal is not None and total > self._total:
             out["steal"] = round((steal - self._steal) / (total - self._total), 4)
         mhz, source = _clock_mhz()
@@ -192,10 +225,23 @@ def summarize_noise(readings) -> dict:
     if mhz:
         out["mhz_min"], out["mhz_max"] = min(mhz), max(mhz)
         out["mhz_source"] = readings[-1].get("mhz_source")
+    waited = [r["waited_share"] for r in readings if "waited_share" in r]
+    if waited:
+        out["waited_share_max"] = max(waited)
     idle = [r["idle_workers_cpu_s"] for r in readings if "idle_workers_cpu_s" in r]
     if idle:
         out["idle_workers_cpu_s"] = round(sum(idle), 4)
     return out
+
+
+def descheduled(reading) -> str:
+    """Why a sample's noise reading says it was descheduled, or ''."""
+    from .stats import NOISY_STEAL
+    if reading.get("waited_share", 0) > DESCHEDULED_SHARE:
+        return f"its threads waited {reading['waited_share']:.0%} of the sample for a CPU"
+    if reading.get("steal", 0) > NOISY_STEAL:
+        return f"{reading['steal']:.0%} of the CPU stolen by the hypervisor"
+    return ""
 
 
 # -- thread pools ----------------------------------------------------------------------

@@ -134,6 +134,12 @@ def plan(args) -> dict:
     for b in backends:
         get_backend(b)  # unknown options -> ValueError
     overrides = parse_overrides(args.set)
+    if "batch_size" in overrides:
+        raise ValueError(f"--set batch_size={overrides['batch_size']}: the batch size is a sweep "
+                         f"axis; use --batch-sizes {overrides['batch_size']}")
+    if "epochs" in overrides and args.mode == "throughput":
+        raise ValueError(f"--set epochs={overrides['epochs']}: a throughput cell's epochs per "
+                         f"sample are calibrated; --epochs sets their minimum")
     for name in models:
         config_for(get_network(name), overrides)  # unknown hyperparameter -> ValueError
     if args.mode == "throughput" and args.seeds and len(csv(args.seeds, "seeds")) > 1:

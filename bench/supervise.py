@@ -33,10 +33,16 @@ import threading
 import time
 
 from .machine import THREAD_VARS
-from .measure import Noise, summarize_noise
+from .measure import Noise, descheduled, summarize_noise
 from .stats import summarize
 
 PACKAGE = __package__.rpartition(".")[0]
+
+
+MAX_RETAKES = 3
+# what summarize() and the finalize()s derive from a cell's samples
+SUMMARY_KEYS = ("median_s", "iqr_s", "min_s", "mean_s", "ci_low_s", "ci_high_s", "ci_coverage",
+                "noisy", "samples_per_s", "gflops", "gbytes_per_s")
 
 
 class WorkerDied(RuntimeError):
@@ -182,7 +188,7 @@ class Supervisor:
         for group in groups:
             ready = self.setup(group, progress)
             self.sample(ready, progress, random.Random(order_seed.random()))
-            self.finish(ready)
+            self.finish(ready, progress)
 
     def setup(self, cells, progress, again=False) -> list:
         """Set every cell up in its worker; ``again``: in a fresh worker, for the next
@@ -238,7 +244,7 @@ class Supervisor:
     def sample(self, cells, progress, rng):
         for cell in cells:
             cell.update(samples_s=[], noise_samples=[], rounds=self.rounds, rounds_done=0,
-                        status="ok")
+                        status="ok", retaken=0)
         estimate = sum((c.get("compile") or {}).get("warmup_epoch_s") or
                        (c.get("first_call_s") or 0) for c in cells)
         # The rounds are shared among `processes` generations of workers: a worker
@@ -255,15 +261,7 @@ class Supervisor:
             for cell in order:
                 if cell["status"] != "ok":
                     continue
-                w = self.worker(self.worker_key(cell))
-                noise = Noise(watch=[o.pid for o in self.workers.values() if o is not w])
-                noise.start()
-                try:
-                    answer = w.request({"op": "sample", "id": cell["id"], "index": r})
-                except WorkerDied as e:
-                    answer = {"status": "error", "error": str(e)}
-                reading = noise.stop()
-                w.pause()
+                answer, reading = self.take(cell, r)
                 if answer.get("status") == "error":
                     cell.update(status="error", error=answer["error"])
                     self.store(cell)
@@ -285,6 +283,29 @@ class Supervisor:
             progress.line(f"[round {r + 1:>2}/{self.rounds}] {len(order)} cells, {took:.1f} s",
                           eta=estimate * (self.rounds - r - 1))
 
+    def take(self, cell, index):
+        """One sample of ``cell``: (the worker's answer, its noise reading). A sample
+        during which the worker was descheduled is taken again, up to MAX_RETAKES
+        times; the count and the discarded times are kept in the cell."""
+        w = self.worker(self.worker_key(cell))
+        for attempt in range(MAX_RETAKES + 1):
+            noise = Noise(watch=[o.pid for o in self.workers.values() if o is not w], target=w.pid)
+            noise.start()
+            try:
+                answer = w.request({"op": "sample", "id": cell["id"], "index": index})
+            except WorkerDied as e:
+                answer = {"status": "error", "error": str(e)}
+            reading = noise.stop()
+            w.pause()
+            why = descheduled(reading)
+            if answer.get("status") == "error" or not why or attempt == MAX_RETAKES:
+                if why:
+                    reading["kept_descheduled"] = why
+                return answer, reading
+            cell["retaken"] = cell.get("retaken", 0) + 1
+            cell.setdefault("retaken_s", []).append(answer.get("seconds"))
+            cell.setdefault("retaken_why", []).append(why)
+
     def respawn(self, cells, progress, first_round):
         """Every worker replaced by a fresh process, and the cells still timed set
         up in it again."""
@@ -300,7 +321,7 @@ class Supervisor:
         progress.line(f"[fresh workers] {len(ready)} cells set up again for rounds "
                       f"{first_round + 1}- ({time.perf_counter() - t0:.1f} s)")
 
-    def finish(self, cells):
+    def finish(self, cells, progress):
         for cell in cells:
             if cell["status"] != "ok":
                 continue
@@ -314,7 +335,16 @@ class Supervisor:
                 cell.update(status="error", error=answer["error"])
             else:
                 cell.update(answer)
-            self.summarize(cell)
+            if cell["status"] != "ok":
+                progress.line(f"[verify] {describe(cell)}: {cell['status'].upper()}: "
+                              f"{(cell.get('error') or '')[:120]}")
+                # its samples stay, as evidence; no figure is derived from them
+                for key in SUMMARY_KEYS:
+                    cell.pop(key, None)
+                cell["noise"] = summarize_noise(cell.get("noise_samples"))
+                self.finalize(cell)
+            else:
+                self.summarize(cell)
             self.store(cell)
 
     def summarize(self, cell):

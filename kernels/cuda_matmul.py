@@ -591,16 +591,27 @@ def launch(version, form, a, b, out=None, bias=None, act=STORE, config=None,
     return out
 
 
-def matmul_auto(form, a, b, out=None, bias=None, act=STORE, alloc=cuda.device_array):
-    """The version the numba-cuda backend uses for this shape. Under the simulator
-    it is v1_naive with 32-thread blocks, the cheapest to simulate (no barriers,
-    no tile padding); the tiled versions are tested directly on small shapes."""
-    M, N, _ = problem_shape(form, a, b)
-    if SIMULATOR:
-        return launch("v1_naive", form, a, b, out, bias, act, config=dict(BX=16, BY=2), alloc=alloc)
+# v5's 128x128 tiles leave most of an H100's 132 SMs idle below ~64 tiles.
+LARGE_TILE_MIN_OUTPUTS = 64 * 128 * 128
+
+
+def auto_version(M, N, simulator=None):
+    """(version, config) the numba-cuda backend uses for an M x N product. Under
+    the simulator it is v1_naive with 32-thread blocks, the cheapest to simulate
+    (no barriers, no tile padding); the tiled versions are tested directly on
+    small shapes."""
+    if SIMULATOR if simulator is None else simulator:
+        return "v1_naive", dict(BX=16, BY=2)
     if M * N >= LARGE_TILE_MIN_OUTPUTS:
-        return launch("v5_prefetch_register_tiled", form, a, b, out, bias, act, alloc=alloc)
-    return launch("v2_shared_tiled", form, a, b, out, bias, act, alloc=alloc)
+        return "v5_prefetch_register_tiled", None
+    return "v2_shared_tiled", None
+
+
+def matmul_auto(form, a, b, out=None, bias=None, act=STORE, alloc=cuda.device_array, launch=launch):
+    """C = op(a)·op(b) with the version ``auto_version`` picks for its shape."""
+    M, N, _ = problem_shape(form, a, b)
+    version, config = auto_version(M, N)
+    return launch(version, form, a, b, out, bias, act, config=config, alloc=alloc)
 
 
 # -- the kernel families -------------------------------------------------------

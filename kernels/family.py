@@ -104,15 +104,20 @@ class KernelFamily:
     # -- checking ----------------------------------------------------------------
     def check(self, version, shape, dtype, seed=0) -> Check:
         """One version on one shape, every output against the float64 reference."""
+        inputs = self.inputs(shape, np.dtype(dtype).name, seed)
+        return self.check_call(version, shape, dtype, inputs, lambda: self.call(version, _copy(inputs)))
+
+    def check_call(self, version, shape, dtype, inputs, call) -> Check:
+        """``call()``'s outputs against the float64 reference on ``inputs`` (host
+        arrays holding what the call computes from)."""
         dtype = np.dtype(dtype).name
         shape = tuple(shape)
-        inputs = self.inputs(shape, dtype, seed)
         wide = tuple(a.astype(np.float64) if isinstance(a, np.ndarray) and a.dtype.kind == "f"
                      else a for a in _copy(inputs))
         try:
             want = self.reference(*wide)
             want = want if isinstance(want, tuple) else (want,)
-            got = self.call(version, _copy(inputs))
+            got = call()
         except Exception as e:  # a crashing kernel is a failed check, recorded
             return Check(version, shape, dtype, False, error=f"{type(e).__name__}: {e}")
         if len(got) != len(self.outputs):
@@ -125,6 +130,24 @@ class KernelFamily:
                                                                  f"expected {dtype}")
         result = compare(got, want, tolerance_for(dtype, self.depth(shape)), names=self.outputs)
         return Check(version, shape, dtype, result.ok, result.worst, result.message, result.errors)
+
+    def check_timed(self, version, shape, dtype, timed_inputs, seed) -> Check:
+        """The check after timing: the buffers the timed calls used are refilled in
+        place with inputs drawn from ``seed`` (values the earlier checks never saw),
+        and one more call through them must match the reference. A version that
+        caches its result, or does less work after its first calls, fails here."""
+        fresh = self.inputs(shape, np.dtype(dtype).name, seed)
+        args = []
+        for buf, new in zip(timed_inputs, fresh):
+            if isinstance(buf, np.ndarray):
+                np.copyto(buf, new)
+                args.append(buf)
+            elif hasattr(buf, "copy_to_device"):
+                buf.copy_to_device(new)
+                args.append(buf)
+            else:
+                args.append(new)
+        return self.check_call(version, shape, dtype, fresh, lambda: self.call(version, tuple(args)))
 
     def validate(self, shapes=None, dtypes=None, versions=None):
         """Every version x dtype x shape (default: the check shapes and sweep shapes)."""

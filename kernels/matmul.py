@@ -58,6 +58,9 @@ NARROW = 32              # outputs with fewer columns skip the NR-wide padding
 # wide and runs mostly scalar.
 DOT_MIN_DEPTH = 64
 MIN_ROW_BLOCKS = 4       # the parallel driver splits even short products this many ways
+# build() compiles _gemm twice, with PARALLEL replaced by False and by True
+# (specialize); this default is the serial one.
+PARALLEL = False
 PARALLEL_MIN_WORK = 1 << 21  # multiply-adds below which waking the thread pool costs more
 
 

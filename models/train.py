@@ -7,6 +7,8 @@ import numpy as np
 from .params import pack, total_size, unpack
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
+# The names of each optimizer's state buffers, in the order OpsTrainer keeps them.
+STATE_BUFFERS = {"sgd": (), "momentum": ("v",), "adam": ("m", "v")}
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int):
@@ -88,6 +90,14 @@ class Trainer:
         """Current parameters as host float32 arrays in the canonical layout."""
         raise NotImplementedError
 
+    def optimizer_state(self) -> dict:
+        """{"step": optimizer steps taken, "buffers": {name: parameter-shaped dict}}
+        with the buffers of STATE_BUFFERS[optimizer] (momentum's v, Adam's m and v)
+        as host float32 arrays in the canonical layout. What lets the harness check
+        a trainer mid-run (bench/verify.py); a trainer that cannot say raises
+        NotImplementedError."""
+        raise NotImplementedError
+
     def synchronize(self):
         """Block until all queued work is finished (GPU backends)."""
 
@@ -108,7 +118,7 @@ class OpsTrainer(Trainer):
         opt = config["optimizer"]
         if opt not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {opt!r}; choose from {', '.join(OPTIMIZERS)}")
-        self.state = [ops.zeros((n,)) for _ in range({"sgd": 0, "momentum": 1, "adam": 2}[opt])]
+        self.state = [ops.zeros((n,)) for _ in STATE_BUFFERS[opt]]
 
     def set_data(self, x, y):
         self.x, self.y = self.ops.asarray(x), self.ops.asarray(y)
@@ -145,6 +155,20 @@ class OpsTrainer(Trainer):
 
     def params(self):
         return unpack(self.ops.to_numpy(self.flat), self.shapes)
+
+    def optimizer_state(self):
+        names = STATE_BUFFERS[self.config["optimizer"]]
+        return {"step": self.step, "buffers": {name: unpack(self.ops.to_numpy(buf), self.shapes)
+                                               for name, buf in zip(names, self.state)}}
+
+    def load_state(self, params, state):
+        """Continue from ``params`` and an ``optimizer_state()`` (the reference's
+        side of a mid-run check)."""
+        self.flat[:] = self.ops.asarray(pack(params, self.shapes))
+        names = STATE_BUFFERS[self.config["optimizer"]]
+        for name, buf in zip(names, self.state):
+            buf[:] = self.ops.asarray(pack(state["buffers"][name], self.shapes))
+        self.step = int(state["step"])
 
     def synchronize(self):
         self.ops.synchronize()

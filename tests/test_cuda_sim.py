@@ -379,3 +379,23 @@ def test_kernels_compile_to_sm90_ptx_without_local_memory():
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "cuda_ptx_check.py")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+# -- the device dispatch, off the simulator ---------------------------------------------
+@pytest.mark.parametrize("form", ["nn", "nt", "tn"])
+@pytest.mark.parametrize("m,n,k,want", [(4096, 4096, 64, "v5_prefetch_register_tiled"),
+                                        (1024, 1024, 1024, "v5_prefetch_register_tiled"),
+                                        (128, 128, 784, "v2_shared_tiled"),
+                                        (10, 30, 784, "v2_shared_tiled")])
+def test_auto_dispatch_on_a_real_device_picks_by_output_size(monkeypatch, form, m, n, k, want):
+    """The branch a real GPU takes (the simulator returns before it), driven with the
+    launch replaced: the version it names exists and gets the product's operands."""
+    a = np.zeros((k, m) if form == "tn" else (m, k), np.float32)
+    b = np.zeros((n, k) if form == "nt" else (k, n), np.float32)
+    monkeypatch.setattr(cuda_matmul, "SIMULATOR", False)
+    launched = []
+    cuda_matmul.matmul_auto(form, a, b, launch=lambda *args, **kw: launched.append((args, kw)))
+    (version, got_form, got_a, got_b, *_), kw = launched[0]
+    assert (version, got_form, got_a is a, got_b is b) == (want, form, True, True)
+    assert version in cuda_matmul.VERSIONS and kw["config"] is None
+    assert cuda_matmul.auto_version(m, n, simulator=True)[0] == "v1_naive"

@@ -128,11 +128,14 @@ def test_network_backprop_matches_finite_differences(name):
 
 def test_update_rules_by_hand():
     p, g = np.array([1.0, -2.0], np.float32), np.array([0.5, 0.25], np.float32)
-    q = p.copy(); ops.sgd_update(q, g, 0.1)
+    q = p.copy()
+    ops.sgd_update(q, g, 0.1)
     np.testing.assert_allclose(q, p - 0.1 * g, rtol=1e-6)
     q, v = p.copy(), np.zeros(2, np.float32)
-    ops.momentum_update(q, g, v, 0.3, 0.9); ops.momentum_update(q, g, v, 0.3, 0.9)
-    v1 = 0.1 * g; v2 = 0.9 * v1 + 0.1 * g
+    ops.momentum_update(q, g, v, 0.3, 0.9)
+    ops.momentum_update(q, g, v, 0.3, 0.9)
+    v1 = 0.1 * g
+    v2 = 0.9 * v1 + 0.1 * g
     np.testing.assert_allclose(q, p - 0.3 * v1 - 0.3 * v2, rtol=1e-6)
     q, m, s = p.copy(), np.zeros(2, np.float32), np.zeros(2, np.float32)
     ops.adam_update(q, g, m, s, 1, 1e-3, 0.9, 0.999, 1e-8)

@@ -63,6 +63,11 @@ def run_ok(*args, tmp_path, results="results", env=None, timeout=300):
     (["--batch-sizes", "10,x"], "--batch-sizes"),
     (["--data-dir", "/nonexistent/mnist"], "/nonexistent/mnist: not a directory"),
     (["--models", "cnn", "--backends", "numpy-loop"], "nothing to run: numpy-loop cannot train cnn"),
+    (["--set", "batch_size=10"], "use --batch-sizes 10"),
+    (["--set", "lr=nan"], "lr='nan': must be a finite number"),
+    (["--set", "lr=-0.5"], "the learning rate must be positive"),
+    (["--models", "mlp", "--set", "beta=1.5"], "beta lies in [0, 1)"),
+    (["--set", "epochs=3"], "--epochs sets their minimum"),
 ])
 def test_bad_input_is_one_line_before_any_work(tmp_path, tiny_data, args, message):
     base = ["run", "--results-dir", str(tmp_path / "results"), "--data-dir", tiny_data]

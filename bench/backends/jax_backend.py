@@ -221,6 +221,11 @@ class JaxTrainer(Trainer):
     def params(self):
         return {k: np.array(v, np.float32) for k, v in self.p.items()}
 
+    def optimizer_state(self):
+        return {"step": self.step,
+                "buffers": {name: {k: np.array(v, np.float32) for k, v in tree.items()}
+                            for name, tree in self.state.items()}}
+
     def synchronize(self):
         self.jax.block_until_ready(self.p)
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from ...kernels.fused_epoch import EPOCHS, OPTIMIZER_CODES
 from ...models.params import pack, total_size, unpack
-from ...models.train import Trainer, batch_order
+from ...models.train import STATE_BUFFERS, Trainer, batch_order
 
 from . import Backend
 from .numba_backend import NumbaBackend, NumbaOps
@@ -59,6 +59,11 @@ class NumbaFusedTrainer(Trainer):
 
     def params(self):
         return unpack(self.flat, self.shapes)
+
+    def optimizer_state(self):
+        names = STATE_BUFFERS[self.config["optimizer"]]
+        return {"step": self.step, "buffers": {name: unpack(buf.copy(), self.shapes)
+                                               for name, buf in zip(names, (self.s1, self.s2))}}
 
 
 class NumbaFusedBackend(NumbaBackend):

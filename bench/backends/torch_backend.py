@@ -368,6 +368,23 @@ class TorchTrainer(Trainer):
             out[name] = np.array((t.t() if t.ndim == 2 else t).cpu().numpy(), np.float32, order="C")
         return out
 
+    def optimizer_state(self):
+        """torch.optim's buffers under the suite's names: SGD's momentum_buffer is the
+        suite's v (dampening = momentum makes its rule the suite's), Adam's exp_avg
+        and exp_avg_sq are m and v."""
+        names = {"momentum": {"v": "momentum_buffer"},
+                 "adam": {"m": "exp_avg", "v": "exp_avg_sq"}}.get(self.config["optimizer"], {})
+        modules = dict(self.model.named_parameters())
+        buffers = {}
+        for name, key in names.items():
+            tensors = {}
+            for pname, attr in self.param_names.items():
+                t = self.optimizer.state[modules[attr]][key].detach()
+                tensors[pname] = np.array((t.t() if t.ndim == 2 else t).cpu().numpy(), np.float32,
+                                          order="C")
+            buffers[name] = tensors
+        return {"step": self.step, "buffers": buffers}
+
     def synchronize(self):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -215,3 +215,112 @@ class WrongThreadsBackend(NumpyBackend):
 
 
 registry.register("numpy-wrong-threads", WrongThreadsBackend)
+
+
+# -- faults in the timed work: each passes validation (a fresh trainer, 3 steps of
+# epoch 0, no short batch) and does less or other work when timed ----------------
+
+class DropsShortBatch(OpsTrainer):
+    def train_epoch(self, batches):
+        if len(batches) > 1 and len(batches[-1]) < len(batches[0]):
+            batches = batches[:-1]
+        return super().train_epoch(batches)
+
+
+class ResetsOptimizer(OpsTrainer):
+    def train_epoch(self, batches):
+        for buf in self.state:
+            buf[:] = 0
+        return super().train_epoch(batches)
+
+
+class ReusesEpochZeroOrder(OpsTrainer):
+    def train_epoch(self, batches):
+        if not hasattr(self, "first_order"):
+            self.first_order = batches
+        return super().train_epoch(self.first_order)
+
+
+class HalfRowsLate(OpsTrainer):
+    def compute_grads(self, idx):
+        if self.step >= 50 and not isinstance(idx, slice) and len(idx) > 1:
+            idx = idx[:len(idx) // 2]
+        return super().compute_grads(idx)
+
+
+class Float16Late(OpsTrainer):
+    def update(self):
+        if self.step >= 10:
+            self.gflat[:] = self.gflat.astype(np.float16).astype(np.float32)
+        super().update()
+        if self.step >= 10:
+            self.flat[:] = self.flat.astype(np.float16).astype(np.float32)
+
+
+TIMED_WORK_FAULTS = {"late-drop-short-batch": DropsShortBatch, "late-reset-optimizer": ResetsOptimizer,
+                     "late-epoch0-order": ReusesEpochZeroOrder, "late-half-rows": HalfRowsLate,
+                     "late-float16": Float16Late}
+
+
+def _timed_fault_backend(name, trainer_class):
+    class FaultBackend(NumpyBackend):
+        description = f"planted fault in the timed work: {name}"
+
+        def make_trainer(self, network, init_params, config, seed=0):
+            return trainer_class(NumpyOps(), network, init_params, config, seed)
+    FaultBackend.name = name
+    return FaultBackend
+
+
+for _name, _cls in TIMED_WORK_FAULTS.items():
+    registry.register(_name, _timed_fault_backend(_name, _cls))
+
+
+class NoStateTrainer(OpsTrainer):
+    def optimizer_state(self):
+        raise NotImplementedError
+
+
+class NoStateBackend(NumpyBackend):
+    """Honest, but cannot report its optimizer state: verified by the replay alone."""
+    name = "numpy-no-state"
+
+    def make_trainer(self, network, init_params, config, seed=0):
+        return NoStateTrainer(NumpyOps(), network, init_params, config, seed)
+
+
+registry.register("numpy-no-state", NoStateBackend)
+
+
+# kernel versions that do less work after their first calls on a shape
+def _late_kernels():
+    fam = _copy({f.name: f for f in matmul.FAMILIES}["matmul_nn"], "late")
+    fam.sweep_shapes = [(96, 80, 64)]
+    calls = {}
+
+    @fam.version(name="partial_from_fourth_call", library="numpy")
+    def partial(a, b):
+        key = (a.shape, b.shape)
+        calls[key] = calls.get(key, 0) + 1
+        c = np.zeros((a.shape[0], b.shape[1]), a.dtype)
+        rows = a.shape[0] if calls[key] < 4 else a.shape[0] // 2
+        c[:rows] = a[:rows] @ b
+        return c
+
+    cache = {}
+
+    @fam.version(name="cached_result", library="numpy")
+    def cached(a, b):
+        key = (id(a), id(b))
+        if key not in cache:
+            cache[key] = a @ b
+        return cache[key]
+
+    @fam.version(name="honest", library="numpy")
+    def honest(a, b):
+        return a @ b
+    return fam
+
+
+LATE_KERNELS = _late_kernels()
+FAMILIES = MUTANTS + [LATE_KERNELS]

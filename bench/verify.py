@@ -1,0 +1,180 @@
+"""The check of the timed trainer after its timed rounds: the object that was
+timed, in the worker that timed it, must have done the work the reference does.
+
+Validation (bench/validate.py) checks a fresh trainer for a few steps before any
+timing; a trainer that then does less work on long epochs, after step 50, or
+from its second epoch on would pass it. So after the rounds, the timed trainer
+itself is checked twice:
+
+1. **Replay.** The float64 NumPy reference trains the very epochs the trainer
+   trained (the warm-up, the calibration epoch and every sample's epochs, each
+   with its own epoch index's batch order), on the same data from the same
+   init, and the trainer's final parameters must lie within the replay's
+   tolerance of it. The tolerance is measured, not guessed: the float32
+   reference replays the same epochs beside it, and how far honest float32
+   arithmetic drifts from float64 on *this* trajectory (``drift``) sets it --
+   ``max(REPLAY_FLOOR, REPLAY_FACTOR * drift)``. Small batches at a high
+   learning rate make some trajectories chaotic (nielsen at batch 2, lr 3.0:
+   float32 rounding alone moves the weights by their whole size within one
+   epoch); where the tolerance that honest drift needs exceeds REPLAY_DECISIVE
+   the replay cannot tell a fault from rounding and says so, and check 2
+   decides alone. A replay whose estimated cost exceeds REPLAY_BUDGET_S is
+   skipped likewise, and says so.
+2. **Held-out slice.** From its state after the rounds (parameters and
+   optimizer buffers, ``Trainer.optimizer_state``), the timed trainer trains one
+   more epoch -- the next epoch index -- on a slice of held-out images sized to
+   give two full batches and a short last one; the float64 reference starts
+   from the same state and trains the same epoch. A few steps from a known
+   state are never chaotic, so the tolerance is validation's. This catches what
+   a trainer does differently late in a run: a step counter past 50, optimizer
+   state reset per epoch, epoch 0's order reused, a dropped short batch, a
+   switch of precision after validation.
+
+A trainer that can report neither (no ``optimizer_state`` for a stateful
+optimizer, and a replay that cannot decide) is ``unverified``, never ``ok``.
+"""
+import time
+
+import numpy as np
+
+from ..models.reference import NumpyOps
+from ..models.train import OpsTrainer, epoch_batches, prepare_targets
+from .validate import TOLERANCE, param_error
+
+REPLAY_FLOOR = 1e-4
+REPLAY_FACTOR = 10.0
+REPLAY_DECISIVE = 1e-2
+REPLAY_BUDGET_S = 30.0
+
+
+class Float64Ops(NumpyOps):
+    """The reference ops in float64: the replay's arithmetic."""
+    name = "numpy-float64"
+
+    def asarray(self, x):
+        x = np.asarray(x)
+        return np.ascontiguousarray(x, np.float64) if x.dtype.kind == "f" else x
+
+    def zeros(self, shape):
+        return np.zeros(shape, np.float64)
+
+
+def _wide(params):
+    return {k: np.asarray(v, np.float64) for k, v in params.items()}
+
+
+def reference(network, config, seed, ops=None, params=None):
+    """The reference trainer (float64 unless ``ops`` says otherwise) from
+    ``params`` (default: the network's canonical init)."""
+    ops = ops or Float64Ops()
+    init = params if params is not None else network.init_params(seed)
+    return OpsTrainer(ops, network, init, config, seed)
+
+
+def replay(network, config, seed, x, y, epochs, budget_s=REPLAY_BUDGET_S) -> dict:
+    """The float64 and float32 references trained over ``epochs`` (epoch indices,
+    in the order trained). {"params64", "params32", "seconds"}, or {"skipped": why}
+    when the estimate after the first epoch exceeds ``budget_s``."""
+    t0 = time.perf_counter()
+    wide, narrow = reference(network, config, seed), reference(network, config, seed, NumpyOps())
+    wide.set_data(x, y)
+    narrow.set_data(x, y)
+    for i, epoch in enumerate(epochs):
+        batches = epoch_batches(len(x), config["batch_size"], seed, epoch)
+        wide.train_epoch(batches)
+        narrow.train_epoch(batches)
+        if i == 0 and len(epochs) > 1:
+            estimate = (time.perf_counter() - t0) * len(epochs)
+            if estimate > budget_s:
+                return {"skipped": f"the replay of {len(epochs)} epochs would take ~{estimate:.0f} s "
+                                   f"(budget {budget_s:.0f} s)"}
+    return {"params64": wide.params(), "params32": narrow.params(),
+            "seconds": time.perf_counter() - t0}
+
+
+def held_out_slice(network, test_x, test_y, batch_size):
+    """Images (and prepared targets) for the slice epoch: two full batches and a
+    short last one (one full batch for full-batch models)."""
+    if batch_size <= 0:
+        n = 64
+    elif batch_size == 1:
+        n = 3
+    else:
+        n = 2 * batch_size + max(1, batch_size // 2)
+    n = min(n, len(test_x))
+    return np.ascontiguousarray(test_x[:n]), prepare_targets(network, test_y[:n])
+
+
+def check_slice(trainer, network, config, seed, xs, ys, epoch, tolerance) -> dict:
+    """The timed trainer's next epoch (index ``epoch``) on the held-out slice
+    against the float64 reference started from the trainer's own state."""
+    params = trainer.params()
+    try:
+        state = trainer.optimizer_state()
+    except NotImplementedError:
+        if config["optimizer"] != "sgd":
+            return {"skipped": "the trainer cannot report its optimizer state"}
+        state = {"step": getattr(trainer, "step", 0), "buffers": {}}
+    ref = reference(network, config, seed, params=_wide(params))
+    ref.load_state(_wide(params), {"step": state["step"],
+                                   "buffers": {k: _wide(v) for k, v in state["buffers"].items()}})
+    batches = epoch_batches(len(xs), config["batch_size"], seed, epoch)
+    try:
+        trainer.set_data(xs, ys)
+        trainer.train_epoch(batches)
+        trainer.synchronize()
+    except Exception as e:  # the trainer's own failure on the check is its error
+        return {"error": float("nan"), "tolerance": tolerance, "epoch": epoch, "images": len(xs),
+                "steps": len(batches), "ok": False, "message": f"it raised {type(e).__name__}: {e}"}
+    ref.set_data(xs, ys)
+    ref.train_epoch(batches)
+    err, message = param_error(_wide(trainer.params()), ref.params(), _wide(params), tolerance)
+    return {"error": err, "tolerance": tolerance, "epoch": epoch, "images": len(xs),
+            "steps": len(batches), "ok": bool(np.isfinite(err) and err <= tolerance),
+            "message": message}
+
+
+def verify(trainer, backend, network, config, seed, train, trained_epochs, held_out,
+           budget_s=REPLAY_BUDGET_S) -> dict:
+    """Both checks of the timed trainer. ``train``: its (x, y); ``trained_epochs``:
+    the epoch indices it trained, in order; ``held_out``: (images, labels) it never
+    trained on. Returns the cell's "verification" record with "status" (ok,
+    invalid, unverified) and, unless ok, "error"."""
+    final = _wide(trainer.params())
+    out = {"epochs": len(trained_epochs)}
+    # replay first: the slice epoch moves the trainer on
+    rep = replay(network, config, seed, *train, trained_epochs, budget_s)
+    if "skipped" in rep:
+        out["replay"] = {"decisive": False, "why": rep["skipped"]}
+    else:
+        init = _wide(network.init_params(seed))
+        drift, _ = param_error(_wide(rep["params32"]), rep["params64"], init, 1.0)
+        tolerance = max(REPLAY_FLOOR, REPLAY_FACTOR * drift)
+        err, message = param_error(final, rep["params64"], init, tolerance)
+        decisive = tolerance <= REPLAY_DECISIVE
+        out["replay"] = {"error": err, "drift": drift, "tolerance": tolerance, "decisive": decisive,
+                         "seconds": round(rep["seconds"], 3), "message": message}
+        if not decisive:
+            out["replay"]["why"] = (f"float32 rounding alone drifts {drift:.2g} from float64 on this "
+                                    f"trajectory: the replay cannot tell a fault from rounding")
+    tolerance = backend.validation_tolerance or TOLERANCE
+    xs, ys = held_out_slice(network, *held_out, config["batch_size"])
+    out["slice"] = check_slice(trainer, network, config, seed, xs, ys,
+                               max(trained_epochs, default=0) + 1, tolerance)
+    rep, sl = out["replay"], out["slice"]
+    if rep["decisive"] and not (np.isfinite(rep["error"]) and rep["error"] <= rep["tolerance"]):
+        out.update(status="invalid", error=(
+            f"the timed trainer's parameters after its {len(trained_epochs)} epochs differ from the "
+            f"float64 replay by {rep['error']:.3g} (tolerance {rep['tolerance']:.3g}: {REPLAY_FACTOR:g}x "
+            f"the float32 reference's drift {rep['drift']:.2g}){': ' + rep['message'] if rep['message'] else ''}"))
+    elif "skipped" not in sl and not sl["ok"]:
+        out.update(status="invalid", error=(
+            f"the timed trainer's epoch {sl['epoch']} on {sl['images']} held-out images differs from "
+            f"the reference started from its own state by {sl['error']:.3g} (tolerance "
+            f"{sl['tolerance']:.3g}){': ' + sl['message'] if sl['message'] else ''}"))
+    elif "skipped" in sl and not rep["decisive"]:
+        out.update(status="unverified", error=f"timed trainer not verified: {sl['skipped']}, and "
+                                              f"{rep.get('why')}")
+    else:
+        out["status"] = "ok"
+    return out
