@@ -41,6 +41,8 @@ def add_arguments(parser):
     parser.add_argument("--repeats", type=int, default=10,
                         help="rounds: timed samples per cell, one per round (default 10)")
     parser.add_argument("--results-dir", default="results", help="results store (default results/)")
+    parser.add_argument("--machine", default=None, metavar="NAME",
+                        help="this machine's name in reports (default: CPU model, ISA and cores)")
 
 
 def discover_families(package=f"{PACKAGE}.kernels") -> dict:
@@ -295,7 +297,7 @@ def main(args):
     groups = cells_of(plan, threads)
     settings = {"families": [f.name for f, *_ in plan], "versions": versions, "sizes": sizes,
                 "shapes": [list(s) for s in shapes] if shapes else None, "threads": threads,
-                "repeats": args.repeats}
+                "repeats": args.repeats, "machine": args.machine}
     writer, status = run_groups(groups, settings, args.results_dir, args.repeats)
     counts = {}
     for c in writer.cells:

@@ -48,6 +48,8 @@ def add_arguments(parser):
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a hyperparameter of every model (repeatable)")
     parser.add_argument("--results-dir", default="results", help="results store (default results/)")
+    parser.add_argument("--machine", default=None, metavar="NAME",
+                        help="this machine's name in reports (default: CPU model, ISA and cores)")
     parser.add_argument("--measure-compile", action="store_true",
                         help="measure compile times anew instead of reusing the stored ones")
     parser.add_argument("--quick", action="store_true",
@@ -172,6 +174,7 @@ def plan(args) -> dict:
             "repeats": args.repeats if args.mode == "throughput" else len(seeds), "seeds": seeds,
             "target_accuracy": args.target_accuracy, "train_limit": args.train_limit,
             "overrides": overrides, "measure_compile": args.measure_compile,
+            "machine": args.machine,
             "processes": min(args.processes, args.repeats) if args.mode == "throughput" else 1,
             "model_batch_sizes": {m: NETWORKS[m].defaults["batch_size"] for m in models}}
 

@@ -19,7 +19,8 @@ CONFIDENCE = 0.95
 
 def _binom_half_cdf(k, n):
     """P(B <= k) for B ~ Binomial(n, 1/2)."""
-    return sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    from scipy.stats import binom
+    return float(binom.cdf(k, n, 0.5))
 
 
 def median_ci(samples, confidence=CONFIDENCE):
@@ -78,8 +79,10 @@ def ratio_ci_unpaired(base, other, confidence=CONFIDENCE):
     return {"ratio": math.exp(-est), "low": math.exp(-high), "high": math.exp(-low)}
 
 
-def _u_null_counts(n1, n2):
-    """How many of the C(n1+n2, n1) orderings give each U = 0 .. n1*n2 (no ties)."""
+def u_null_counts(n1, n2):
+    """How many of the C(n1+n2, n1) orderings give each U = 0 .. n1*n2 (no ties):
+    the exact null distribution whose quantile bounds the Hodges-Lehmann interval
+    (scipy gives the test's p-value, not this interval)."""
     table = {}
     for m in range(n1 + 1):
         for n in range(n2 + 1):
@@ -99,25 +102,14 @@ def _u_critical(n1, n2, alpha):
     """The largest k with P(U <= k) <= alpha/2 under the null (exact below 40
     samples in all, normal approximation above), or -1 when none exists."""
     if n1 + n2 <= 40:
-        counts = _u_null_counts(n1, n2)
+        counts = u_null_counts(n1, n2)
         cdf = np.cumsum(counts) / counts.sum()
         below = np.nonzero(cdf <= alpha / 2)[0]
         return int(below[-1]) if below.size else -1
     mu, sigma = n1 * n2 / 2, math.sqrt(n1 * n2 * (n1 + n2 + 1) / 12)
-    z = _normal_quantile(1 - alpha / 2)
+    from scipy.stats import norm
+    z = float(norm.ppf(1 - alpha / 2))
     return int(math.floor(mu - z * sigma - 0.5))
-
-
-def _normal_quantile(p):
-    """Inverse of the standard normal CDF (bisection on erf: plenty for a few digits)."""
-    lo, hi = -10.0, 10.0
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        if 0.5 * math.erfc(-mid / math.sqrt(2)) < p:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
 
 
 def shift(x, y, alpha=0.01):

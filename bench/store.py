@@ -72,8 +72,11 @@ def check_cell(cell: dict):
 def default_header(settings: dict, command=None) -> dict:
     """The run header for this process: command line, git, machine and versions."""
     from .machine import git_info, machine_info, versions
+    machine = machine_info()
+    if settings.get("machine"):  # the user's name for it (--machine), as asv's machine.json
+        machine["name"] = settings["machine"]
     return {"command": list(sys.argv if command is None else command), "git": git_info(),
-            "machine": machine_info(), "versions": versions(), "settings": settings}
+            "machine": machine, "versions": versions(), "settings": settings}
 
 
 class RunWriter:

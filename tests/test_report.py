@@ -140,9 +140,10 @@ def test_recommendation_names_the_fastest_with_its_margin_or_no_clear_winner(fix
 def test_summary_says_who_wins_where(generated):
     result, _ = generated
     text = " ".join(result["summary"])
-    assert "nielsen on fixture-xeon" in text and "numba-parallel" in text
+    assert "nielsen on Intel(R) Xeon(R) Gold 6230 CPU @ 2.10GHz, AVX-512" in text
+    assert "numba-parallel" in text and "fixture-xeon" not in text  # never the hostname alone
     assert "runner-up" in text and "95 % intervals" in text
-    assert "matmul on fixture-xeon" in text and "% of the measured peak" in text
+    assert "matmul on Intel(R) Xeon(R) Gold 6230" in text and "% of the measured peak" in text
     assert "matmul_tiled_parallel" in text and "x the BLAS" in text
 
 
@@ -230,3 +231,58 @@ def test_cli_on_an_empty_store_is_a_one_line_error(tmp_path, capsys):
     from mnist_numba_bench.bench.cli import main
     assert main(["report", "--results-dir", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     assert "no run files" in capsys.readouterr().err
+
+
+# -- figures that were wrong once -------------------------------------------------------
+
+def _run(tmp_path, run_id, machine, cells):
+    from fixtures.make_results import header
+    h = header(run_id, machine, "b" * 40, "20" + run_id[2:4] + "-01-01T00:00:00+00:00")
+    path = tmp_path / f"{run_id}.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in [h] + cells) + "\n")
+    return str(path)
+
+
+def _cell(backend, threads, seconds, samples, model="mlp", batch_size=128, rounds=9):
+    import numpy as np
+    from fixtures.make_results import epoch_cell
+    c = epoch_cell(np.random.default_rng(threads), model, backend, batch_size, threads, seconds)
+    c["samples_s"] = [seconds * (1 + 0.01 * ((i * 7) % 5)) for i in range(rounds)]
+    c.update(train_samples=samples, group=0, median_s=sorted(c["samples_s"])[rounds // 2])
+    return c
+
+
+def test_thread_scaling_never_divides_epochs_of_different_sizes_or_runs(tmp_path):
+    from mnist_numba_bench.bench.report.tables import thread_table
+    a = _run(tmp_path, "20260101-000000-vm-aaaaaa", XEON, [_cell("numba-fused", 1, 1.0, 50_000)])
+    b = _run(tmp_path, "20260102-000000-vm-bbbbbb", XEON, [_cell("numba-fused", 2, 0.1, 10_000)])
+    _, cells, _ = report.load([a, b])
+    assert thread_table(cells).empty
+    c = _run(tmp_path, "20260103-000000-vm-cccccc", XEON,
+             [_cell("numba-fused", 1, 1.0, 10_000), _cell("numba-fused", 2, 0.6, 10_000)])
+    _, cells, _ = report.load([c])
+    t = thread_table(cells)
+    assert t["speedup"].max() == pytest.approx(1 / 0.6, rel=0.05) and t["efficiency"].max() <= 1.0
+
+
+def test_intervals_carry_their_coverage_and_one_backend_says_so(tmp_path):
+    from mnist_numba_bench.bench.report.tables import summary
+    three = _run(tmp_path, "20260101-000000-vm-aaaaaa", XEON,
+                 [_cell("numpy", 2, 1.0, 10_000, rounds=3), _cell("numba-fused", 2, 0.5, 10_000, rounds=3),
+                  _cell("numpy", 2, 1.0, 10_000, model="nielsen", batch_size=10, rounds=3)])
+    _, cells, machines = report.load([three])
+    text = " ".join(summary(cells, machines))
+    assert "75 % intervals" in text and "95 %" not in text
+    assert "numpy (the only backend measured)" in text and "None" not in text
+
+
+def test_the_newest_machine_leads_and_a_named_machine_keeps_its_name(tmp_path):
+    from mnist_numba_bench.bench.report.tables import recommendation_table
+    old = _run(tmp_path, "20250101-000000-gpu-aaaaaa", dict(XEON, cores=16, name="old GPU box"),
+               [_cell("numpy", 16, 1.0, 10_000), _cell("torch", 16, 0.5, 10_000)])
+    new = _run(tmp_path, "20260101-000000-vm-bbbbbb", dict(XEON, cores=2),
+               [_cell("numpy", 2, 1.0, 10_000), _cell("torch", 2, 0.5, 10_000)])
+    _, cells, _ = report.load([old, new])
+    rec = recommendation_table(cells)
+    assert rec["machine"].iloc[0].endswith("AVX-512, 2 cores")
+    assert "old GPU box" in set(rec["machine"])

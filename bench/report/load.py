@@ -25,11 +25,19 @@ def shape_label(shape):
 
 
 def machine_label(machine: dict) -> str:
-    cpu = machine.get("cpu_model") or "CPU not recorded"
-    cores = f", {machine['cores']} cores" if machine.get("cores") else ""
-    label = f"{machine.get('hostname')}: {cpu}{cores}"
+    """The name the user gave (``--machine``, as asv's machine.json), else the CPU
+    model, its widest vector ISA and its cores (and the GPU): never the hostname
+    alone, which VMs share ("vm")."""
     gpu = machine.get("gpu") or {}
-    return label + (f", {gpu['name']}" if gpu.get("name") else "")
+    gpu_text = f", {gpu['name']}" if gpu.get("name") else ""
+    if machine.get("name"):
+        return f"{machine['name']}{gpu_text}"
+    cpu = machine.get("cpu_model") or "CPU not recorded"
+    isa_flags = set(machine.get("isa_flags") or [])
+    isa = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("asimd", "NEON"),
+                                        ("neon", "NEON")) if flag in isa_flags), None)
+    cores = f", {machine['cores']} cores" if machine.get("cores") else ""
+    return f"{cpu}{', ' + isa if isa else ''}{cores}{gpu_text}"
 
 
 def flags(cells):

@@ -10,8 +10,8 @@ from .tables import (BASELINE, _seeds, batch_text, ceilings, compile_table, cros
                      roofline_table, speedup_table, thread_table)
 
 PLOT_TITLES = {
-    "crossover": "Images per second against batch size, every backend (95 % intervals)",
-    "speedup": "Speed-up over numpy per model (95 % intervals)",
+    "crossover": "Images per second against batch size, every backend (medians with their order-statistic intervals)",
+    "speedup": "Speed-up over numpy per model (intervals: coverage per cell in the tables)",
     "roofline": "Kernels against the measured ceilings (roofline)",
     "time_to_accuracy": "Accuracy against wall time",
     "thread_scaling": "Thread scaling",

@@ -70,15 +70,19 @@ def _run_text(header):
 
 
 def headline(cells, runs) -> str:
-    """Markdown: epoch time per model x backend with the speed-up over numpy and its
-    95 % interval, one table per machine, each naming the CPU, the runs, the commit."""
+    """Markdown: epoch time per model x backend with the speed-up over numpy, its
+    interval and the interval's real coverage, one table per machine, each naming
+    the CPU, the runs, the commit."""
     st = speedup_table(cells)
     if st.empty:
         return "No valid numpy epoch cell to compare against: no headline table.\n"
     headers = {h["run_id"]: h for h in runs["header"]}
     rep = representative(cells)
     parts = []
-    for machine, g in st.groupby("machine", sort=False):
+    newest = st.groupby("machine").apply(lambda g: max(rep[rep["machine_label"] == g.name]["run_id"]),
+                                         include_groups=False).sort_values(ascending=False)
+    for machine in newest.index:
+        g = st[st["machine"] == machine]
         backends = [BASELINE] + sorted(b for b in g["backend"].unique() if b != BASELINE)
         rows = []
         for model, mg in g.groupby("model"):
@@ -104,10 +108,13 @@ def headline(cells, runs) -> str:
         run_ids = sorted(set(rep[rep["machine_label"] == machine]["run_id"]))
         runs_text = "; ".join(_run_text(headers[r]) for r in run_ids)
         datasets = ", ".join(sorted(set(g["dataset"].astype(str))))
+        cover = sorted({round(100 * c) for c in g["coverage"].dropna() if c})
+        cover_text = (f"{cover[0]} %" if len(cover) == 1 else f"{cover[0]}-{cover[-1]} %") if cover \
+            else "unknown"
         parts.append(f"**{machine}** ({runs_text}; data: {datasets})\n\n" +
                      md_table(["model"] + backends, rows) +
-                     "\nMedian seconds per training epoch (speed-up over numpy and its 95 % "
-                     "interval: from the per-round ratios where the run interleaved the backends in "
+                     f"\nMedian seconds per training epoch (speed-up over numpy and its interval, "
+                     f"coverage {cover_text}: from the per-round ratios where the run interleaved the backends in "
                      "rounds, else from the two sets of samples). `~`: noisy (IQR over 10 % of the "
                      "median, or steal over 5 %); invalid: failed validation, never timed.\n")
     return "\n".join(parts)

@@ -35,6 +35,12 @@ FLOPS_PER_CYCLE = (
 )
 
 
+def coverage_text(coverage) -> str:
+    """An interval's label with its real coverage: a 3-round median's interval
+    covers 75 %, and says so."""
+    return f"{100 * float(coverage):.0f} % intervals"
+
+
 def batch_text(batch_size):
     return f"batch {batch_size}" if batch_size else "full batch"
 
@@ -61,9 +67,10 @@ def ratio(base, other):
     # unpaired (runs without rounds): the ratio of medians, the Hodges-Lehmann interval
     r = float(np.median(_samples(base)) / np.median(_samples(other)))
     if len(_samples(base)) < 2 or len(_samples(other)) < 2:
-        return {"ratio": r, "low": np.nan, "high": np.nan, "paired": False}
+        return {"ratio": r, "low": np.nan, "high": np.nan, "paired": False, "coverage": None}
     ci = ratio_ci_unpaired(_samples(base), _samples(other))
-    return {"ratio": r, "low": min(ci["low"], r), "high": max(ci["high"], r), "paired": False}
+    return {"ratio": r, "low": min(ci["low"], r), "high": max(ci["high"], r), "paired": False,
+            "coverage": 0.95}
 
 
 # -- the epoch tables -------------------------------------------------------------------
@@ -118,7 +125,8 @@ def representative(cells):
 
 def speedup_table(cells):
     """Speed-up of each backend over numpy at the representative setting, with its
-    95 % interval (paired by round where the run interleaved them)."""
+    interval and that interval's coverage (paired by round where the run
+    interleaved them)."""
     import pandas as pd
     rows = []
     for (machine, model), group in representative(cells).groupby(["machine_label", "model"]):
@@ -128,11 +136,11 @@ def speedup_table(cells):
                    "train_samples": c.get("train_samples"), "threads": c["threads"],
                    "dataset": c["dataset"], "backend": c["backend"], "status": c["status"],
                    "flags": c["flags"], "epoch_s": None, "speedup": None, "speedup_low": None,
-                   "speedup_high": None, "paired": None}
+                   "speedup_high": None, "paired": None, "coverage": None}
             if c["usable"]:
                 r = ratio(base, c)
                 row.update(epoch_s=c["median_s"], speedup=r["ratio"], speedup_low=r["low"],
-                           speedup_high=r["high"], paired=r["paired"])
+                           speedup_high=r["high"], paired=r["paired"], coverage=r.get("coverage"))
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -153,7 +161,8 @@ def recommendation_table(cells):
                "threads": threads, "dataset": dataset, "fastest": best["backend"],
                "epoch_s": best["median_s"], "images_per_s": best.get("samples_per_s"),
                "runner_up": None, "margin": None, "margin_low": None, "margin_high": None,
-               "verdict": "only one backend measured", "backends": len(ok), "run_id": best["run_id"]}
+               "margin_coverage": None, "verdict": "only one backend measured", "backends": len(ok),
+               "run_id": best["run_id"]}
         if len(ok) > 1:
             second = ok.iloc[1]
             r = ratio(second, best)  # runner-up's time over the winner's
@@ -161,14 +170,18 @@ def recommendation_table(cells):
                 and r["low"] > 1
             row.update(runner_up=second["backend"], margin=r["ratio"] if r else None,
                        margin_low=r["low"] if r else None, margin_high=r["high"] if r else None,
+                       margin_coverage=r.get("coverage") if r else None,
                        verdict="fastest" if clear else "no clear winner")
         rows.append(row)
     columns = ["machine", "model", "batch_size", "threads", "dataset", "fastest", "epoch_s",
-               "images_per_s", "runner_up", "margin", "margin_low", "margin_high", "verdict",
-               "backends", "run_id"]
+               "images_per_s", "runner_up", "margin", "margin_low", "margin_high", "margin_coverage",
+               "verdict", "backends", "run_id"]
     out = pd.DataFrame(rows, columns=columns)
-    return out.sort_values(["machine", "model", "threads", "batch_size"], key=lambda s: s.astype(str)
-                           if s.dtype == object and s.name != "batch_size" else s).reset_index(drop=True)
+    # the machine with the newest run first (run ids start with their UTC start time)
+    newest = out.groupby("machine")["run_id"].max().rank(ascending=False, method="first")
+    out["_machine_order"] = out["machine"].map(newest)
+    out = out.sort_values(["_machine_order", "model", "threads", "batch_size"])
+    return out.drop(columns="_machine_order").reset_index(drop=True)
 
 
 def crossover_data(cells):
@@ -348,14 +361,18 @@ def thread_table(cells):
     import pandas as pd
     e = cells[(cells["kind"] == "epoch") & cells["usable"]]
     rows = []
-    for keys, g in e.groupby(["machine_label", "model", "backend", "batch_size", "dataset"]):
+    # like with like: one run, one epoch size (a 1-thread 50,000-image epoch over a
+    # 2-thread 10,000-image one is no speed-up)
+    for keys, g in e.groupby(["machine_label", "model", "backend", "batch_size", "dataset", "run_id",
+                              "train_samples"], dropna=False):
         if g["threads"].nunique() < 2:
             continue
         g = g.sort_values("threads")
         t0, base = g["threads"].iloc[0], g["median_s"].iloc[0]
         for _, c in g.iterrows():
             rows.append({"machine": keys[0], "model": keys[1], "backend": keys[2],
-                         "batch_size": keys[3], "threads": c["threads"], "epoch_s": c["median_s"],
+                         "batch_size": keys[3], "images": keys[6], "run_id": keys[5],
+                         "threads": c["threads"], "epoch_s": c["median_s"],
                          "speedup": base / c["median_s"],
                          "efficiency": base / c["median_s"] / (c["threads"] / t0), "flags": c["flags"]})
     return pd.DataFrame(rows)
@@ -371,6 +388,7 @@ def compile_table(cells):
     rep = rep[rep["usable"] & rep["compile.cold_s"].notna()]
     return pd.DataFrame([{"machine": c["machine_label"], "model": c["model"], "backend": c["backend"],
                           "batch_size": c["batch_size"], "threads": c["threads"],
+                          "images": c.get("train_samples"),
                           "compile_cold_s": c["compile.cold_s"],
                           "compile_cached_s": c.get("compile.cache_hit_s"),
                           "epoch_s": c["median_s"],
@@ -422,7 +440,9 @@ def _backend_runs(rows):
     """Consecutive batch sizes won by the same backend: [(backend, first, last, rows)]."""
     spans = []
     for _, r in rows.iterrows():
-        winner = r["fastest"] if r["verdict"] == "fastest" else "no clear winner"
+        winner = r["fastest"] if r["verdict"] == "fastest" else \
+            f"{r['fastest']} (the only backend measured)" if r["verdict"] == "only one backend measured" \
+            else "no clear winner"
         if spans and spans[-1][0] == winner:
             spans[-1][2] = r["batch_size"]
             spans[-1][3].append(r)
@@ -446,9 +466,12 @@ def summary(cells, machines) -> list:
                 continue
             margins = [r["margin"] for r in rows if r["margin"] == r["margin"] and r["margin"]]
             lows = [r["margin_low"] for r in rows if r["margin_low"] == r["margin_low"] and r["margin_low"]]
+            cover = [r["margin_coverage"] for r in rows
+                     if r.get("margin_coverage") == r.get("margin_coverage") and r.get("margin_coverage")]
             span = (f"{min(margins):.2g}-{max(margins):.2g}x" if len(margins) > 1 else f"{margins[0]:.2g}x") \
                 if margins else ""
-            parts.append(f"{sizes}: {winner}" + (f", {span} the runner-up (95 % intervals from "
+            label = coverage_text(min(cover)) if cover else "intervals"
+            parts.append(f"{sizes}: {winner}" + (f", {span} the runner-up ({label} from "
                                                   f"{min(lows):.2g}x)" if margins and lows else ""))
         out.append(f"{model} on {machine}, {threads} threads -- " + "; ".join(parts) + ".")
     roof = roofline_table(cells, machines)
