@@ -154,9 +154,9 @@ def library_missing(library):
 class KernelUnit:
     """One version of a family on one shape and dtype, in its library's worker."""
 
-    def __init__(self, cell):
+    def __init__(self, cell, family=None):
         self.cell = cell
-        self.family = families()[cell["model"]]
+        self.family = family or families()[cell["model"]]
         self.version = self.family.versions[cell["backend"]]
         self.shape, self.dtype = tuple(cell["shape"]), cell["dtype"]
 

@@ -37,12 +37,12 @@ def new_run_id() -> str:
     return f"{stamp}-{host}-{secrets.token_hex(3)}"
 
 
-def _json_safe(value):
+def json_safe(value):
     """NaN/inf are not JSON: stored as null. NumPy scalars and tuples become plain JSON."""
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if hasattr(value, "item") and hasattr(value, "dtype"):  # numpy scalar or 0-d array
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -111,7 +111,7 @@ class RunWriter:
     def put(self, cell: dict):
         """Store a cell, replacing the earlier version of the same ``id`` (a cell is
         rewritten after every round), and rewrite the file."""
-        cell = _json_safe({"type": "cell", **cell})
+        cell = json_safe({"type": "cell", **cell})
         check_cell(cell)
         if "id" in cell:
             for i, old in enumerate(self.cells):
@@ -132,7 +132,7 @@ class RunWriter:
         self._write()
 
     def _write(self):
-        lines = [json.dumps(_json_safe(self.header), allow_nan=False)]
+        lines = [json.dumps(json_safe(self.header), allow_nan=False)]
         lines += [json.dumps(c, allow_nan=False) for c in self.cells]
         tmp = f"{self.path}.tmp{os.getpid()}"
         with open(tmp, "w", encoding="utf-8") as f:

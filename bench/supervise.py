@@ -128,6 +128,40 @@ class Worker:
             self._errors.close()
 
 
+class LocalWorker:
+    """A worker in this process, for units whose code exists only here (`mnist-bench
+    tune`'s candidates, compiled in this process): the same commands through the
+    same handler (bench.worker.handle), nothing to stop between samples."""
+
+    def __init__(self, key, make_unit, threads):
+        import numba
+        self.key, self.make_unit, self.units, self.threads = key, make_unit, {}, threads
+        self.pid = os.getpid()
+        # starts Numba's threading layer now (with its OpenMP runtime where that is the
+        # layer), so the pool limits of every request reach it
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+
+    def request(self, command) -> dict:
+        """As a worker process answers, with every pool of this process (those a
+        command loads included) limited to the worker's thread count."""
+        from threadpoolctl import threadpool_limits
+
+        from .store import json_safe
+        from .worker import handle
+        with threadpool_limits(limits=self.threads):
+            answer = handle(self.units, command, self.make_unit)
+        return json.loads(json.dumps(json_safe(answer)))
+
+    def pause(self):
+        pass
+
+    def resume(self):
+        pass
+
+    def close(self):
+        self.units.clear()
+
+
 class Progress:
     """One line on stderr per finished setup and per round, with elapsed time and ETA."""
 
@@ -165,8 +199,9 @@ class Supervisor:
     earlier version of it); ``finalize(cell)`` adds its derived figures."""
 
     def __init__(self, worker_key, env_of, store, finalize, rounds, seed=0, parallel_setup=None,
-                 processes=1):
+                 processes=1, make_worker=None):
         self.worker_key, self.env_of, self.store, self.finalize = worker_key, env_of, store, finalize
+        self.make_worker = make_worker or (lambda key: Worker(key, self.env_of(key)))
         self.rounds, self.seed = rounds, seed
         self.parallel_setup = parallel_setup
         self.processes = max(1, min(processes, rounds))
@@ -174,7 +209,7 @@ class Supervisor:
 
     def worker(self, key) -> Worker:
         if key not in self.workers:
-            self.workers[key] = Worker(key, self.env_of(key))
+            self.workers[key] = self.make_worker(key)
         return self.workers[key]
 
     def close(self):

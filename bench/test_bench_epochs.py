@@ -1,6 +1,8 @@
-"""Epoch benchmarks: one training epoch of each model on each backend, validated
-against the NumPy reference (a few steps from the same init and batch order)
-before it is timed. Grouped by model and batch size, so a table compares the
+"""Epoch benchmarks: one training epoch of each model on each backend, timed by
+the measurement path of `mnist-bench run` (bench/suites.py: a worker process per
+backend, validation against the NumPy reference, warm-up, samples of at least
+0.1 s, the timed trainer checked again afterwards) and reported to
+pytest-benchmark. Grouped by model and batch size, so a table compares the
 backends:
 
     pytest bench/test_bench_epochs.py --benchmark-only --benchmark-group-by=group
@@ -10,12 +12,9 @@ the time of an epoch does not depend on the pixel values.
 """
 import pytest
 
+from mnist_numba_bench.bench import suites
 from mnist_numba_bench.bench.backends import backend_names, get_backend
-from mnist_numba_bench.bench.validate import validate, validation_data
-from mnist_numba_bench.models import NETWORKS, config_for, get_network
-from mnist_numba_bench.models.train import epoch_batches
-
-ROUNDS = 5
+from mnist_numba_bench.models import NETWORKS
 
 
 def _cases():
@@ -30,36 +29,14 @@ def _cases():
     return cases
 
 
-@pytest.mark.parametrize("model, backend_name, batch_size", _cases())
-def test_epoch(benchmark, request, threads, model, backend_name, batch_size):
-    n_threads, verified = threads
-    backend = get_backend(backend_name)
-    for ok, why in (backend.available(), backend.supports(model)):
+@pytest.mark.parametrize("model, backend, batch_size", _cases())
+def test_epoch(benchmark, request, threads, model, backend, batch_size):
+    b = get_backend(backend)
+    for ok, why in (b.available(), b.supports(model)):
         if not ok:
             pytest.skip(why)
-    backend.configure_threads(n_threads)
-    check = validate(backend_name, model, batch_size=batch_size or None)
-    if not check.ok:
-        pytest.fail(f"{backend_name} trains {model} wrongly, not timed: {check.error}")
-    network = get_network(model)
-    config = config_for(network)
-    n = request.config.getoption("--bench-samples")
-    x, y, _ = validation_data(network, n, seed=1)
-    trainer = backend.make_trainer(network, network.init_params(0), config, 0)
-    trainer.set_data(x, y)
-    batches = epoch_batches(n, batch_size, 0, 0)
-
-    def epoch():
-        trainer.train_epoch(batches)
-        trainer.synchronize()
-
-    epoch()  # JIT compilation, first-touch pages: outside every round
-    pools = verified()
     benchmark.group = f"epoch {model} bs={batch_size}"
-    benchmark.extra_info.update({
-        "kind": "epoch", "model": model, "backend": backend_name, "batch_size": batch_size,
-        "threads": n_threads, "env": pools,
-        "dataset": "synthetic", "synthetic": True, "train_samples": n, "samples": n,
-        "flops": float(network.flops_per_sample() * n),
-        "validation": {"ok": True, "max_error": check.max_error, "steps": check.steps}})
-    benchmark.pedantic(epoch, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    cell = suites.time_epoch(model, backend, batch_size, threads,
+                             request.config.getoption("--bench-samples"),
+                             suites.rounds_of(request.config))
+    suites.report(benchmark, cell)

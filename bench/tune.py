@@ -17,7 +17,6 @@ geometry it ran with (``tile_source``).
 """
 import json
 import os
-import random
 import sys
 import time
 
@@ -82,30 +81,59 @@ def check(kernel, tile):
     return True, worst
 
 
-def measure(candidates, threads, rounds, log):
-    """Interleaved samples of every candidate on SHAPES: {name: {shape: GFLOP/s}}."""
-    from .measure import CpuTimer
-    timer = CpuTimer()
-    rng = np.random.default_rng(1)
-    operands = {s: (rng.standard_normal(s[:2]).astype(np.float32),
-                    rng.standard_normal(s[1:]).astype(np.float32),
-                    np.empty((s[0], s[2]), np.float32)) for s in SHAPES}
-    calls, loops = {}, {}
+def tune_family(candidates: dict, parallel: bool):
+    """The candidates as versions of one kernel family (C = A·B on the tuning
+    shapes), so they are validated, timed and checked again after timing by the
+    same unit as every kernel version (bench.kernel_sweep.KernelUnit)."""
+    from ..kernels import matmul
+    from ..kernels.family import KernelFamily
+
+    def make_inputs(shape, dtype, rng):
+        m, k, n = shape
+        return rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
+
+    fam = KernelFamily("tune_matmul", lambda a, b: a @ b, make_inputs, outputs=("C",),
+                       flops=lambda s: 2.0 * s[0] * s[1] * s[2], depth=lambda s: s[1],
+                       sweep_shapes=SHAPES, check_shapes=matmul.CHECK_SHAPES)
     for name, kernel in candidates.items():
-        for s, (a, b, c) in operands.items():
-            fn = (lambda kernel=kernel, a=a, b=b, c=c: kernel(a, b, c, threads > 1))
-            calls[name, s] = fn
-            loops[name, s] = timer.calibrate(fn)
-    samples = {key: [] for key in calls}
-    order = list(calls)
-    shuffle = random.Random(threads)
-    for r in range(rounds):
-        shuffle.shuffle(order)
-        for key in order:
-            samples[key].append(timer(calls[key], loops[key]))
-        log(f"  round {r + 1}/{rounds}")
-    return {name: {s: 2.0 * s[0] * s[1] * s[2] / float(np.median(samples[name, s])) / 1e9 for s in SHAPES}
-            for name in candidates}
+        def version(a, b, kernel=kernel):
+            c = np.empty((a.shape[0], b.shape[1]), a.dtype)
+            kernel(a, b, c, parallel)
+            return c
+        fam.version(version, name=name, library="numba")
+    return fam
+
+
+def measure(candidates, threads, rounds, log):
+    """Every candidate on SHAPES through the supervisor's rounds (one shape at a
+    time, the candidates interleaved in shuffled rounds), in this process where
+    they were compiled: {name: {shape: GFLOP/s}} of the candidates that stayed valid."""
+    from .kernel_sweep import KernelUnit, finalize
+    from .supervise import LocalWorker, Progress, Supervisor
+    if not candidates:
+        return {}
+    fam = tune_family(candidates, threads > 1)
+    groups = [[{"kind": "kernel", "model": fam.name, "backend": name, "library": "numba",
+                "device": "cpu", "shape": list(shape), "dtype": "float32", "threads": threads,
+                "group": g} for name in candidates] for g, shape in enumerate(SHAPES)]
+    for i, cell in enumerate(c for group in groups for c in group):
+        cell["id"] = i
+    cells = {}
+    supervisor = Supervisor(lambda cell: "tune", None, lambda cell: cells.__setitem__(cell["id"], cell),
+                            finalize, rounds, seed=threads,
+                            make_worker=lambda key: LocalWorker(key, lambda cell: KernelUnit(cell, fam),
+                                                                threads))
+    try:
+        supervisor.run(groups, Progress(sum(len(g) for g in groups), rounds))
+    finally:
+        supervisor.close()
+    rates = {}
+    for cell in cells.values():
+        if cell["status"] != "ok":
+            log(f"  {cell['backend']} {cell['shape']}: {cell['status']}: {cell.get('error')}")
+            continue
+        rates.setdefault(cell["backend"], {})[tuple(cell["shape"])] = cell["gflops"]
+    return {name: r for name, r in rates.items() if len(r) == len(SHAPES)}
 
 
 def score(rates):

@@ -38,31 +38,38 @@ def unit_for(cell):
     raise ValueError(f"unknown cell kind {cell['kind']!r}")
 
 
+def handle(units: dict, cmd: dict, make_unit=unit_for) -> dict:
+    """One command (setup, sample, finish) on the units of this worker: the one
+    validate-then-time path, whether the worker is a process of its own
+    (``serve``) or the caller's (bench.supervise.LocalWorker)."""
+    op = cmd.get("op")
+    try:
+        if op == "setup":
+            unit = make_unit(cmd["cell"])
+            answer = unit.setup()
+            if answer.get("status") == "ready":
+                units[cmd["id"]] = unit
+        elif op == "sample":
+            answer = units[cmd["id"]].sample(cmd["index"])
+        elif op == "finish":
+            answer = units.pop(cmd["id"]).finish()
+        else:
+            raise ValueError(f"unknown command {op!r}")
+    except Exception as e:  # a crash is the cell's error, the worker goes on
+        units.pop(cmd.get("id"), None)
+        answer = {"status": "error", "error": f"{type(e).__name__}: {e}"}
+    return answer
+
+
 def serve(commands, reply):
     units = {}
     for line in commands:
         if not line.strip():
             continue
         cmd = json.loads(line)
-        op = cmd.get("op")
-        if op == "quit":
+        if cmd.get("op") == "quit":
             return
-        try:
-            if op == "setup":
-                unit = unit_for(cmd["cell"])
-                answer = unit.setup()
-                if answer.get("status") == "ready":
-                    units[cmd["id"]] = unit
-            elif op == "sample":
-                answer = units[cmd["id"]].sample(cmd["index"])
-            elif op == "finish":
-                answer = units.pop(cmd["id"]).finish()
-            else:
-                raise ValueError(f"unknown command {op!r}")
-        except Exception as e:  # a crash is the cell's error, the worker goes on
-            units.pop(cmd.get("id"), None)
-            answer = {"status": "error", "error": f"{type(e).__name__}: {e}"}
-        reply(answer)
+        reply(handle(units, cmd))
 
 
 def compile_probe(job) -> float:
@@ -86,7 +93,7 @@ def main(argv=None) -> int:
     # before any import that starts a thread pool, which then inherits it
     from .fpenv import flush_subnormals
     flush_subnormals()
-    from .store import _json_safe
+    from .store import json_safe
     argv = sys.argv[1:] if argv is None else argv
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # library chatter goes to stderr, never into the reply stream
@@ -97,7 +104,7 @@ def main(argv=None) -> int:
             return 0
 
         def reply(answer):
-            out.write(json.dumps(_json_safe(answer)) + "\n")
+            out.write(json.dumps(json_safe(answer)) + "\n")
             out.flush()
         serve(sys.stdin, reply)
     except KeyboardInterrupt:  # the parent handles Ctrl-C; die quietly

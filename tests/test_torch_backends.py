@@ -170,9 +170,11 @@ def test_bad_input_raises_value_error(ops):
     bad["w1"] = bad["w1"].T
     with pytest.raises(ValueError, match="'w1' has shape"):
         get_backend("torch").make_trainer(net, bad, config_for(net))
+    with pytest.raises(ValueError, match="optimizer='rmsprop': choose from"):
+        config_for(net, {"optimizer": "rmsprop"})
     with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'"):
         get_backend("torch").make_trainer(net, net.init_params(0),
-                                          config_for(net, {"optimizer": "rmsprop"}))
+                                          dict(config_for(net), optimizer="rmsprop"))
 
 
 # -- whole training runs against numpy ---------------------------------------------------
