@@ -6,9 +6,10 @@ or cache load), one warm-up epoch (epoch 0) and one calibration epoch (epoch
 1), from which it sets the epochs per sample so that a sample lasts at least
 EPOCH_SAMPLE_MIN_S (as pyperf calibrates its loops: a sample of a few
 milliseconds is scheduler noise, not signal), and checks the process's thread
-pools; ``sample(i)`` is one timed sample -- ``epochs_per_sample`` epochs in the
-shared batch order of epochs 2 + i·epochs_per_sample ..., drawn before the clock
-starts -- and ``finish`` scores the test set, then checks the timed trainer
+pools; ``sample(i)`` is one timed sample -- the trainer's next
+``epochs_per_sample`` epochs (a trainer trains epochs 0, 1, 2, ... in order,
+each in the batch order shared by every backend, drawn before the clock
+starts) -- and ``finish`` scores the test set, then checks the timed trainer
 itself against the reference over every epoch it trained (bench/verify.py): a
 cell whose timed work differs from the checked work is stored invalid, its
 samples kept and never reported. ``TtaUnit`` (time to accuracy): sample i
@@ -17,6 +18,8 @@ evaluation on the clock.
 
 Only the epoch loop and a final synchronisation are inside the timer.
 """
+import hashlib
+import json
 import math
 import time
 
@@ -30,7 +33,6 @@ from .stats import NOISY_STEAL, mlperf_score
 VALIDATION_STEPS = 3
 EPOCH_SAMPLE_MIN_S = 0.1
 MAX_EPOCHS_PER_SAMPLE = 1000
-FIRST_SAMPLE_EPOCH = 2  # epoch 0 warms up, epoch 1 calibrates
 _data = {}
 
 
@@ -65,7 +67,7 @@ class EpochUnit:
         self.config["batch_size"] = cell["batch_size"]
         self.seed = cell.get("seed") or 0
         self.epochs = cell.get("epochs") or 1
-        self.trained = []  # epoch indices the timed trainer trained, in order
+        self.trained = 0  # epochs the timed trainer has trained (indices 0 .. trained - 1)
 
     def refuse(self):
         """(status, why) when the cell cannot run here, else None."""
@@ -106,10 +108,10 @@ class EpochUnit:
         self.trainer = self.backend.make_trainer(self.network, self.network.init_params(self.seed),
                                                  self.config, self.seed)
         self.trainer.set_data(self.x, self.y)
-        warm_s = self.train([0])
+        warm_s = self.train(1)
         out["compile"] = {"first_step_s": first_step, "warmup_epoch_s": warm_s,
                           "backend": self.backend.compile_info()}
-        calibration_s = self.train([1])
+        calibration_s = self.train(1)
         if self.cell.get("epochs_per_sample"):  # set up again in a fresh worker: keep the count
             self.per_sample = int(self.cell["epochs_per_sample"])
         else:
@@ -128,25 +130,29 @@ class EpochUnit:
         out["epochs"] = self.epochs
         return out | {"status": "ready"}
 
-    def train(self, epochs) -> float:
-        """Seconds per epoch of the timed trainer over these epoch indices."""
+    def train(self, count) -> float:
+        """Seconds per epoch of the timed trainer's next ``count`` epochs."""
         n, bs = len(self.x), self.cell["batch_size"]
+        epochs = range(self.trained, self.trained + count)
         seconds, self.loss = timed_epochs(self.trainer, [epoch_batches(n, bs, self.seed, e)
                                                          for e in epochs])
-        self.trained.extend(epochs)
+        self.trained += count
         return seconds
 
     def sample(self, index) -> dict:
-        first = FIRST_SAMPLE_EPOCH + index * self.per_sample
-        seconds = self.train(range(first, first + self.per_sample))
+        seconds = self.train(self.per_sample)
         return {"seconds": seconds, "loss": self.loss}
 
     def finish(self) -> dict:
         from .verify import verify
         out = {"accuracy": accuracy(self.trainer, self.test_x, self.test_y)}
         labels = self.test_y
+        setting = json.dumps([self.cell["model"], self.cell["batch_size"], self.seed,
+                              self.cell.get("overrides"), self.cell["data_file"]], sort_keys=True)
         check = verify(self.trainer, self.backend, self.network, self.config, self.seed,
-                       (self.x, self.y), self.trained, (self.test_x, labels))
+                       (self.x, self.y), self.trained, (self.test_x, labels),
+                       cache_dir=self.cell.get("reference_dir"),
+                       cache_key=hashlib.sha1(setting.encode()).hexdigest()[:16])
         out["verification"] = check
         if check["status"] != "ok":
             out.update(status=check["status"], error=check["error"])

@@ -15,7 +15,7 @@ import tempfile
 
 from .plan import add_arguments, cells_of, plan, settings_of  # noqa: F401  (the CLI's hooks)
 
-INTERNAL = ("data_file", "compile_figures")
+INTERNAL = ("data_file", "compile_figures", "reference_dir")
 
 
 def worker_key(cell):
@@ -41,6 +41,8 @@ def main(args):
             np.savez(data_files[ds.name], train_x=ds.train_x[:n], train_y=ds.train_y[:n],
                      test_x=ds.test_x, test_y=ds.test_y)
         cells = cells_of(sweep, data_files)
+        for cell in cells:  # the reference trajectories every backend of a setting shares
+            cell["reference_dir"] = os.path.join(tmpdir, "reference")
         writer = RunWriter(args.results_dir, default_header(settings_of(sweep)))
         print(f"run {writer.run_id}: {len(cells)} cells, {sweep['repeats']} rounds -> {writer.path}",
               file=sys.stderr)

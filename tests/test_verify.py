@@ -38,7 +38,7 @@ def trained(backend, model, batch_size, epochs, n=300, **overrides):
     for e in range(epochs):
         trainer.train_epoch(epoch_batches(n, batch_size, 0, e))
     return dict(trainer=trainer, backend=b, network=net, config=config, seed=0, train=(x, y),
-                trained_epochs=list(range(epochs)), held_out=(held_out_x, held_out_labels))
+                epochs=epochs, held_out=(held_out_x, held_out_labels))
 
 
 @pytest.mark.parametrize("fault", FAULTS)
@@ -111,3 +111,18 @@ def test_kernel_sweep_checks_the_timed_buffers_after_timing(tmp_path):
         assert by.loc[version, "status"] == "invalid", by.loc[version, "error"]
         assert by.loc[version, "error"].startswith("wrong after timing")
         assert np.isnan(by.loc[version, "median_s"])
+
+
+def test_backends_of_one_setting_share_the_reference_trajectory(tmp_path):
+    from mnist_numba_bench.bench.verify import replay
+    net = get_network("mlp")
+    config = dict(config_for(net), batch_size=32)
+    x, y, _ = validation_data(net, 200, seed=3)
+    fresh = replay(net, config, 0, x, y, 5)
+    first = replay(net, config, 0, x, y, 3, cache_dir=str(tmp_path), cache_key="k")
+    later = replay(net, config, 0, x, y, 5, cache_dir=str(tmp_path), cache_key="k")
+    again = replay(net, config, 0, x, y, 4, cache_dir=str(tmp_path), cache_key="k")
+    assert (first["replayed_epochs"], later["replayed_epochs"], again["replayed_epochs"]) == (3, 2, 1)
+    for k, want in fresh["params64"].items():
+        np.testing.assert_array_equal(later["params64"][k], want)
+        np.testing.assert_array_equal(later["params32"][k], fresh["params32"][k])
