@@ -5,6 +5,8 @@ import argparse
 import importlib
 import sys
 
+from .errors import UserError
+
 # subcommand -> (module, one-line help)
 COMMANDS = {
     "list": (".cli", "models and backends, and whether each is available here"),
@@ -20,26 +22,15 @@ COMMANDS = {
 }
 
 
-class UserError(Exception):
-    """Bad input from the user: printed as one line, exit status 2."""
-
-
 def add_arguments(parser):  # list and data share this module
     if parser.prog.endswith(" data"):
         parser.add_argument("action", choices=["info", "verify", "download"],
                             help="info: splits and sizes; verify: parse and check every file; "
                                  "download: fetch into the cache")
+        from .data import add_arguments as add_data_arguments
         add_data_arguments(parser)
     else:
         parser.add_argument("--json", action="store_true", help="machine-readable output")
-
-
-def add_data_arguments(parser):
-    parser.add_argument("--dataset", default="auto",
-                        help="auto (default), mnist, fashion-mnist or synthetic")
-    parser.add_argument("--data-dir", default=None,
-                        help="a directory holding the four MNIST-format IDX files (raw or .gz)")
-    parser.add_argument("--no-download", action="store_true", help="never touch the network")
 
 
 def main(args=None):
@@ -138,6 +129,4 @@ def cmd_data(args):
 import numpy as np  # noqa: E402  (used by cmd_data; kept out of the import-time path above)
 
 if __name__ == "__main__":
-    # Re-import so subcommands raise the same UserError class this main catches.
-    from .cli import main as package_main
-    sys.exit(package_main())
+    sys.exit(main())

@@ -67,10 +67,10 @@ def resolve_run(name, results_dir="results") -> str:
     raise ValueError(f"run {name!r}: neither a file nor a run id in {runs_dir}")
 
 
-def _key_value(v):
+def match_value(v):
     """Hashable, comparable form of one coordinate (lists -> tuples, NaN/None -> None)."""
     if isinstance(v, (list, tuple, np.ndarray)):
-        return tuple(_key_value(x) for x in v)
+        return tuple(match_value(x) for x in v)
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return None
     if isinstance(v, (np.integer, np.floating)):
@@ -88,7 +88,7 @@ def load_run(path):
         raise ValueError(f"{path}: holds {len(runs)} runs; compare takes one run per side")
     by_key = {}
     for row in cells.to_dict("records"):
-        key = tuple(_key_value(row.get(k)) for k in MATCH_KEY)
+        key = tuple(match_value(row.get(k)) for k in MATCH_KEY)
         if key in by_key:
             raise ValueError(f"{path}: two cells with the same coordinates {key}")
         by_key[key] = row

@@ -306,3 +306,12 @@ def load(name="auto", data_dir=None, allow_download=True, log=print) -> Dataset:
                     "online, no Fashion-MNIST installed")
     log("WARNING: dataset auto -> SYNTHETIC data (timings are meaningful, accuracies are not)")
     return ds
+
+
+def add_arguments(parser):
+    """The options that choose a dataset, for every subcommand that loads one."""
+    parser.add_argument("--dataset", default="auto",
+                        help="auto (default), mnist, fashion-mnist or synthetic")
+    parser.add_argument("--data-dir", default=None,
+                        help="a directory holding the four MNIST-format IDX files (raw or .gz)")
+    parser.add_argument("--no-download", action="store_true", help="never touch the network")

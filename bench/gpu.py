@@ -5,8 +5,8 @@
 Sections (all by default):
 - kernels: every CUDA kernel family (kernels/cuda_*.py FAMILIES) -- each matmul
   version and declared tile configuration, cuBLAS (TF32 off, and a TF32 line
-  that says so), the dense, loss, conv and update kernels, and the device's
-  copy bandwidth (the floor the update kernels are measured against);
+  that says so), the dense, loss, conv and update kernels (the report sets the
+  update kernels against the machine's bandwidth ceiling where one was measured);
 - epochs: nielsen (batch 10) and mlp (batch 128) on every GPU backend, cnn
   (batch 256) on those that train it.
 

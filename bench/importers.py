@@ -76,7 +76,7 @@ def import_pytest_benchmark(json_path, results_dir="results") -> tuple:
                          f"from the bench/ suites (pytest bench/ --benchmark-only)")
     writer = RunWriter(results_dir, header)
     for cell in cells:
-        writer.add(cell)
+        writer.put(cell)
     writer.close("complete")
     return writer.path, len(cells), skipped
 

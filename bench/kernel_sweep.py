@@ -161,7 +161,7 @@ class KernelUnit:
         self.shape, self.dtype = tuple(cell["shape"]), cell["dtype"]
 
     def setup(self) -> dict:
-        from .measure import CpuTimer, CudaTimer, thread_mismatches, thread_pools
+        from .measure import CpuTimer, CudaTimer, configure_threads, thread_mismatches, thread_pools
         fam, v = self.family, self.version
         ok, why = fam.available()
         why = None if ok else why
@@ -174,7 +174,7 @@ class KernelUnit:
         if fam.skip_timing(v.name, self.shape):
             return {"status": "unavailable",
                     "error": "not timed at this size: minutes per call (the family's skip_timing)"}
-        self._configure_threads(v.library, self.cell["threads"])
+        configure_threads([v.library], self.cell["threads"])
         out = {}
         key = (fam.name, v.name, self.dtype)
         first = key not in _validated
@@ -212,14 +212,6 @@ class KernelUnit:
                    timer=self.timer.name)
         return out | {"status": "ready"}
 
-    @staticmethod
-    def _configure_threads(library, n):
-        if library == "numba":
-            import numba
-            numba.set_num_threads(n)
-        elif library == "torch":
-            import torch
-            torch.set_num_threads(n)
 
     def call(self):
         self.version.fn(*self.inputs)

@@ -142,21 +142,3 @@ def git_info(cwd=None) -> dict:
         return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
     except (OSError, subprocess.TimeoutExpired):
         return {"commit": None, "dirty": None}
-
-
-def thread_settings() -> dict:
-    """The thread settings in force in this process (recorded in each cell): the
-    environment variables, and the pools themselves where they can be asked."""
-    env = {v: os.environ.get(v) for v in THREAD_VARS}
-    if "numba" in sys.modules:
-        env["numba_threads"] = sys.modules["numba"].get_num_threads()
-        try:
-            env["numba_threading_layer"] = sys.modules["numba"].threading_layer()
-        except ValueError:  # no parallel function has run yet
-            pass
-    if "torch" in sys.modules:
-        env["torch_threads"] = sys.modules["torch"].get_num_threads()
-    if "numpy" in sys.modules:
-        loaded = _openblas()
-        env["blas_threads"] = loaded["threads"] if loaded else None
-    return env

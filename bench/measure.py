@@ -101,16 +101,17 @@ def _flush_kernel():
 # -- machine noise ------------------------------------------------------------------
 
 def _proc_stat():
-    """(steal ticks, all ticks) summed over every CPU, or (None, None)."""
+    """(steal ticks, all ticks, busy ticks) summed over every CPU, or Nones."""
     try:
         with open("/proc/stat") as f:
             fields = f.readline().split()[1:]
     except OSError:
-        return None, None
+        return None, None, None
     ticks = [int(x) for x in fields]
     # user nice system idle iowait irq softirq steal guest guest_nice; guest time is
     # already counted in user, so it is left out of the total.
-    return (ticks[7] if len(ticks) > 7 else 0), sum(ticks[:8])
+    busy = sum(ticks[:8]) - ticks[3] - (ticks[4] if len(ticks) > 4 else 0) - (ticks[7] if len(ticks) > 7 else 0)
+    return (ticks[7] if len(ticks) > 7 else 0), sum(ticks[:8]), busy
 
 
 def _clock_mhz():
@@ -167,10 +168,12 @@ def run_delay_seconds(pid):
     return total / 1e9 if seen else None
 
 
-# A sample whose process waited this share of the sample's wall time (summed over
-# its threads) for a CPU, or lost more than NOISY_STEAL to the hypervisor, was
-# descheduled: it is taken again.
-DESCHEDULED_SHARE = 0.1
+# A sample during which other processes than the sampled worker used this share of
+# the machine's CPU time (every core), or the hypervisor stole more than
+# NOISY_STEAL, was disturbed: it is taken again. Not the worker's own waiting for a
+# CPU (``waited_share``, recorded): XLA starts more threads than the cell's count,
+# which then wait on each other in every sample alike.
+OTHERS_SHARE = 0.15
 
 
 class Noise:
@@ -185,18 +188,24 @@ class Noise:
         self.target = target
 
     def start(self):
-        self._steal, self._total = _proc_stat()
+        self._steal, self._total, self._busy = _proc_stat()
         self._others = [process_cpu_seconds(p) for p in self.watch]
         self._delay = run_delay_seconds(self.target) if self.target else None
+        self._own = [process_cpu_seconds(p) for p in (self.target, os.getpid()) if p]
         self._t0 = time.perf_counter()
 
     def stop(self) -> dict:
         wall = time.perf_counter() - self._t0
-        steal, total = _proc_stat()
+        steal, total, busy = _proc_stat()
+        own = [process_cpu_seconds(p) for p in (self.target, os.getpid()) if p]
         out = {"load1": round(os.getloadavg()[0], 2)}
         delay = run_delay_seconds(self.target) if self.target else None
         if delay is not None and self._delay is not None and wall > 0:
             out["waited_share"] = round((delay - self._delay) / wall, 4)
+        if busy is not None and self._busy is not None and wall > 0 and None not in own + self._own:
+            ticks = os.sysconf("SC_CLK_TCK")
+            others = (busy - self._busy) / ticks - sum(b - a for a, b in zip(self._own, own))
+            out["others_share"] = round(max(0.0, others) / (wall * (os.cpu_count() or 1)), 4)
         if steal is not None and self._steal is not None and total > self._total:
             out["steal"] = round((steal - self._steal) / (total - self._total), 4)
         mhz, source = _clock_mhz()
@@ -225,9 +234,10 @@ def summarize_noise(readings) -> dict:
     if mhz:
         out["mhz_min"], out["mhz_max"] = min(mhz), max(mhz)
         out["mhz_source"] = readings[-1].get("mhz_source")
-    waited = [r["waited_share"] for r in readings if "waited_share" in r]
-    if waited:
-        out["waited_share_max"] = max(waited)
+    for key in ("waited_share", "others_share"):
+        values = [r[key] for r in readings if key in r]
+        if values:
+            out[f"{key}_max"] = max(values)
     idle = [r["idle_workers_cpu_s"] for r in readings if "idle_workers_cpu_s" in r]
     if idle:
         out["idle_workers_cpu_s"] = round(sum(idle), 4)
@@ -237,14 +247,37 @@ def summarize_noise(readings) -> dict:
 def descheduled(reading) -> str:
     """Why a sample's noise reading says it was descheduled, or ''."""
     from .stats import NOISY_STEAL
-    if reading.get("waited_share", 0) > DESCHEDULED_SHARE:
-        return f"its threads waited {reading['waited_share']:.0%} of the sample for a CPU"
+    if reading.get("others_share", 0) > OTHERS_SHARE:
+        return f"other processes used {reading['others_share']:.0%} of the CPU during the sample"
     if reading.get("steal", 0) > NOISY_STEAL:
         return f"{reading['steal']:.0%} of the CPU stolen by the hypervisor"
     return ""
 
 
 # -- thread pools ----------------------------------------------------------------------
+
+def configure_threads(libraries, n: int):
+    """The one place that sizes a library's own thread pool: Numba's and torch's to
+    ``n``; JAX's before jax is imported (XLA sizes its pool from the CPU affinity
+    and takes the intra-op limit from XLA_FLAGS). Libraries without a pool of
+    their own (numpy, whose BLAS pool the worker's environment sized) are
+    ignored."""
+    import sys
+    n = int(n)
+    for library in libraries:
+        if library == "numba":
+            import numba
+            numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+        elif library == "torch":
+            import torch
+            torch.set_num_threads(n)
+        elif library == "jax" and "jax" not in sys.modules:
+            cpus = sorted(os.sched_getaffinity(0))
+            os.sched_setaffinity(0, set(cpus[:max(1, n)]))
+            flags = os.environ.get("XLA_FLAGS", "")
+            os.environ["XLA_FLAGS"] = (flags + f" --xla_cpu_multi_thread_eigen={'true' if n > 1 else 'false'}"
+                                       f" intra_op_parallelism_threads={n}").strip()
+
 
 def thread_pools() -> dict:
     """Every thread pool this process has, as the libraries report them:

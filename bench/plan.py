@@ -124,6 +124,8 @@ def plan(args) -> dict:
             setattr(args, key, value)
         args.report = args.report or os.path.join(args.results_dir, "report")
         quick_backends = csv(QUICK["backends"], "backends")
+    from .backends import plugin_modules
+    plugin_modules()  # a plugin may add networks as well as backends
     models = csv(args.models, "models")
     for name in models:
         get_network(name)  # unknown name -> ValueError naming the known ones

@@ -20,7 +20,7 @@ import sys
 import time
 from collections import Counter
 
-from .cli import UserError
+from .errors import UserError
 
 PROFILED_FUNCTION = "profiled_epoch"
 
@@ -45,7 +45,7 @@ FIX_PERMISSIONS = ("py-spy may not read the child's memory. Run as root, or allo
 
 
 def add_arguments(parser):
-    from .cli import add_data_arguments
+    from .data import add_arguments as add_data_arguments
     parser.add_argument("--model", required=True, help="linear, nielsen, mlp or cnn")
     parser.add_argument("--backend", required=True, help="a backend name (see `mnist-bench list`)")
     add_data_arguments(parser)

@@ -42,7 +42,7 @@ def median_ci(samples, confidence=CONFIDENCE):
     return best
 
 
-def summarize(samples, noise=None) -> dict:
+def summarize(samples) -> dict:
     """median, IQR (75th - 25th percentile, linear interpolation), min, mean, the
     median's confidence interval and the noisy flag of a list of timings in
     seconds; every sample must be a finite number >= 0."""

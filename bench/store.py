@@ -13,9 +13,9 @@ import secrets
 import socket
 import sys
 
-SCHEMA_VERSION = 2  # 2: rounds, confidence intervals, noise readings, thread pools
+SCHEMA_VERSION = 3  # 2: rounds, intervals, noise, thread pools; 3: kernel cells name family and version
 KINDS = ("epoch", "tta", "kernel")
-CELL_STATUSES = ("ok", "invalid", "unavailable", "error")
+CELL_STATUSES = ("ok", "invalid", "unverified", "unavailable", "error")
 RUN_STATUSES = ("running", "complete", "interrupted", "failed")
 # Columns every cells frame has, even when no file sets them (see SCHEMA.md).
 CELL_COLUMNS = ("run_id", "machine", "git_commit", "git_dirty", "id", "group", "kind", "model",
@@ -48,6 +48,34 @@ def json_safe(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+# A kernel cell's coordinates on disk (schema 3) and in the frames and dicts the code
+# passes around, where one pair of columns serves every kind of cell.
+KERNEL_FIELDS = {"family": "model", "version": "backend"}
+
+
+def stored_form(cell: dict) -> dict:
+    """A cell as the store writes it: a kernel cell names its ``family`` and
+    ``version`` (not the epoch cells' ``model`` and ``backend``)."""
+    if cell.get("kind") != "kernel":
+        return cell
+    out = {k: v for k, v in cell.items() if k not in KERNEL_FIELDS.values()}
+    for field, generic in KERNEL_FIELDS.items():
+        out[field] = cell.get(field, cell.get(generic))
+    return out
+
+
+def working_form(cell: dict) -> dict:
+    """A stored cell as the code uses it: a kernel cell's family and version also
+    under ``model`` and ``backend`` (schema 2 files have only those)."""
+    if cell.get("kind") != "kernel":
+        return cell
+    out = dict(cell)
+    for field, generic in KERNEL_FIELDS.items():
+        out.setdefault(field, cell.get(generic))
+        out[generic] = out[field]
+    return out
 
 
 def check_cell(cell: dict):
@@ -105,13 +133,10 @@ class RunWriter:
     def run_id(self):
         return self.header["run_id"]
 
-    def add(self, cell: dict):
-        self.put(cell)
-
     def put(self, cell: dict):
         """Store a cell, replacing the earlier version of the same ``id`` (a cell is
         rewritten after every round), and rewrite the file."""
-        cell = json_safe({"type": "cell", **cell})
+        cell = json_safe({"type": "cell", **stored_form(cell)})
         check_cell(cell)
         if "id" in cell:
             for i, old in enumerate(self.cells):
@@ -186,7 +211,7 @@ def read_run(path) -> tuple:
     if not isinstance(version, int) or version > SCHEMA_VERSION:
         raise ValueError(f"{path}: schema version {version!r}; this code reads up to "
                          f"{SCHEMA_VERSION}")
-    cells = [r for r in records[1:] if r.get("type") == "cell"]
+    cells = [working_form(r) for r in records[1:] if r.get("type") == "cell"]
     return header, cells
 
 

@@ -162,6 +162,15 @@ class LocalWorker:
         self.units.clear()
 
 
+def pending(cell) -> dict:
+    """How a cell still in its rounds is stored: its samples so far, its status
+    ``unverified`` until the timed work has been checked (finish), so a run that is
+    killed or interrupted keeps every finished round without calling any of it
+    verified."""
+    return dict(cell, status="unverified",
+                error="timed, not yet verified: the run stopped before its timed work was checked")
+
+
 class Progress:
     """One line on stderr per finished setup and per round, with elapsed time and ETA."""
 
@@ -280,8 +289,6 @@ class Supervisor:
         for cell in cells:
             cell.update(samples_s=[], noise_samples=[], rounds=self.rounds, rounds_done=0,
                         status="ok", retaken=0)
-        estimate = sum((c.get("compile") or {}).get("warmup_epoch_s") or
-                       (c.get("first_call_s") or 0) for c in cells)
         # The rounds are shared among `processes` generations of workers: a worker
         # process can run a few per cent faster or slower than the next one for
         # its whole life (memory placement), which more rounds in one process
@@ -312,11 +319,10 @@ class Supervisor:
                 if cell["status"] == "ok":
                     cell["rounds_done"] = r + 1
                     self.summarize(cell)
-                    self.store(cell)
+                    self.store(pending(cell))
             took = time.perf_counter() - t0
-            estimate = took
             progress.line(f"[round {r + 1:>2}/{self.rounds}] {len(order)} cells, {took:.1f} s",
-                          eta=estimate * (self.rounds - r - 1))
+                          eta=took * (self.rounds - r - 1))
 
     def take(self, cell, index):
         """One sample of ``cell``: (the worker's answer, its noise reading). A sample

@@ -3,8 +3,9 @@ launch over the flat parameter buffer (every parameter of a network lives in
 one contiguous float32 array, models/train.py), grid-stride over its elements.
 
 They are bandwidth-bound: Adam reads p, g, m, v and writes p, m, v, 28 bytes
-per parameter; `mnist-bench gpu` compares the launch with that floor over the
-measured device-to-device copy bandwidth, the L2 cache flushed before each sample.
+per parameter (each family's ``nbytes``); `mnist-bench gpu` times the launch with
+the L2 cache flushed before each sample, and the report divides those bytes by
+the time.
 """
 import math
 

@@ -21,7 +21,7 @@ from .backprop import bias_act_serial, bias_grad_serial, quadratic, softmax_xent
 from .matmul import MR as MMR
 from .matmul import NR as MNR
 from .matmul import PARALLEL_MIN_WORK, axpy_columns, block, fma_panel, pack_b
-from .matmul import _dot_rows as dot_rows
+from .matmul import dot_rows
 from .update import adam_parallel, adam_serial, momentum_parallel, momentum_serial, sgd_parallel, sgd_serial
 
 OPTIMIZER_CODES = {"sgd": 0, "momentum": 1, "adam": 2}

@@ -381,7 +381,7 @@ def _packed_columns(A, ta, B, tb, C):
 
 # -- narrow outputs: dot products and axpys along contiguous rows -------------------
 @njit
-def _dot_rows(A, Bt, C, i):
+def dot_rows(A, Bt, C, i):
     """C[i, :] = A[i] · Btᵀ, four output columns per pass over the row of A."""
     n, k = Bt.shape
     a = A[i]
@@ -446,7 +446,7 @@ def _narrow_axpy(A, B, C):
 
 def _narrow_dot(A, Bt, C):
     for i in prange(A.shape[0]):
-        _dot_rows(A, Bt, C, i)
+        dot_rows(A, Bt, C, i)
 
 
 def _narrow_tn(At, B, C):

@@ -1,7 +1,7 @@
 """The networks of the suite and the contract every backend implements."""
 import math
 
-from .networks import NETWORKS, Network  # noqa: F401
+from .networks import NETWORKS, Network, register_network  # noqa: F401
 from .ops import Ops  # noqa: F401
 
 

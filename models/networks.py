@@ -207,3 +207,13 @@ class CNN(Network):
 
 
 NETWORKS = {cls.name: cls for cls in (Linear, Nielsen, MLP, CNN)}
+
+
+def register_network(cls):
+    """Add a network (from a plugin module, MNIST_BENCH_PLUGINS): every backend that
+    runs the ops interface trains it, and the tests that parametrise over NETWORKS
+    cover it."""
+    if not (isinstance(cls, type) and issubclass(cls, Network)) or cls.name in ("abstract", ""):
+        raise ValueError(f"{cls!r} is not a named Network subclass")
+    NETWORKS[cls.name] = cls
+    return cls

@@ -1,4 +1,4 @@
-"""The JAX baselines: parity with numpy on every network, a short last batch in
+"""The JAX baselines (parity with numpy: tests/test_parity.py): a short last batch in
 the scanned epoch, the suite's dropout mask bit for bit, and "unavailable" where
 jax is not installed."""
 import numpy as np
@@ -8,20 +8,10 @@ pytest.importorskip("jax")
 
 from mnist_numba_bench.bench.backends import get_backend  # noqa: E402
 from mnist_numba_bench.bench.backends.jax_backend import jax_modules, keep_mask  # noqa: E402
-from mnist_numba_bench.bench.validate import param_error, run_steps, validate, validation_data  # noqa: E402
+from mnist_numba_bench.bench.validate import param_error, run_steps, validation_data  # noqa: E402
 from mnist_numba_bench.models import config_for, get_network  # noqa: E402
 from mnist_numba_bench.models.ops import dropout_keep_mask  # noqa: E402
 from mnist_numba_bench.models.train import epoch_batches  # noqa: E402
-
-CASES = [("linear", None), ("nielsen", 10), ("mlp", 128), ("cnn", 8)]
-
-
-@pytest.mark.parametrize("backend", ["jax", "jax-scan"])
-@pytest.mark.parametrize("model, batch_size", CASES)
-def test_parity_with_numpy(backend, model, batch_size):
-    result = validate(backend, model, batch_size=batch_size)
-    assert result.ok, result.error
-
 
 @pytest.mark.parametrize("model", ["nielsen", "mlp"])
 def test_scanned_epoch_with_a_short_last_batch_matches_the_step_by_step_one(model):

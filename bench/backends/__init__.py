@@ -13,17 +13,36 @@ import importlib
 import os
 
 
+# ``Backend.networks`` of a backend that runs each network's own code through the
+# ops interface (models/ops.py): it trains every network, a new one included.
+EVERY_NETWORK = "every network written against the ops interface"
+
+
 class Backend:
     name = "abstract"
     description = ""
+    # The networks this backend trains (names), or EVERY_NETWORK; ``unsupported``
+    # says why a network it could run in principle is left out.
+    networks = ()
+    unsupported = {}
+    # The KEY=VALUE options it takes after a colon ("numba-parallel:matmul=v2_blocked").
+    options = ()
+    # The libraries whose thread pools it sizes itself (measure.configure_threads);
+    # BLAS/OpenMP pools are sized by environment variables before import.
+    thread_libraries = ()
 
     def available(self):
         """(True, "") or (False, why not) on this machine."""
         return True, ""
 
     def supports(self, network_name: str):
-        """(True, "") or (False, why this backend does not train that network)."""
-        return True, ""
+        """(True, "") or (False, why not): from ``networks`` and ``unsupported``."""
+        if network_name in self.unsupported:
+            return False, self.unsupported[network_name]
+        if self.networks == EVERY_NETWORK or network_name in self.networks:
+            return True, ""
+        return False, (f"{self.name} trains {', '.join(self.networks) or 'no network'}, "
+                       f"not {network_name}")
 
     def make_trainer(self, network, init_params: dict, config: dict, seed: int = 0):
         raise NotImplementedError
@@ -36,9 +55,11 @@ class Backend:
     compile_caches = {}
 
     def configure_threads(self, n: int):
-        """Set this backend's own thread pool (Numba, torch) to ``n`` threads.
-        BLAS/OpenMP pools are fixed by environment variables before import, which
-        the harness sets in each backend's own process."""
+        """Size the pools of ``thread_libraries`` to ``n`` threads (BLAS/OpenMP pools
+        are fixed by environment variables before import, which the harness sets
+        in each backend's own process)."""
+        from ..measure import configure_threads
+        configure_threads(self.thread_libraries, n)
 
     def compile_info(self) -> dict:
         """Compile/JIT figures gathered while warming up (seconds), if any."""
@@ -128,10 +149,11 @@ def get_backend(name: str) -> Backend:
         except ImportError as e:
             _cache[name] = UnavailableBackend(name, f"cannot import {e.name or e}: {e}")
             return _cache[name]
-        try:
-            backend = entry(**options)
-        except TypeError:
-            raise ValueError(f"backend {base!r} takes no options {', '.join(options)}") from None
+        unknown = [k for k in options if k not in getattr(entry, "options", ())]
+        if unknown:
+            takes = ", ".join(getattr(entry, "options", ())) or "none"
+            raise ValueError(f"backend {base!r} takes no option {unknown[0]!r} (its options: {takes})")
+        backend = entry(**options)
         if options:
             backend.name = name
         _cache[name] = backend

@@ -241,16 +241,8 @@ class JaxBackend(Backend):
             return False, "jax is not installed (pip install -e '.[jax]')"
         return True, ""
 
-    def configure_threads(self, n):
-        """Before jax is imported in this process: XLA sizes its thread pool from
-        the CPU affinity, and takes the intra-op limit from XLA_FLAGS."""
-        if _jax is not None:
-            return
-        cpus = sorted(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, set(cpus[:max(1, n)]))
-        flags = os.environ.get("XLA_FLAGS", "")
-        os.environ["XLA_FLAGS"] = (flags + f" --xla_cpu_multi_thread_eigen={'true' if n > 1 else 'false'}"
-                                   f" intra_op_parallelism_threads={n}").strip()
+    networks = ("linear", "nielsen", "mlp", "cnn")  # forward() and loss_fn() above
+    thread_libraries = ("jax",)
 
     def make_trainer(self, network, init_params, config, seed=0):
         return JaxTrainer(network, init_params, config, seed, scan=self.scan)

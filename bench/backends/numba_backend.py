@@ -21,7 +21,7 @@ from ...models.ops import Ops
 from ...models.reference import HostArrays
 from ...models.train import OpsTrainer
 
-from . import Backend
+from . import EVERY_NETWORK, Backend
 
 PARALLEL_MIN_ELEMENTS = 1 << 15
 
@@ -137,6 +137,8 @@ class NumbaOps(HostArrays, Ops):
 
 class NumbaBackend(Backend):
     name = "numba"
+    networks = EVERY_NETWORK
+    options = ("matmul", "conv")
     description = "hand-written Numba kernels, serial (packed matmul, fused elementwise passes)"
     parallel = False
     compile_caches = {"NUMBA_CACHE_DIR": "numba"}
@@ -159,9 +161,4 @@ class NumbaParallelBackend(NumbaBackend):
     name = "numba-parallel"
     description = "hand-written Numba kernels with prange over rows/tiles/samples"
     parallel = True
-    threads = None
-
-    def configure_threads(self, n):
-        import numba
-        numba.set_num_threads(int(n))
-        self.threads = numba.get_num_threads()
+    thread_libraries = ("numba",)

@@ -33,7 +33,7 @@ from ...models.ops import Ops
 from ...models.params import pack, total_size, unpack
 from ...models.train import OpsTrainer, Trainer, batch_order
 
-from . import Backend
+from . import EVERY_NETWORK, Backend
 
 
 class CudaOps(Ops):
@@ -283,6 +283,7 @@ def _simulator_allowed():
 class NumbaCudaBackend(Backend):
     name = "numba-cuda"
     description = "hand-written Numba CUDA kernels per op, data resident on the GPU"
+    networks = EVERY_NETWORK
 
     def available(self):
         if _simulator_allowed():
@@ -303,11 +304,7 @@ class NumbaCudaEpochBackend(NumbaCudaBackend):
     name = "numba-cuda-epoch"
     description = "one persistent Numba CUDA kernel per epoch (nielsen, mlp)"
 
-    def supports(self, network_name):
-        if network_name not in SUPPORTED:
-            return False, (f"the persistent epoch kernel covers {', '.join(SUPPORTED)}; "
-                           f"{network_name} runs on numba-cuda")
-        return True, ""
+    networks = tuple(SUPPORTED)
 
     def make_trainer(self, network, init_params, config, seed=0):
         trainer = PersistentEpochTrainer(network, init_params, config, seed)

@@ -71,19 +71,17 @@ class NumbaFusedBackend(NumbaBackend):
     description = "whole epoch in one @njit function (batch loop, forward, backward, update)"
     parallel = True
 
-    def supports(self, network_name):
-        if network_name not in EPOCHS:
-            return False, (f"no fused epoch for {network_name}: the cnn runs on numba / "
-                           f"numba-parallel, whose conv kernels it would reuse unchanged")
-        return True, ""
+    networks = tuple(EPOCHS)
+    unsupported = {"cnn": "no fused epoch for the cnn: it runs on numba / numba-parallel, whose "
+                          "conv kernels a fused epoch would reuse unchanged"}
+    options = ()
+    thread_libraries = ("numba",)
+
+    def __init__(self):
+        super().__init__()
 
     def make_trainer(self, network, init_params, config, seed=0):
         return NumbaFusedTrainer(network, init_params, config, seed, self.parallel)
-
-    def configure_threads(self, n):
-        import numba
-        numba.set_num_threads(int(n))
-        self.threads = numba.get_num_threads()
 
 
 __all__ = ["NumbaFusedBackend", "NumbaFusedTrainer", "Backend"]

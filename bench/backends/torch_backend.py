@@ -26,7 +26,7 @@ from ...models.ops import Ops
 from ...models.params import pack, unpack
 from ...models.train import OPTIMIZERS, OpsTrainer, Trainer, dropout_key
 
-from . import Backend
+from . import EVERY_NETWORK, Backend
 
 _U32 = 0xFFFFFFFF
 
@@ -410,18 +410,11 @@ class TorchBackend(Backend):
     device = "cpu"
     compile = False
 
+    networks = tuple(MODULES)
+    thread_libraries = ("torch",)
+
     def __init__(self):
-        self.threads = None  # torch's intra-op thread count once configure_threads set it
         self._compile_log = {}
-
-    def supports(self, network_name):
-        if network_name not in MODULES:
-            return False, f"no torch module for network {network_name!r}"
-        return True, ""
-
-    def configure_threads(self, n):
-        torch.set_num_threads(n)
-        self.threads = torch.get_num_threads()
 
     compile_mode = None
 
@@ -501,12 +494,8 @@ class TorchOpsBackend(Backend):
     description = "the suite's ops on torch tensors, manual backprop, no autograd (CPU)"
     device = "cpu"
 
-    def __init__(self):
-        self.threads = None
-
-    def configure_threads(self, n):
-        torch.set_num_threads(n)
-        self.threads = torch.get_num_threads()
+    networks = EVERY_NETWORK
+    thread_libraries = ("torch",)
 
     def make_trainer(self, network, init_params, config, seed=0):
         return OpsTrainer(TorchOps(self.device), network, init_params, config, seed)

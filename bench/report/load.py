@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from ..compare import MATCH_KEY, _key_value
+from ..compare import MATCH_KEY, match_value
 from ..stats import median_ci
 from ..store import read_results
 
@@ -86,7 +86,7 @@ def load(result_paths):
     cells["ci_low_s"], cells["ci_high_s"] = [i[0] for i in intervals], [i[1] for i in intervals]
     cells["noisy"] = cells["noisy"].fillna(False).astype(bool)
     cells["synthetic"] = cells["synthetic"].fillna(False).astype(bool)
-    keys = [(m,) + tuple(_key_value(row[k]) for k in MATCH_KEY)
+    keys = [(m,) + tuple(match_value(row[k]) for k in MATCH_KEY)
             for m, (_, row) in zip(cells["machine"], cells.iterrows())]
     newest = {}
     for key, run_order in zip(keys, cells["run_order"]):

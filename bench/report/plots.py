@@ -2,7 +2,6 @@
 why it has nothing to draw). Every legend sits inside its figure; every backend
 keeps one colour and marker across all plots; intervals are drawn as bars."""
 import math
-import textwrap
 
 import numpy as np
 
@@ -64,15 +63,6 @@ def _plain_log(ax, axis="both"):
     for a in ((ax.xaxis, ax.yaxis) if axis == "both" else (getattr(ax, axis + "axis"),)):
         a.set_major_formatter(PlainLogFormatter(labelOnlyBase=False))
         a.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
-
-
-def _left_out_note(ax, cells):
-    bad = cells[cells["status"] != "ok"]
-    if not bad.empty:
-        text = "not drawn: " + "; ".join(f"{', '.join(sorted(set(g['backend'])))} ({status})"
-                                         for status, g in bad.groupby("status"))
-        ax.text(0.01, 0.01, textwrap.fill(text, 70), transform=ax.transAxes, fontsize=7,
-                color="firebrick", va="bottom")
 
 
 def plot_crossover(cells):
