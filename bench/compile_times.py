@@ -68,10 +68,10 @@ def machine_key(machine: dict) -> str:
     return f"{machine.get('hostname')}|{machine.get('cpu_model')}|{machine.get('cores')}"
 
 
-def probe(backend_name, model, batch_size, threads, env) -> float:
+def probe(backend_name, model, batch_size, threads, env, overrides=None) -> float:
     """Seconds of one cell's warm-up in a fresh process with ``env``."""
     job = json.dumps({"backend": backend_name, "model": model, "batch_size": batch_size,
-                      "threads": threads})
+                      "threads": threads, "overrides": overrides or {}})
     run = subprocess.run([sys.executable, "-m", f"{PACKAGE}.bench.worker", "--compile-probe", job],
                          env=env, capture_output=True, text=True, timeout=1800)
     lines = run.stdout.strip().splitlines()
@@ -81,13 +81,13 @@ def probe(backend_name, model, batch_size, threads, env) -> float:
     return float(lines[-1])
 
 
-def measure(backend, backend_name, model, batch_size, threads, worker_env) -> dict:
+def measure(backend, backend_name, model, batch_size, threads, worker_env, overrides=None) -> dict:
     """Cold and cache-hit warm-up of one backend x model, then the probes' caches
     merged into the shared ones."""
     with tempfile.TemporaryDirectory(prefix="compile-probe-") as fresh:
         env = dict(worker_env, **cache_env(backend, fresh))
-        cold = probe(backend_name, model, batch_size, threads, env)
-        hit = probe(backend_name, model, batch_size, threads, env)
+        cold = probe(backend_name, model, batch_size, threads, env, overrides)
+        hit = probe(backend_name, model, batch_size, threads, env, overrides)
         shared = compiled_dir()
         with _MERGE:  # two probes may carry files of the same name
             for sub in getattr(backend, "compile_caches", {}).values():
@@ -109,8 +109,10 @@ class CompileTimes:
             self.records = {}
 
     @staticmethod
-    def key(version, machine, backend, model):
-        return f"{version}|{machine_key(machine)}|{backend}|{model}"
+    def key(version, machine, backend, model, overrides=None):
+        """Figures measured under --set overrides are keyed by them too."""
+        extra = f"|{json.dumps(overrides, sort_keys=True)}" if overrides else ""
+        return f"{version}|{machine_key(machine)}|{backend}|{model}{extra}"
 
     def get(self, key):
         return self.records.get(key)
@@ -124,7 +126,8 @@ class CompileTimes:
         os.replace(tmp, self.path)
 
 
-def figures(pairs, machine, run_id, worker_env_of, force=False, log=print, lanes=None) -> dict:
+def figures(pairs, machine, run_id, worker_env_of, force=False, log=print, lanes=None,
+            overrides=None) -> dict:
     """{(backend, model): compile record} for every pair whose backend compiles:
     stored figures of this code version on this machine, or new measurements.
 
@@ -142,7 +145,7 @@ def figures(pairs, machine, run_id, worker_env_of, force=False, log=print, lanes
             continue
         if not backend.supports(model)[0]:
             continue
-        key = CompileTimes.key(version, machine, backend_name, model)
+        key = CompileTimes.key(version, machine, backend_name, model, overrides)
         record = None if force else store.get(key)
         if record is not None:
             out[backend_name, model] = dict(record, source="stored")
@@ -156,7 +159,7 @@ def figures(pairs, machine, run_id, worker_env_of, force=False, log=print, lanes
         t0 = time.perf_counter()
         try:
             figures_ = measure(backend, backend_name, model, batch_size, threads,
-                               worker_env_of(backend_name, threads))
+                               worker_env_of(backend_name, threads), overrides)
         except (RuntimeError, subprocess.TimeoutExpired) as e:
             return job, {"error": str(e), "source": "failed"}
         log(f"compile: {backend_name} / {model}: cold {figures_['cold_s']:.1f} s, "

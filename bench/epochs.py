@@ -2,17 +2,17 @@
 
 ``EpochUnit`` (throughput): ``setup`` validates the backend against numpy at the
 cell's batch size (a cell that fails is never timed), times the first step (JIT
-or cache load), one warm-up epoch (epoch 0) and one calibration epoch (epoch
-1), from which it sets the epochs per sample so that a sample lasts at least
-EPOCH_SAMPLE_MIN_S (as pyperf calibrates its loops: a sample of a few
-milliseconds is scheduler noise, not signal), and checks the process's thread
-pools; ``sample(i)`` is one timed sample -- the trainer's next
+or cache load) and one warm-up epoch, calibrates -- trains epochs until they add
+up to EPOCH_SAMPLE_MIN_S and sets the epochs per sample that last
+CALIBRATION_MARGIN times that at their mean, as pyperf calibrates its loops (a
+sample of a few milliseconds is scheduler noise, not signal) -- and checks the
+process's thread pools. ``sample(i)`` is one timed sample: the trainer's next
 ``epochs_per_sample`` epochs (a trainer trains epochs 0, 1, 2, ... in order,
-each in the batch order shared by every backend, drawn before the clock
-starts) -- and ``finish`` scores the test set, then checks the timed trainer
-itself against the reference over every epoch it trained (bench/verify.py): a
-cell whose timed work differs from the checked work is stored invalid, its
-samples kept and never reported. ``TtaUnit`` (time to accuracy): sample i
+each in the batch order every backend shares, drawn before the clock starts).
+``finish`` scores the test set, then checks the timed trainer itself against the
+reference over every epoch it trained (bench/verify.py): a cell whose timed work
+differs from the checked work is stored invalid, its samples kept and never
+reported. ``TtaUnit`` (time to accuracy): sample i
 trains seed i from its init until the test accuracy reaches the target,
 evaluation on the clock.
 
@@ -32,6 +32,7 @@ from .stats import NOISY_STEAL, mlperf_score
 
 VALIDATION_STEPS = 3
 EPOCH_SAMPLE_MIN_S = 0.1
+CALIBRATION_MARGIN = 1.5
 MAX_EPOCHS_PER_SAMPLE = 1000
 _data = {}
 
@@ -93,9 +94,9 @@ class EpochUnit:
             first_step = time.perf_counter() - t0
         except Exception:  # left for validation to record
             first_step = None
-        check = validate(self.cell["backend"], self.cell["model"], steps=VALIDATION_STEPS,
+        check = validate(self.backend, self.network, steps=VALIDATION_STEPS,
                          batch_size=self.cell["batch_size"] or None, seed=self.seed,
-                         overrides=self.cell.get("overrides"))
+                         overrides=self.cell.get("overrides"), config=self.config)
         out["validation"] = {"ok": check.ok, "max_error": check.max_error, "steps": check.steps,
                              "tolerance": check.tolerance}
         if not check.ok:
@@ -111,15 +112,23 @@ class EpochUnit:
         warm_s = self.train(1)
         out["compile"] = {"first_step_s": first_step, "warmup_epoch_s": warm_s,
                           "backend": self.backend.compile_info()}
-        calibration_s = self.train(1)
+        # calibration: epochs until EPOCH_SAMPLE_MIN_S of them, then the count that
+        # lasts CALIBRATION_MARGIN times that at their mean (one slow epoch would
+        # otherwise set a count whose samples fall short of the minimum)
+        count, spent = 0, 0.0
+        while spent < EPOCH_SAMPLE_MIN_S and count < MAX_EPOCHS_PER_SAMPLE:
+            n = 1 if not count else max(1, min(count, MAX_EPOCHS_PER_SAMPLE - count))
+            spent += self.train(n) * n
+            count += n
+        epoch_s = max(spent / count, 1e-9)
         if self.cell.get("epochs_per_sample"):  # set up again in a fresh worker: keep the count
             self.per_sample = int(self.cell["epochs_per_sample"])
         else:
-            epoch_s = max(min(warm_s, calibration_s), 1e-9)
-            self.per_sample = max(self.epochs, min(MAX_EPOCHS_PER_SAMPLE,
-                                                   math.ceil(EPOCH_SAMPLE_MIN_S / epoch_s)))
+            self.per_sample = max(self.epochs, min(MAX_EPOCHS_PER_SAMPLE, math.ceil(
+                CALIBRATION_MARGIN * EPOCH_SAMPLE_MIN_S / epoch_s)))
         out["epochs_per_sample"] = self.per_sample
-        out["calibration_epoch_s"] = calibration_s
+        out["calibration_epoch_s"] = epoch_s
+        out["calibration_epochs"] = count
         pools = thread_pools()
         out["env"] = pools
         wrong = thread_mismatches(pools, threads)
@@ -144,13 +153,14 @@ class EpochUnit:
         return {"seconds": seconds, "loss": self.loss}
 
     def finish(self) -> dict:
-        from .verify import verify
+        from .verify import REPLAY_BUDGET_S, verify
         out = {"accuracy": accuracy(self.trainer, self.test_x, self.test_y)}
         labels = self.test_y
         setting = json.dumps([self.cell["model"], self.cell["batch_size"], self.seed,
                               self.cell.get("overrides"), self.cell["data_file"]], sort_keys=True)
         check = verify(self.trainer, self.backend, self.network, self.config, self.seed,
                        (self.x, self.y), self.trained, (self.test_x, labels),
+                       budget_s=self.cell.get("replay_budget_s", REPLAY_BUDGET_S),
                        cache_dir=self.cell.get("reference_dir"),
                        cache_key=hashlib.sha1(setting.encode()).hexdigest()[:16])
         out["verification"] = check
@@ -198,10 +208,10 @@ class TtaUnit(EpochUnit):
 UNITS = {"epoch": EpochUnit, "tta": TtaUnit}
 
 
-def finalize(cell):
+def finalize(cell, figures=None):
     """A cell's figures derived from its samples: images per second, GFLOP/s, the
-    compile figures with where they came from, the MLPerf score of a tta cell."""
-    figures = cell.get("compile_figures")
+    compile figures (``figures``: the parent's record for the cell's backend and
+    model) with where they came from, the MLPerf score of a tta cell."""
     comp = cell.setdefault("compile", {})
     if figures and "cold_s" in figures:
         comp.update(cold_s=figures["cold_s"], cache_hit_s=figures["cache_hit_s"],

@@ -116,18 +116,12 @@ def main(args):
 
 def run_epochs(args, writer):
     """The GPU epoch cells, through `mnist-bench run` on synthetic data."""
-    import argparse
-
-    from . import harness, plan
-    parser = argparse.ArgumentParser()
-    plan.add_arguments(parser)
+    from . import harness
     n = SMOKE_EPOCH_SAMPLES if args.smoke else args.train_samples
     status = 0
     for model, batch in EPOCH_CELLS:
-        run_args = parser.parse_args(["--models", model, "--backends", ",".join(GPU_BACKENDS),
-                                      "--batch-sizes", str(batch), "--dataset", "synthetic",
-                                      "--train-limit", str(n), "--repeats", str(args.repeats),
-                                      "--threads", str(os.cpu_count()),
-                                      "--results-dir", args.results_dir])
-        status = harness.main(run_args) or status
+        status = harness.run_sweep({
+            "models": model, "backends": ",".join(GPU_BACKENDS), "batch_sizes": str(batch),
+            "dataset": "synthetic", "train_limit": n, "repeats": args.repeats,
+            "threads": str(os.cpu_count()), "results_dir": args.results_dir}) or status
     return status

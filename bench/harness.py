@@ -15,7 +15,7 @@ import tempfile
 
 from .plan import add_arguments, cells_of, plan, settings_of  # noqa: F401  (the CLI's hooks)
 
-INTERNAL = ("data_file", "compile_figures", "reference_dir")
+INTERNAL = ("data_file", "reference_dir")
 
 
 def worker_key(cell):
@@ -23,6 +23,11 @@ def worker_key(cell):
 
 
 def main(args):
+    return run_sweep(vars(args))
+
+
+def run_sweep(options) -> int:
+    """`mnist-bench run` with ``options`` by name (plan.DEFAULTS for the rest)."""
     import numpy as np
 
     from . import compile_times
@@ -30,7 +35,8 @@ def main(args):
     from .epochs import finalize
     from .store import RunWriter, default_header
     from .supervise import Progress, Supervisor, thread_env
-    sweep = plan(args)
+    sweep = plan(options)
+    results_dir = sweep["results_dir"]
     tmpdir = tempfile.mkdtemp(prefix="mnist-bench-")
     writer = supervisor = None
     try:
@@ -43,7 +49,7 @@ def main(args):
         cells = cells_of(sweep, data_files)
         for cell in cells:  # the reference trajectories every backend of a setting shares
             cell["reference_dir"] = os.path.join(tmpdir, "reference")
-        writer = RunWriter(args.results_dir, default_header(settings_of(sweep)))
+        writer = RunWriter(results_dir, default_header(settings_of(sweep)))
         print(f"run {writer.run_id}: {len(cells)} cells, {sweep['repeats']} rounds -> {writer.path}",
               file=sys.stderr)
         shared = compile_times.compiled_dir()
@@ -54,16 +60,19 @@ def main(args):
 
         pairs = dict.fromkeys((c["backend"], c["model"], sweep["model_batch_sizes"][c["model"]],
                                c["threads"]) for c in cells)
+        # the compile figures stay here, keyed by backend and model: workers never see them
         figures = compile_times.figures(pairs, writer.header["machine"], writer.run_id,
                                         lambda b, t: env_of((b, t)), sweep["measure_compile"],
-                                        log=lambda m: print(m, file=sys.stderr))
-        for cell in cells:
-            cell["compile_figures"] = figures.get((cell["backend"], cell["model"]))
+                                        log=lambda m: print(m, file=sys.stderr),
+                                        overrides=sweep["overrides"])
 
         def store(cell):
             writer.put({k: v for k, v in cell.items() if k not in INTERNAL})
 
-        supervisor = Supervisor(worker_key, env_of, store, finalize, sweep["repeats"],
+        def with_figures(cell):
+            finalize(cell, figures.get((cell["backend"], cell["model"])))
+
+        supervisor = Supervisor(worker_key, env_of, store, with_figures, sweep["repeats"],
                                 seed=int(writer.run_id[-6:], 16), processes=sweep["processes"])
         writer.header["settings"]["round_order_seed"] = supervisor.seed
         supervisor.run([cells], Progress(len(cells), sweep["repeats"]))
@@ -83,8 +92,8 @@ def main(args):
         shutil.rmtree(tmpdir, ignore_errors=True)
     counts = collections.Counter(c["status"] for c in writer.cells)
     print(f"results: {writer.path} ({', '.join(f'{n} {s}' for s, n in counts.items())})")
-    if args.report:
-        write_report([writer.path], args.report)
+    if sweep["report"]:
+        write_report([writer.path], sweep["report"])
     return 0
 
 

@@ -161,7 +161,8 @@ class KernelUnit:
         self.shape, self.dtype = tuple(cell["shape"]), cell["dtype"]
 
     def setup(self) -> dict:
-        from .measure import CpuTimer, CudaTimer, configure_threads, thread_mismatches, thread_pools
+        from .backends import configure_threads
+        from .measure import CpuTimer, CudaTimer, thread_mismatches, thread_pools
         fam, v = self.family, self.version
         ok, why = fam.available()
         why = None if ok else why

@@ -256,29 +256,6 @@ def descheduled(reading) -> str:
 
 # -- thread pools ----------------------------------------------------------------------
 
-def configure_threads(libraries, n: int):
-    """The one place that sizes a library's own thread pool: Numba's and torch's to
-    ``n``; JAX's before jax is imported (XLA sizes its pool from the CPU affinity
-    and takes the intra-op limit from XLA_FLAGS). Libraries without a pool of
-    their own (numpy, whose BLAS pool the worker's environment sized) are
-    ignored."""
-    import sys
-    n = int(n)
-    for library in libraries:
-        if library == "numba":
-            import numba
-            numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-        elif library == "torch":
-            import torch
-            torch.set_num_threads(n)
-        elif library == "jax" and "jax" not in sys.modules:
-            cpus = sorted(os.sched_getaffinity(0))
-            os.sched_setaffinity(0, set(cpus[:max(1, n)]))
-            flags = os.environ.get("XLA_FLAGS", "")
-            os.environ["XLA_FLAGS"] = (flags + f" --xla_cpu_multi_thread_eigen={'true' if n > 1 else 'false'}"
-                                       f" intra_op_parallelism_threads={n}").strip()
-
-
 def thread_pools() -> dict:
     """Every thread pool this process has, as the libraries report them:
     threadpoolctl's view of each BLAS and OpenMP runtime (with OpenBLAS's kernel

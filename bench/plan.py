@@ -16,6 +16,13 @@ QUICK = dict(models="nielsen,mlp", batch_sizes="2,8,32,128,512,1024",
              backends="numpy-loop,numpy,numba,numba-parallel,numba-fused,torch,torch-ops,jax,jax-scan",
              epochs=1, repeats=5, train_limit=2048, processes=1)
 BATCH_INDEPENDENT = {"numpy-loop"}
+# Every option's default (add_arguments), so a caller may give only some, and so
+# --quick can tell an option the user set from one left alone.
+DEFAULTS = dict(models="nielsen,mlp", backends="numpy,numpy-loop", batch_sizes=None, threads=None,
+                dataset="auto", data_dir=None, mode="throughput", epochs=None, repeats=9,
+                processes=3, seeds=None, target_accuracy=0.90, train_limit=None, set=[],
+                results_dir="results", machine=None, measure_compile=False, quick=False,
+                report=None, replay_budget=5.0)
 
 
 def add_arguments(parser):
@@ -50,6 +57,10 @@ def add_arguments(parser):
     parser.add_argument("--results-dir", default="results", help="results store (default results/)")
     parser.add_argument("--machine", default=None, metavar="NAME",
                         help="this machine's name in reports (default: CPU model, ISA and cores)")
+    parser.add_argument("--replay-budget", type=float, default=5.0, metavar="SECONDS",
+                        help="longest float64 replay of one cell's timed epochs after its rounds "
+                             "(default 5; longer ones are skipped and say so, the held-out check "
+                             "still runs)")
     parser.add_argument("--measure-compile", action="store_true",
                         help="measure compile times anew instead of reusing the stored ones")
     parser.add_argument("--quick", action="store_true",
@@ -113,17 +124,25 @@ def check_possible(models, backends, quiet_unavailable=()):
     return {b for b, _ in impossible if not get_backend(b).available()[0]}
 
 
-def plan(args) -> dict:
+def plan(options) -> dict:
     """Check every option and name, and load the datasets, before any work starts.
-    Returns the sweep; raises ValueError/DataError with one clear line."""
+    ``options``: the run's options by name (the CLI's namespace as a dict, or a
+    caller's own, e.g. `mnist-bench gpu`), never changed. Returns the sweep;
+    raises ValueError/DataError with one clear line."""
+    from types import SimpleNamespace
+
     from .backends import backend_names
     from .data import load
+    given = dict(DEFAULTS, **{k: v for k, v in dict(options).items() if v is not None or k in DEFAULTS})
     quick_backends = ()
-    if args.quick:
-        for key, value in QUICK.items():
-            setattr(args, key, value)
-        args.report = args.report or os.path.join(args.results_dir, "report")
+    if given.get("quick"):
+        clash = [k for k in QUICK if given.get(k) != DEFAULTS.get(k)]
+        if clash:
+            raise ValueError(f"--quick sets --{clash[0].replace('_', '-')} itself; drop one of them "
+                             f"(the main job is {QUICK['models']} at {QUICK['batch_sizes']})")
+        given.update(QUICK, report=given.get("report") or os.path.join(given["results_dir"], "report"))
         quick_backends = csv(QUICK["backends"], "backends")
+    args = SimpleNamespace(**given)
     from .backends import plugin_modules
     plugin_modules()  # a plugin may add networks as well as backends
     models = csv(args.models, "models")
@@ -157,6 +176,8 @@ def plan(args) -> dict:
         raise ValueError("--epochs must be at least 1")
     if args.train_limit is not None and args.train_limit < 1:
         raise ValueError("--train-limit must be at least 1")
+    if not args.replay_budget >= 0:
+        raise ValueError("--replay-budget is a number of seconds, 0 or more")
     if not 0 < args.target_accuracy <= 1:
         raise ValueError("--target-accuracy is a fraction in (0, 1]")
     unavailable = check_possible(models, backends, quiet_unavailable=quick_backends)
@@ -176,7 +197,8 @@ def plan(args) -> dict:
             "repeats": args.repeats if args.mode == "throughput" else len(seeds), "seeds": seeds,
             "target_accuracy": args.target_accuracy, "train_limit": args.train_limit,
             "overrides": overrides, "measure_compile": args.measure_compile,
-            "machine": args.machine,
+            "machine": args.machine, "report": args.report, "results_dir": args.results_dir,
+            "replay_budget_s": args.replay_budget,
             "processes": min(args.processes, args.repeats) if args.mode == "throughput" else 1,
             "model_batch_sizes": {m: NETWORKS[m].defaults["batch_size"] for m in models}}
 
@@ -199,12 +221,16 @@ def cells_of(sweep, data_files) -> list:
                 for model in sweep["models"]:
                     for bs in batch_sizes_of(sweep, backend, model):
                         cells.append({
-                            "id": len(cells), "kind": kind, "model": model, "backend": backend,
+                            # one group: every cell of the sweep is sampled in the same
+                            # rounds, so two cells' samples pair up by round
+                            "id": len(cells), "group": 0, "kind": kind, "model": model,
+                            "backend": backend,
                             "batch_size": bs, "threads": threads, "dataset": ds.name,
                             "synthetic": ds.synthetic, "data_file": data_files[ds.name],
                             "seed": sweep["seeds"][0] if kind == "epoch" else None,
                             "tta_seeds": sweep["seeds"] if kind == "tta" else None,
                             "epochs": sweep["epochs"], "overrides": sweep["overrides"],
+                            "replay_budget_s": sweep["replay_budget_s"],
                             "target_accuracy": sweep["target_accuracy"] if kind == "tta" else None})
     return cells
 

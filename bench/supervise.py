@@ -134,12 +134,18 @@ class LocalWorker:
     same handler (bench.worker.handle), nothing to stop between samples."""
 
     def __init__(self, key, make_unit, threads):
-        import numba
+        from .backends import configure_threads
         self.key, self.make_unit, self.units, self.threads = key, make_unit, {}, threads
         self.pid = os.getpid()
-        # starts Numba's threading layer now (with its OpenMP runtime where that is the
-        # layer), so the pool limits of every request reach it
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        # the pools this process has of its own (Numba's, and torch's where torch is
+        # loaded) sized now, as a worker's are, and given back on close; Numba's
+        # threading layer starts here (with its OpenMP runtime where that is the
+        # layer), so the BLAS/OpenMP limits of every request reach it
+        import numba
+        self._before = {"numba": numba.get_num_threads()}
+        if "torch" in sys.modules:
+            self._before["torch"] = sys.modules["torch"].get_num_threads()
+        configure_threads(list(self._before), threads)
 
     def request(self, command) -> dict:
         """As a worker process answers, with every pool of this process (those a
@@ -159,7 +165,10 @@ class LocalWorker:
         pass
 
     def close(self):
+        from .backends import configure_threads
         self.units.clear()
+        for library, n in self._before.items():
+            configure_threads([library], n)
 
 
 def pending(cell) -> dict:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..models import config_for, get_network
+from ..models import Network, config_for, get_network
 from ..models.checks import compare
 from ..models.train import epoch_batches, prepare_inputs, prepare_targets
 
@@ -86,35 +86,49 @@ def scenarios(network, config, steps, seed):
         yield "large inputs", x, y, 2
 
 
-def validate(backend_name, model_name, steps=3, batch_size=None, seed=0, overrides=None,
-             tolerance=TOLERANCE) -> Validation:
-    """Compare ``backend_name`` with ``numpy`` in every scenario; never raises."""
-    from .backends import get_backend
+def adam_parity_config(config: dict, overrides=None) -> dict:
+    """The config whole-network parity is checked at: Adam divides by sqrt(v) + eps,
+    and where a gradient entry cancels to ~1e-8 (float32 rounding of terms ~1e-3,
+    which differs legitimately between summation orders), eps 1e-8 turns that
+    rounding into a full-size step. Parity is therefore checked at eps 1e-4 unless
+    the caller set eps; the Adam kernels themselves are validated at eps 1e-8 in
+    kernels/update.py."""
+    config = dict(config)
+    if config.get("optimizer") == "adam" and "eps" not in (overrides or {}):
+        config["eps"] = max(config["eps"], 1e-4)
+    return config
+
+
+def validate(backend, network, steps=3, batch_size=None, seed=0, overrides=None,
+             tolerance=TOLERANCE, config=None) -> Validation:
+    """Compare ``backend`` (a Backend, or its name) with ``numpy`` on ``network`` (a
+    Network, or its name) in every scenario, with ``config`` (default: the
+    network's hyperparameters with ``overrides``); never raises."""
+    from .backends import Backend, get_backend
     worst = 0.0
+    backend_name = getattr(backend, "name", backend)
+    model_name = getattr(network, "name", network)
     try:
-        network = get_network(model_name)
-        config = config_for(network, overrides)
-        if config.get("optimizer") == "adam" and "eps" not in (overrides or {}):
-            # Adam divides by sqrt(v) + eps. Where a gradient entry cancels to ~1e-8
-            # (float32 rounding of terms ~1e-3, which differs legitimately between
-            # summation orders), eps 1e-8 turns that rounding into a full-size step.
-            # Whole-network parity is therefore checked at eps 1e-4; the Adam kernels
-            # themselves are validated at eps 1e-8 in kernels/update.py.
-            config["eps"] = max(config["eps"], 1e-4)
+        if not isinstance(network, Network):
+            network = get_network(network)
+        if not isinstance(backend, Backend):
+            backend = get_backend(backend)
+        config = adam_parity_config(config if config is not None else config_for(network, overrides),
+                                    overrides)
         if batch_size is not None:
             config["batch_size"] = batch_size
         elif config["batch_size"] == 0:
             config["batch_size"] = 64  # full-batch models: a small "full" batch
-        backend = get_backend(backend_name)
         tolerance = backend.validation_tolerance or tolerance
         ok, why = backend.available()
         if not ok:
             return Validation(backend_name, model_name, False, float("nan"), steps, f"unavailable: {why}")
         init = network.init_params(seed)
+        reference = get_backend("numpy")
         for name, x, y, n_steps in scenarios(network, config, steps, seed):
-            reference = run_steps(get_backend("numpy"), network, config, x, y, n_steps, seed).params()
+            want = run_steps(reference, network, config, x, y, n_steps, seed).params()
             got = run_steps(backend, network, config, x, y, n_steps, seed).params()
-            err, message = param_error(got, reference, init, tolerance)
+            err, message = param_error(got, want, init, tolerance)
             worst = max(worst, err)
             if not np.isfinite(err) or err > tolerance:
                 return Validation(backend_name, model_name, False, err, steps,

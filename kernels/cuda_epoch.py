@@ -15,12 +15,12 @@ as a cooperative launch allows (every block resident); the simulator runs
 cooperative grids of one block only, which is how the tests run it.
 """
 import functools
-import math
 
 from numba import cuda, float32
 
 from .cuda_common import THREADS
 from .cuda_matmul import sigmoid
+from .cuda_nn import block_sum, softmax_xent_row
 
 SUPPORTED = ("nielsen", "mlp")
 IMAGE, CLASSES = 784, 10
@@ -92,29 +92,10 @@ def epoch_kernel(hidden, hidden_act, output_sigmoid, quadratic, momentum):
                             dz = d * inv_n
                             D2[r, o] = dz * a * (float32(1.0) - a) if output_sigmoid else dz
                     else:
-                        m = A2[r, 0]
-                        for o in range(1, CLASSES):
-                            if A2[r, o] > m:
-                                m = A2[r, o]
-                        s = float32(0.0)
-                        for o in range(CLASSES):
-                            s += math.exp(A2[r, o] - m)
-                        log_sum = math.log(s)
-                        label = Y[row]
-                        total += log_sum - (A2[r, label] - m)
-                        for o in range(CLASSES):
-                            p = math.exp(A2[r, o] - m - log_sum)
-                            D2[r, o] = ((p - float32(1.0)) if o == label else p) * inv_n
-                partial[cuda.threadIdx.x] = total
-                cuda.syncthreads()
-                half = cuda.blockDim.x // 2
-                while half > 0:
-                    if cuda.threadIdx.x < half:
-                        partial[cuda.threadIdx.x] += partial[cuda.threadIdx.x + half]
-                    cuda.syncthreads()
-                    half //= 2
+                        total += softmax_xent_row(A2, D2, r, Y[row], inv_n)
+                total = block_sum(partial, total)
                 if cuda.threadIdx.x == 0:
-                    losses[b] = partial[0] * (float32(0.5) * inv_n if quadratic else inv_n)
+                    losses[b] = total * (float32(0.5) * inv_n if quadratic else inv_n)
             grid.sync()
             # 4. dL/dz1 = (dz2 · W2ᵀ) ⊙ act'(a1)
             for e in range(tid, nb * H, stride):

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import cuda, float32
 
+from .family import operands
 from .cuda_common import (MAX_BLOCKS, SIMULATOR, CudaKernelFamily, check_float32,
                                  check_out, device)
 
@@ -620,11 +621,10 @@ _REFERENCES = {"nn": lambda a, b: a @ b, "nt": lambda a, b: a @ b.T, "tn": lambd
 
 def _family(form):
     def make_inputs(shape, dtype, rng):
+        # the CUDA families' shapes are (m, n, k), as the GPU runs stored them since
+        # their first measurements; the CPU families' are (m, k, n)
         m, n, k = shape
-        a_shape = (k, m) if form == "tn" else (m, k)
-        b_shape = (n, k) if form == "nt" else (k, n)
-        return (rng.standard_normal(a_shape).astype(dtype),
-                rng.standard_normal(b_shape).astype(dtype))
+        return operands(form, m, k, n, dtype, rng)
 
     # shape = (m, n, k): C is m×n, the reduction is k long.
     fam = CudaKernelFamily(f"cuda_matmul_{form}", _REFERENCES[form], make_inputs, outputs=("C",),

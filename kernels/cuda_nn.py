@@ -123,8 +123,10 @@ def bias_grad(dz, out=None, alloc=cuda.device_array):
 
 # -- losses: one block, deterministic reduction ---------------------------------------
 @cuda.jit(device=True, inline=True)
-def _block_sum_into(partial, value, loss, slot, scale):
-    """Tree-reduce each thread's ``value``; thread 0 writes sum·scale to loss[slot]."""
+def block_sum(partial, value):
+    """The sum of every thread's ``value`` over the block (a tree in the shared
+    array ``partial``, one slot per thread, power-of-two blocks); every thread of
+    the block must call it, and gets the sum."""
     tid = cuda.threadIdx.x
     partial[tid] = value
     cuda.syncthreads()
@@ -134,30 +136,47 @@ def _block_sum_into(partial, value, loss, slot, scale):
             partial[tid] += partial[tid + half]
         cuda.syncthreads()
         half //= 2
-    if tid == 0:
-        loss[slot] = partial[0] * scale
+    total = partial[0]
+    cuda.syncthreads()  # partial may be reused at once
+    return total
+
+
+@cuda.jit(device=True)
+def _block_sum_into(partial, value, loss, slot, scale):
+    """Thread 0 writes the block's sum of ``value`` times ``scale`` to loss[slot]."""
+    total = block_sum(partial, value)
+    if cuda.threadIdx.x == 0:
+        loss[slot] = total * scale
+
+
+@cuda.jit(device=True)
+def softmax_xent_row(z, grad, r, label, inv_n):
+    """Row ``r`` of a softmax cross-entropy: dL/dz (scaled by ``inv_n``) into
+    ``grad[r]``, the row's loss returned. The shift by the row's maximum keeps exp
+    finite for any logits. Shared by the per-op kernel and the persistent epoch."""
+    classes = z.shape[1]
+    m = z[r, 0]
+    for j in range(1, classes):
+        if z[r, j] > m:
+            m = z[r, j]
+    s = float32(0.0)
+    for j in range(classes):
+        s += math.exp(z[r, j] - m)
+    log_sum = math.log(s)
+    for j in range(classes):
+        p = math.exp(z[r, j] - m - log_sum)
+        grad[r, j] = ((p - float32(1.0)) if j == label else p) * inv_n
+    return log_sum - (z[r, label] - m)
 
 
 @cuda.jit
 def softmax_cross_entropy_kernel(logits, labels, grad, loss, slot):
     partial = cuda.shared.array(REDUCE_THREADS, float32)
-    n, classes = logits.shape
+    n = logits.shape[0]
     inv_n = float32(1.0) / float32(n)
     total = float32(0.0)
     for r in range(cuda.threadIdx.x, n, cuda.blockDim.x):
-        m = logits[r, 0]
-        for j in range(1, classes):
-            if logits[r, j] > m:
-                m = logits[r, j]
-        s = float32(0.0)
-        for j in range(classes):
-            s += math.exp(logits[r, j] - m)
-        log_sum = math.log(s)
-        label = labels[r]
-        total += log_sum - (logits[r, label] - m)
-        for j in range(classes):
-            p = math.exp(logits[r, j] - m - log_sum)
-            grad[r, j] = ((p - float32(1.0)) if j == label else p) * inv_n
+        total += softmax_xent_row(logits, grad, r, labels[r], inv_n)
     _block_sum_into(partial, total, loss, slot, inv_n)
 
 
@@ -314,19 +333,12 @@ def conv2d_grad_weights_kernel(x, dy, dw, db):
             for e in range(cuda.threadIdx.x, n_img * per_image, cuda.blockDim.x):
                 n, p = e // per_image, e % per_image
                 s += dy[n, f, p // ow, p % ow]
-        partial[cuda.threadIdx.x] = s
-        cuda.syncthreads()
-        half = cuda.blockDim.x // 2
-        while half > 0:
-            if cuda.threadIdx.x < half:
-                partial[cuda.threadIdx.x] += partial[cuda.threadIdx.x + half]
-            cuda.syncthreads()
-            half //= 2
+        s = block_sum(partial, s)
         if cuda.threadIdx.x == 0:
             if unit < n_weights:
-                dw[f, c, u, v] = partial[0]
+                dw[f, c, u, v] = s
             else:
-                db[f] = partial[0]
+                db[f] = s
         cuda.syncthreads()
 
 

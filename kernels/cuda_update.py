@@ -12,8 +12,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from ..models import NETWORKS
-from ..models.params import total_size
+from . import update
 from .cuda_common import THREADS, CudaKernelFamily, blocks_for, device
 
 
@@ -83,63 +82,32 @@ def adam_update(p, g, m, v, step, lr, beta1, beta2, eps):
                           np.float32(eps))
 
 
-# -- kernel families (shape = (n,), the flat buffer length) ----------------------
-HYPER = dict(lr=1e-3, beta=0.9, beta1=0.9, beta2=0.999, eps=1e-8, step=3)
-
-
-def _buffers(k):
-    def make_inputs(shape, dtype, rng):
-        return tuple(rng.standard_normal(shape).astype(dtype) if i != 3 else
-                     rng.random(shape).astype(dtype) for i in range(k))   # v >= 0 for Adam
-    return make_inputs
-
-
-def _sgd_reference(p, g):
-    return p - HYPER["lr"] * g
-
-
-def _momentum_reference(p, g, v):
-    v = HYPER["beta"] * v + (1 - HYPER["beta"]) * g
-    return p - HYPER["lr"] * v, v
-
-
-def _adam_reference(p, g, m, v):
-    b1, b2, t = HYPER["beta1"], HYPER["beta2"], HYPER["step"]
-    m = b1 * m + (1 - b1) * g
-    v = b2 * v + (1 - b2) * g * g
-    return p - HYPER["lr"] * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + HYPER["eps"]), m, v
-
-
-PARAM_COUNTS = {name: total_size(cls().param_shapes()) for name, cls in NETWORKS.items()}
-
-
-def _family(name, reference, k, outputs):
-    return CudaKernelFamily(name, reference, _buffers(k), outputs=outputs,
+# -- kernel families (shape = (n,), the flat buffer length): the CPU families'
+# inputs, hyperparameters and NumPy references (kernels/update.py) ----------------
+def _family(name):
+    outputs = update.STATE[name]
+    return CudaKernelFamily(f"cuda_{name}", update.with_hyperparameters(name, update.REFERENCES[name]),
+                            update.make_inputs(name), outputs=outputs,
                             nbytes=lambda s, itemsize: itemsize * s[0] * (1.0 + 2 * len(outputs)),
                             # the mlp's and the cnn's (the Adam network's) parameters; 2^24
                             # for bandwidth
-                            sweep_shapes=[(PARAM_COUNTS["mlp"],), (PARAM_COUNTS["cnn"],), (1 << 24,)],
+                            sweep_shapes=[(update.PARAM_COUNTS["mlp"],), (update.PARAM_COUNTS["cnn"],),
+                                          (1 << 24,)],
                             check_shapes=[(1,), (33,), (4099,)])
 
 
-def _on_device(update):
-    """A version: upload host inputs, update in place, return every updated buffer."""
+def _on_device(fn):
+    """A version: upload host inputs, update in place with the families' hyperparameters,
+    return every updated buffer."""
     def version(*arrays):
         arrays = [device(a) for a in arrays]
-        update(*arrays)
+        update.with_hyperparameters(name_of[fn], fn)(*arrays)
         return (arrays[0],) + tuple(arrays[2:])
     return version
 
 
-sgd = _family("cuda_sgd", _sgd_reference, 2, ("p",))
-sgd.version(_on_device(lambda p, g: sgd_update(p, g, HYPER["lr"])), name="v1_grid_stride",
-            library="cuda")
-momentum = _family("cuda_momentum", _momentum_reference, 3, ("p", "v"))
-momentum.version(_on_device(lambda p, g, v: momentum_update(p, g, v, HYPER["lr"], HYPER["beta"])),
-                 name="v1_grid_stride", library="cuda")
-adam = _family("cuda_adam", _adam_reference, 4, ("p", "m", "v"))
-adam.version(_on_device(lambda p, g, m, v: adam_update(
-    p, g, m, v, HYPER["step"], HYPER["lr"], HYPER["beta1"], HYPER["beta2"], HYPER["eps"])),
-    name="v1_grid_stride", library="cuda")
-
+name_of = {sgd_update: "sgd", momentum_update: "momentum", adam_update: "adam"}
+sgd, momentum, adam = (_family(n) for n in ("sgd", "momentum", "adam"))
+for fam, fn in ((sgd, sgd_update), (momentum, momentum_update), (adam, adam_update)):
+    fam.version(_on_device(fn), name="v1_grid_stride", library="cuda")
 FAMILIES = [sgd, momentum, adam]

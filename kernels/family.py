@@ -158,3 +158,11 @@ class KernelFamily:
 
 def _copy(inputs):
     return tuple(a.copy() if isinstance(a, np.ndarray) else a for a in inputs)
+
+
+def operands(form, m, k, n, dtype, rng):
+    """The stored operands of an m x k by k x n product in ``form`` (Aᵀ stored (k, m)
+    for tn, Bᵀ stored (n, k) for nt): the CPU and CUDA matmul families' inputs."""
+    a_shape = (k, m) if form == "tn" else (m, k)
+    b_shape = (n, k) if form == "nt" else (k, n)
+    return rng.standard_normal(a_shape).astype(dtype), rng.standard_normal(b_shape).astype(dtype)

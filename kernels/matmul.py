@@ -46,7 +46,7 @@ from numba import prange, types
 from numba.extending import intrinsic
 
 from ._numba import TARGET, TILE, njit, serial_and_parallel, specialize, stack_array
-from .family import KernelFamily
+from .family import KernelFamily, operands
 
 # The geometry of this process (float32). float64 compiles the same bodies with
 # half of NR (the same registers hold half the lanes).
@@ -671,10 +671,7 @@ CHECK_SHAPES = [(1, 1, 1), (7, 7, 7), (33, 7, 1), (1, 257, 33), (257, 33, 7),
 def _make_inputs(form):
     def make(shape, dtype, rng):
         m, k, n = shape
-        a_shape = (k, m) if form == "tn" else (m, k)
-        b_shape = (n, k) if form == "nt" else (k, n)
-        return (rng.standard_normal(a_shape).astype(dtype),
-                rng.standard_normal(b_shape).astype(dtype))
+        return operands(form, m, k, n, dtype, rng)
     return make
 
 

@@ -111,23 +111,41 @@ STATE = {"sgd": ("p",), "momentum": ("p", "v"), "adam": ("p", "m", "v")}
 ARGS = {"sgd": ("lr",), "momentum": ("lr", "beta"), "adam": ("step", "lr", "beta1", "beta2", "eps")}
 
 
-def _make_family(name, reference, serial, parallel, torch_version):
-    outputs = STATE[name]
-    args = tuple(HYPER[a] for a in ARGS[name])
-
+def make_inputs(name):
+    """make_inputs(shape, dtype, rng) of the ``name`` update's families (the CPU ones
+    here, the CUDA ones in cuda_update.py): p, g and the state buffers (>= 0, as
+    Adam's v must be)."""
     def make(shape, dtype, rng):
         p = rng.standard_normal(shape).astype(dtype)
         g = rng.standard_normal(shape).astype(dtype)
-        state = [np.abs(rng.standard_normal(shape)).astype(dtype) * 0.1 for _ in outputs[1:]]
+        state = [np.abs(rng.standard_normal(shape)).astype(dtype) * 0.1 for _ in STATE[name][1:]]
         return (p, g, *state)
+    return make
+
+
+def with_hyperparameters(name, fn):
+    """``fn(p, g, *state, *hyperparameters)`` as a version (p, g, *state) -> every
+    buffer it updates, with the families' HYPER values."""
+    args = tuple(HYPER[a] for a in ARGS[name])
+
+    def version(p, g, *state):
+        fn(p, g, *state, *args)
+        return (p, *state)
+    return version
+
+
+REFERENCES = {"sgd": sgd_numpy, "momentum": momentum_numpy, "adam": adam_numpy}
+
+
+def _make_family(name, serial, parallel, torch_version):
+    outputs = STATE[name]
+    args = tuple(HYPER[a] for a in ARGS[name])
+    reference = REFERENCES[name]
 
     def run(fn):
-        def version(p, g, *state):
-            fn(p, g, *state, *args)
-            return (p, *state)
-        return version
+        return with_hyperparameters(name, fn)
 
-    fam = KernelFamily(f"{name}_update", run(reference), make, outputs=outputs,
+    fam = KernelFamily(f"{name}_update", run(reference), make_inputs(name), outputs=outputs,
                        nbytes=lambda s, itemsize: itemsize * s[0] * (1.0 + 2 * len(outputs)),
                        dtypes=("float32", "float64"),
                        sweep_shapes=[(n,) for n in PARAM_COUNTS.values()] + [(1 << 22,)],
@@ -145,7 +163,7 @@ def _make_family(name, reference, serial, parallel, torch_version):
 
 
 FAMILIES = [
-    _make_family("sgd", sgd_numpy, sgd_serial, sgd_parallel, _sgd_torch),
-    _make_family("momentum", momentum_numpy, momentum_serial, momentum_parallel, _momentum_torch),
-    _make_family("adam", adam_numpy, adam_serial, adam_parallel, _adam_torch),
+    _make_family("sgd", sgd_serial, sgd_parallel, _sgd_torch),
+    _make_family("momentum", momentum_serial, momentum_parallel, _momentum_torch),
+    _make_family("adam", adam_serial, adam_parallel, _adam_torch),
 ]

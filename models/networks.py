@@ -67,54 +67,66 @@ class Linear(Network):
         return 2 * IMAGE_PIXELS * CLASSES * 2  # forward, weight gradient
 
 
-class Nielsen(Network):
-    """784 -> 30 -> 10, sigmoid layers, quadratic cost, SGD batch 10, eta 3.0 (write-up 001)."""
+class TwoLayer(Network):
+    """784 -> hidden -> 10, two dense layers; the subclass names the activations and
+    the loss. Nielsen's network and the mlp differ only in those (and in init and
+    hyperparameters), so both are this one backprop."""
 
-    name = "nielsen"
-    target = "onehot"
-    hidden = 30
-    defaults = dict(batch_size=10, optimizer="sgd", lr=3.0, epochs=30)
+    hidden = 0
+    hidden_activation = output_activation = "none"
+    loss = "softmax_cross_entropy"  # or "quadratic" (one-hot targets)
 
     def param_shapes(self):
         return {"w1": (IMAGE_PIXELS, self.hidden), "b1": (self.hidden,),
                 "w2": (self.hidden, CLASSES), "b2": (CLASSES,)}
 
-    def init_params(self, seed):
-        # Nielsen's network.py: every weight and bias drawn from N(0, 1).
-        rng = np.random.default_rng(seed)
-        return {k: _normal(rng, s) for k, s in self.param_shapes().items()}
-
     def loss_and_grads(self, ops, p, x, y, grads, key=0):
-        a1 = ops.dense(x, p["w1"], p["b1"], "sigmoid")
-        a2 = ops.dense(a1, p["w2"], p["b2"], "sigmoid")
-        loss, da2 = ops.quadratic_loss(a2, y)
-        dz2 = ops.activation_backward(a2, da2, "sigmoid")
+        a1 = ops.dense(x, p["w1"], p["b1"], self.hidden_activation)
+        a2 = ops.dense(a1, p["w2"], p["b2"], self.output_activation)
+        if self.loss == "quadratic":
+            loss, da2 = ops.quadratic_loss(a2, y)
+            dz2 = ops.activation_backward(a2, da2, self.output_activation)
+        else:  # softmax cross-entropy takes the logits: no output activation
+            loss, dz2 = ops.softmax_cross_entropy(a2, y)
         ops.matmul_tn(a1, dz2, out=grads["w2"])
         ops.bias_grad(dz2, out=grads["b2"])
-        dz1 = ops.activation_backward(a1, ops.matmul_nt(dz2, p["w2"]), "sigmoid")
+        dz1 = ops.activation_backward(a1, ops.matmul_nt(dz2, p["w2"]), self.hidden_activation)
         ops.matmul_tn(x, dz1, out=grads["w1"])
         ops.bias_grad(dz1, out=grads["b1"])
         return loss
 
     def predict(self, ops, p, x):
-        a1 = ops.dense(x, p["w1"], p["b1"], "sigmoid")
-        return ops.dense(a1, p["w2"], p["b2"], "sigmoid")
+        a1 = ops.dense(x, p["w1"], p["b1"], self.hidden_activation)
+        return ops.dense(a1, p["w2"], p["b2"], self.output_activation)
 
     def flops_per_sample(self):
         mults = IMAGE_PIXELS * self.hidden + self.hidden * CLASSES
         return 2 * 3 * mults - 2 * IMAGE_PIXELS * self.hidden  # no input gradient for layer 1
 
 
-class MLP(Network):
+class Nielsen(TwoLayer):
+    """784 -> 30 -> 10, sigmoid layers, quadratic cost, SGD batch 10, eta 3.0 (write-up 001)."""
+
+    name = "nielsen"
+    target = "onehot"
+    hidden = 30
+    hidden_activation = output_activation = "sigmoid"
+    loss = "quadratic"
+    defaults = dict(batch_size=10, optimizer="sgd", lr=3.0, epochs=30)
+
+    def init_params(self, seed):
+        # Nielsen's network.py: every weight and bias drawn from N(0, 1).
+        rng = np.random.default_rng(seed)
+        return {k: _normal(rng, s) for k, s in self.param_shapes().items()}
+
+
+class MLP(TwoLayer):
     """784 -> 128 ReLU -> 10, softmax cross-entropy, momentum SGD batch 128 (write-ups 002, 003)."""
 
     name = "mlp"
     hidden = 128
+    hidden_activation = "relu"
     defaults = dict(batch_size=128, optimizer="momentum", lr=0.3, beta=0.9, epochs=10)
-
-    def param_shapes(self):
-        return {"w1": (IMAGE_PIXELS, self.hidden), "b1": (self.hidden,),
-                "w2": (self.hidden, CLASSES), "b2": (CLASSES,)}
 
     def init_params(self, seed):
         # He initialisation (write-up 003); write-up 002's N(0, 1) diverges at lr 0.3.
@@ -123,25 +135,6 @@ class MLP(Network):
                 "b1": np.zeros(self.hidden, np.float32),
                 "w2": _normal(rng, (self.hidden, CLASSES), np.sqrt(2.0 / self.hidden)),
                 "b2": np.zeros(CLASSES, np.float32)}
-
-    def loss_and_grads(self, ops, p, x, y, grads, key=0):
-        h = ops.dense(x, p["w1"], p["b1"], "relu")
-        logits = ops.dense(h, p["w2"], p["b2"], "none")
-        loss, dlogits = ops.softmax_cross_entropy(logits, y)
-        ops.matmul_tn(h, dlogits, out=grads["w2"])
-        ops.bias_grad(dlogits, out=grads["b2"])
-        dz1 = ops.activation_backward(h, ops.matmul_nt(dlogits, p["w2"]), "relu")
-        ops.matmul_tn(x, dz1, out=grads["w1"])
-        ops.bias_grad(dz1, out=grads["b1"])
-        return loss
-
-    def predict(self, ops, p, x):
-        h = ops.dense(x, p["w1"], p["b1"], "relu")
-        return ops.dense(h, p["w2"], p["b2"], "none")
-
-    def flops_per_sample(self):
-        mults = IMAGE_PIXELS * self.hidden + self.hidden * CLASSES
-        return 2 * 3 * mults - 2 * IMAGE_PIXELS * self.hidden
 
 
 class CNN(Network):

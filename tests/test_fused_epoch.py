@@ -47,26 +47,43 @@ def test_transpose_first_block_round_trip():
 def test_fused_nielsen_with_optimizer_state_matches_numpy(overrides):
     """Optimizer state is permuted into the working layout and back each epoch; over two
     epochs (state carried across the round trip) the weights must equal numpy's."""
-    from mnist_numba_bench.bench.backends import get_backend
-    from mnist_numba_bench.bench.validate import validation_data
     from mnist_numba_bench.models import config_for, get_network
-    from mnist_numba_bench.models.train import epoch_batches
     net = get_network("nielsen")
     config = dict(config_for(net), batch_size=7, beta=0.9, beta1=0.9, beta2=0.999, eps=1e-8)
     config.update(overrides)
-    x, y, _ = validation_data(net, 40)
+    (want, init), got, _ = numpy_and_fused(net, config, 40, rtol=1e-4)
+    for k in want:
+        moved = np.abs(want[k] - init[k]).max()
+        assert moved > 0
+        np.testing.assert_allclose(got[k], want[k], atol=1e-3 * moved)
+
+
+def test_fused_full_batch_linear_over_several_epochs():
+    """Full-batch gradient descent uses the rows in place; two epochs equal numpy's."""
+    from mnist_numba_bench.models import config_for, get_network
+    net = get_network("linear")
+    (want, _), got, (x, trainers) = numpy_and_fused(net, config_for(net), 50, rtol=1e-5)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], atol=1e-6)
+    np.testing.assert_allclose(trainers[1].predict(x), trainers[0].predict(x), atol=1e-5)
+
+
+def numpy_and_fused(net, config, n, rtol, epochs=2):
+    """numpy's and numba-fused's trainers side by side over ``epochs`` epochs of n
+    validation images, their losses equal to ``rtol`` every epoch: ((numpy's
+    parameters, the init), numba-fused's parameters, (inputs, trainers))."""
+    from mnist_numba_bench.bench.backends import get_backend
+    from mnist_numba_bench.bench.validate import validation_data
+    from mnist_numba_bench.models.train import epoch_batches
+    x, y, _ = validation_data(net, n)
     trainers = [get_backend(b).make_trainer(net, net.init_params(0), config, 0)
                 for b in ("numpy", "numba-fused")]
     for t in trainers:
         t.set_data(x, y)
-    for epoch in range(2):
-        losses = [t.train_epoch(epoch_batches(len(x), 7, 0, epoch)) for t in trainers]
-        np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
-    init = net.init_params(0)
-    for k, want in trainers[0].params().items():
-        moved = np.abs(want - init[k]).max()
-        assert moved > 0
-        np.testing.assert_allclose(trainers[1].params()[k], want, atol=1e-3 * moved)
+    for epoch in range(epochs):
+        losses = [t.train_epoch(epoch_batches(n, config["batch_size"], 0, epoch)) for t in trainers]
+        np.testing.assert_allclose(losses[1], losses[0], rtol=rtol)
+    return (trainers[0].params(), net.init_params(0)), trainers[1].params(), (x, trainers)
 
 
 # The mlp epoch's kernels: the batch packed straight from X (both ways), the panel

@@ -4,12 +4,10 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from mnist_numba_bench.bench.backends import get_backend
 from mnist_numba_bench.bench.validate import validate
-from mnist_numba_bench.models import config_for, get_network
 from mnist_numba_bench.models.ops import Ops
 
 # Parity with numpy on every network: tests/test_parity.py.
@@ -18,25 +16,6 @@ from mnist_numba_bench.models.ops import Ops
 def test_fused_mlp_with_plain_sgd_matches_numpy():
     v = validate("numba-fused", "mlp", steps=3, batch_size=16, overrides={"optimizer": "sgd", "lr": 0.1})
     assert v.ok, v.error
-
-
-def test_fused_full_batch_linear_over_several_epochs():
-    """Full-batch gradient descent uses the rows in place; two epochs equal numpy's."""
-    from mnist_numba_bench.bench.validate import validation_data
-    from mnist_numba_bench.models.train import epoch_batches
-    net = get_network("linear")
-    config = config_for(net)
-    x, y, _ = validation_data(net, 50)
-    trainers = [get_backend(b).make_trainer(net, net.init_params(0), config, 0)
-                for b in ("numpy", "numba-fused")]
-    for t in trainers:
-        t.set_data(x, y)
-    for epoch in range(2):
-        losses = [t.train_epoch(epoch_batches(len(x), 0, 0, epoch)) for t in trainers]
-        np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
-    for k, want in trainers[0].params().items():
-        np.testing.assert_allclose(trainers[1].params()[k], want, atol=1e-6)
-    np.testing.assert_allclose(trainers[1].predict(x), trainers[0].predict(x), atol=1e-5)
 
 
 def test_fused_refuses_cnn_with_reason():

@@ -32,11 +32,11 @@ KERNEL_CELL = {"kind": "kernel", "model": "matmul", "backend": "matmul_naive", "
 
 def test_round_trip_keeps_every_field_and_merges_runs(tmp_path):
     a = store.RunWriter(tmp_path, header("box-a", "aaa"))
-    a.add(OK_CELL)
-    a.add(INVALID_CELL)
+    a.put(OK_CELL)
+    a.put(INVALID_CELL)
     a.close("complete")
     b = store.RunWriter(tmp_path / "elsewhere", header("box-b", "bbb"))
-    b.add(KERNEL_CELL)  # left "running", as a killed run would be
+    b.put(KERNEL_CELL)  # left "running", as a killed run would be
 
     runs, cells = store.read_results([tmp_path])  # a directory, searched recursively
     assert sorted(runs["machine.hostname"]) == ["box-a", "box-b"]
@@ -61,7 +61,7 @@ def test_round_trip_keeps_every_field_and_merges_runs(tmp_path):
 
 def test_reading_the_same_file_twice_counts_it_once(tmp_path):
     w = store.RunWriter(tmp_path, header())
-    w.add(OK_CELL)
+    w.put(OK_CELL)
     runs, cells = store.read_results([tmp_path, w.path])
     assert len(runs) == 1 and len(cells) == 1
 
@@ -69,22 +69,22 @@ def test_reading_the_same_file_twice_counts_it_once(tmp_path):
 def test_store_refuses_an_unvalidated_time(tmp_path):
     w = store.RunWriter(tmp_path, header())
     with pytest.raises(ValueError, match="without a passed validation"):
-        w.add({**OK_CELL, "validation": {"ok": False}})
+        w.put({**OK_CELL, "validation": {"ok": False}})
     with pytest.raises(ValueError, match="without a passed validation"):
-        w.add({k: v for k, v in OK_CELL.items() if k != "validation"})
+        w.put({k: v for k, v in OK_CELL.items() if k != "validation"})
     with pytest.raises(ValueError, match="without timing samples"):
-        w.add({**OK_CELL, "samples_s": []})
+        w.put({**OK_CELL, "samples_s": []})
     with pytest.raises(ValueError, match="needs an error"):
-        w.add({**INVALID_CELL, "error": ""})
+        w.put({**INVALID_CELL, "error": ""})
     with pytest.raises(ValueError, match="kind"):
-        w.add({**OK_CELL, "kind": "bogus"})
+        w.put({**OK_CELL, "kind": "bogus"})
     assert store.read_run(w.path)[1] == []  # nothing refused reached the file
 
 
 def test_every_write_leaves_a_complete_file(tmp_path, monkeypatch):
     w = store.RunWriter(tmp_path, header())
     for i in range(3):
-        w.add({**OK_CELL, "batch_size": i})
+        w.put({**OK_CELL, "batch_size": i})
         assert len(store.read_run(w.path)[1]) == i + 1
     # A crash between writing the temporary file and renaming it: the run file
     # still holds exactly the cells finished before.
@@ -92,7 +92,7 @@ def test_every_write_leaves_a_complete_file(tmp_path, monkeypatch):
         raise OSError("simulated crash before the rename")
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError):
-        w.add({**OK_CELL, "batch_size": 99})
+        w.put({**OK_CELL, "batch_size": 99})
     assert [c["batch_size"] for c in store.read_run(w.path)[1]] == [0, 1, 2]
     # readers never pick up the stray temporary file
     assert store.result_files([tmp_path]) == [w.path]

@@ -89,7 +89,8 @@ def test_run_stores_timed_work_faults_invalid_with_samples_and_no_time(tmp_path)
     backends = ",".join(["numpy", "numpy-no-state"] + FAULTS)
     _, cells = run_ok("run", "--models", "mlp", "--backends", backends, "--batch-sizes", "32",
                       "--dataset", "synthetic", "--train-limit", "300", "--repeats", "2",
-                      "--processes", "1", "--threads", "1", tmp_path=tmp_path, timeout=600)
+                      "--processes", "1", "--threads", "1", "--replay-budget", "120",
+                      tmp_path=tmp_path, timeout=600)
     by = cells.set_index("backend")
     assert set(by.loc[FAULTS, "status"]) == {"invalid"}, by[["status", "error"]]
     for fault in FAULTS:
@@ -100,6 +101,18 @@ def test_run_stores_timed_work_faults_invalid_with_samples_and_no_time(tmp_path)
         assert by.loc[honest, "status"] == "ok", by.loc[honest, "error"]
         assert by.loc[honest, "verification.status"] == "ok"
         assert by.loc[honest, "epochs_per_sample"] >= 1
+
+
+def test_a_cell_neither_check_can_decide_is_stored_unverified(tmp_path):
+    _, cells = run_ok("run", "--models", "mlp", "--backends", "numpy,numpy-no-state", "--batch-sizes",
+                      "32", "--dataset", "synthetic", "--train-limit", "300", "--repeats", "2",
+                      "--processes", "1", "--threads", "1", "--replay-budget", "0",
+                      tmp_path=tmp_path, timeout=600)
+    by = cells.set_index("backend")
+    assert by.loc["numpy", "status"] == "ok"  # the held-out check decides
+    assert by.loc["numpy-no-state", "status"] == "unverified"
+    assert "cannot report its optimizer state" in by.loc["numpy-no-state", "error"]
+    assert np.isnan(by.loc["numpy-no-state", "median_s"])
 
 
 def test_kernel_sweep_checks_the_timed_buffers_after_timing(tmp_path):

@@ -39,7 +39,8 @@ class Backend:
         """(True, "") or (False, why not): from ``networks`` and ``unsupported``."""
         if network_name in self.unsupported:
             return False, self.unsupported[network_name]
-        if self.networks == EVERY_NETWORK or network_name in self.networks:
+        from ...models import NETWORKS
+        if network_name in (NETWORKS if self.networks == EVERY_NETWORK else self.networks):
             return True, ""
         return False, (f"{self.name} trains {', '.join(self.networks) or 'no network'}, "
                        f"not {network_name}")
@@ -54,16 +55,46 @@ class Backend:
     # (Numba's, Inductor's, JAX's); empty for backends that compile nothing.
     compile_caches = {}
 
+    # the real size of its own pool once configure_threads set it (None: it has none)
+    threads = None
+
     def configure_threads(self, n: int):
         """Size the pools of ``thread_libraries`` to ``n`` threads (BLAS/OpenMP pools
         are fixed by environment variables before import, which the harness sets
         in each backend's own process)."""
-        from ..measure import configure_threads
-        configure_threads(self.thread_libraries, n)
+        sizes = configure_threads(self.thread_libraries, n)
+        self.threads = next(iter(sizes.values()), None)
 
     def compile_info(self) -> dict:
         """Compile/JIT figures gathered while warming up (seconds), if any."""
         return {}
+
+
+def configure_threads(libraries, n: int):
+    """The one place that sizes a library's own thread pool: Numba's and torch's to
+    ``n``; JAX's before jax is imported (XLA sizes its pool from the CPU affinity
+    and takes the intra-op limit from XLA_FLAGS). Libraries without a pool of
+    their own (numpy, whose BLAS pool the worker's environment sized) are
+    ignored. Returns the size each pool really has."""
+    import sys
+    n = int(n)
+    sizes = {}
+    for library in libraries:
+        if library == "numba":
+            import numba
+            numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+            sizes[library] = numba.get_num_threads()
+        elif library == "torch":
+            import torch
+            torch.set_num_threads(n)
+            sizes[library] = torch.get_num_threads()
+        elif library == "jax" and "jax" not in sys.modules:
+            cpus = sorted(os.sched_getaffinity(0))
+            os.sched_setaffinity(0, set(cpus[:max(1, n)]))
+            flags = os.environ.get("XLA_FLAGS", "")
+            os.environ["XLA_FLAGS"] = (flags + f" --xla_cpu_multi_thread_eigen={'true' if n > 1 else 'false'}"
+                                       f" intra_op_parallelism_threads={n}").strip()
+    return sizes
 
 
 # name -> "module:class", in the order `mnist-bench list` shows them.

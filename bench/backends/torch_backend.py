@@ -453,9 +453,9 @@ class TorchCompileBackend(TorchBackend):
             return False, f"torch.compile fails on this machine: {type(e).__name__}: {first}"
 
 
-class TorchCudaBackend(TorchBackend):
-    name = "torch-cuda"
-    description = "the idiomatic torch model on a CUDA device (TF32 off)"
+class OnCuda:
+    """A torch backend on the CUDA device: available where torch sees one, its
+    matmuls and convolutions in true float32 (TF32 off)."""
     device = "cuda"
 
     def available(self):
@@ -464,6 +464,11 @@ class TorchCudaBackend(TorchBackend):
     def make_trainer(self, network, init_params, config, seed=0):
         _tf32_off()
         return super().make_trainer(network, init_params, config, seed)
+
+
+class TorchCudaBackend(OnCuda, TorchBackend):
+    name = "torch-cuda"
+    description = "the idiomatic torch model on a CUDA device (TF32 off)"
 
 
 class TorchCudaGraphsBackend(TorchCudaBackend):
@@ -501,14 +506,6 @@ class TorchOpsBackend(Backend):
         return OpsTrainer(TorchOps(self.device), network, init_params, config, seed)
 
 
-class TorchOpsCudaBackend(TorchOpsBackend):
+class TorchOpsCudaBackend(OnCuda, TorchOpsBackend):
     name = "torch-ops-cuda"
     description = "the suite's ops on torch CUDA tensors, manual backprop (TF32 off)"
-    device = "cuda"
-
-    def available(self):
-        return _cuda_available()
-
-    def make_trainer(self, network, init_params, config, seed=0):
-        _tf32_off()
-        return super().make_trainer(network, init_params, config, seed)

@@ -227,12 +227,18 @@ def plot_time_to_accuracy(cells):
         if len(targets):
             ax.axhline(targets.iloc[0], color="gray", ls="--", lw=1, label=f"target {targets.iloc[0]:g}")
         synthetic = " (SYNTHETIC data: accuracy meaningless)" if g["synthetic"].any() else ""
-        ax.set_xlabel("wall time (s)")
-        ax.set_ylabel("test accuracy")
-        ax.set_title(f"{model}{synthetic}\n{machine}", fontsize=8)
-        ax.legend(fontsize=7, loc="lower right")
+        _label(ax, "wall time (s)", "test accuracy", f"{model}{synthetic}\n{machine}",
+               fontsize=7, loc="lower right")
     fig.suptitle("Time to accuracy, every seed (score: MLPerf)", fontsize=10)
     return fig, None
+
+
+def _label(ax, xlabel, ylabel, title, **legend):
+    """An axes' labels, title and legend, the same in every panel plot."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=8)
+    ax.legend(**legend)
 
 
 def plot_thread_scaling(cells):
@@ -251,10 +257,8 @@ def plot_thread_scaling(cells):
         most = g["threads"].max()
         ax.plot([1, most], [1, most], color="gray", ls=":", label="ideal")
         ax.set_xticks(sorted(g["threads"].unique()))
-        ax.set_xlabel("threads")
-        ax.set_ylabel("speed-up over fewest threads")
-        ax.set_title(machine, fontsize=8)
-        ax.legend(fontsize=6, loc="upper left", ncols=2)
+        _label(ax, "threads", "speed-up over fewest threads (one run, one epoch size)", machine,
+               fontsize=6, loc="upper left", ncols=2)
     fig.suptitle("Thread scaling of one epoch", fontsize=10)
     return fig, None
 
@@ -263,7 +267,9 @@ def plot_compile(cells):
     ct = compile_table(cells)
     if ct.empty:
         return None, "no valid epoch cell recorded a compile time"
-    labels = [f"{m.split(':')[0]} {mo} {b}" for m, mo, b in zip(ct["machine"], ct["model"], ct["backend"])]
+    # each bar names its epoch's image count: a 2,560-image epoch is not a 50,000-image one
+    labels = [f"{m.split(':')[0]} {mo} {b}" + (f" ({int(n):,} images)" if n == n and n else "")
+              for m, mo, b, n in zip(ct["machine"], ct["model"], ct["backend"], ct["images"])]
     fig, axes = _figure(1, 1, width=8.5, height=0.45 * len(ct) + 2.2)
     ax = axes[0, 0]
     y = np.arange(len(ct))
