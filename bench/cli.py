@@ -22,6 +22,14 @@ COMMANDS = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A usage error is one line (the option and what is wrong with it, then where
+    --help is), exit status 2, as every other error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def add_arguments(parser):  # list and data share this module
     if parser.prog.endswith(" data"):
         parser.add_argument("action", choices=["info", "verify", "download"],
@@ -37,8 +45,8 @@ def main(args=None):
     """Entry point of both `mnist-bench` and subcommands list/data."""
     if isinstance(args, argparse.Namespace):
         return cmd_list(args) if args.command == "list" else cmd_data(args)
-    parser = argparse.ArgumentParser(prog="mnist-bench", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser = OneLineParser(prog="mnist-bench", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     modules = {}
     for name, (module_name, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -49,22 +57,50 @@ def main(args=None):
             p.set_defaults(_missing=f"'{name}' cannot load ({e})")
             continue
         modules[name].add_arguments(p)
-    args = parser.parse_args(args)
+    try:
+        args = parser.parse_args(args)
+    except SystemExit as e:  # --help, or a usage error already said in one line
+        return e.code if isinstance(e.code, int) else 2
     if not args.command:
         parser.print_help()
         return 2
     if getattr(args, "_missing", None):
         print(f"mnist-bench: error: {args._missing}", file=sys.stderr)
         return 2
+    return run_command(args.command, lambda: modules[args.command].main(args))
+
+
+def run_command(command, body) -> int:
+    """The one error boundary: a user's mistake or an unusable input or
+    environment is one line and exit 2; anything unexpected is one line too,
+    naming the log file that holds its traceback, and exit 1. SIGTERM is taken
+    as Ctrl-C: the run is closed as interrupted, its workers stopped and its
+    temporary files removed."""
+    import signal
+
     from .data import DataError
+    from .errors import describe_os_error, log_traceback
+
+    def terminated(signum, frame):
+        raise KeyboardInterrupt
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, terminated)
     try:
-        return modules[args.command].main(args) or 0
-    except (UserError, DataError, ValueError, FileNotFoundError) as e:
-        print(f"mnist-bench {args.command}: error: {e}", file=sys.stderr)
+        return body() or 0
+    except (UserError, DataError, ValueError) as e:
+        print(f"mnist-bench {command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a missing, unreadable or unwritable path, a full disk
+        print(f"mnist-bench {command}: error: {describe_os_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"mnist-bench {args.command}: interrupted", file=sys.stderr)
+        print(f"mnist-bench {command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug: one line here, the traceback in the log
+        log = log_traceback(command)
+        print(f"mnist-bench {command}: internal error: {type(e).__name__}: {e} "
+              f"(traceback in {log})", file=sys.stderr)
+        return 1
 
 
 def cmd_list(args):
@@ -108,7 +144,10 @@ def cmd_list(args):
 def cmd_data(args):
     from . import data
     if args.action == "download":
-        name = args.dataset if args.dataset in ("mnist", "fashion-mnist") else "mnist"
+        if args.dataset not in ("auto", "mnist", "fashion-mnist"):
+            raise UserError(f"data download --dataset {args.dataset}: only mnist and fashion-mnist "
+                            f"are downloaded")
+        name = "mnist" if args.dataset == "auto" else args.dataset
         data.download(name, f"{data.cache_dir()}/{name}")
         print(f"{name}: downloaded and verified into {data.cache_dir()}/{name}")
         return 0

@@ -80,10 +80,10 @@ def match_value(v):
     return v
 
 
-def load_run(path):
+def load_run(path, skip_bad=False):
     """(run header, {match key: cell row}) of one run file."""
     from .store import read_results
-    runs, cells = read_results([path])
+    runs, cells = read_results([path], skip_bad)
     if len(runs) != 1:
         raise ValueError(f"{path}: holds {len(runs)} runs; compare takes one run per side")
     by_key = {}
@@ -151,14 +151,14 @@ def compare_cells(a, b, threshold=1.10, alpha=0.01) -> dict:
     return out
 
 
-def compare_runs(path_a, path_b, threshold=1.10, alpha=0.01):
+def compare_runs(path_a, path_b, threshold=1.10, alpha=0.01, skip_bad=False):
     """(header A, header B, list of rows: the match key's fields plus the verdict)."""
     if threshold <= 1:
         raise ValueError(f"--threshold must be above 1 (a ratio of medians), not {threshold}")
     if not 0 < alpha < 1:
         raise ValueError(f"--alpha must be between 0 and 1, not {alpha}")
-    header_a, cells_a = load_run(path_a)
-    header_b, cells_b = load_run(path_b)
+    header_a, cells_a = load_run(path_a, skip_bad)
+    header_b, cells_b = load_run(path_b, skip_bad)
     rows = []
     for key in sorted(set(cells_a) | set(cells_b), key=lambda k: tuple(map(str, k))):
         rows.append({**dict(zip(MATCH_KEY, key)),
@@ -178,6 +178,9 @@ def add_arguments(parser):
     parser.add_argument("--alpha", type=float, default=0.01,
                         help="significance level of the one-sided Mann-Whitney U test (default 0.01)")
     parser.add_argument("--results-dir", default="results", help="where run ids are looked up")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="leave malformed cell lines out, each with a warning, instead of "
+                             "refusing the file")
     parser.add_argument("--all", action="store_true",
                         help="list every cell, not only the ones whose verdict is not 'same'")
 
@@ -216,7 +219,7 @@ def format_rows(rows, show_all=False) -> str:
 def main(args):
     path_a = resolve_run(args.a, args.results_dir)
     path_b = resolve_run(args.b, args.results_dir)
-    header_a, header_b, rows = compare_runs(path_a, path_b, args.threshold, args.alpha)
+    header_a, header_b, rows = compare_runs(path_a, path_b, args.threshold, args.alpha, args.skip_bad)
     print(f"A: {_describe(header_a)}\nB: {_describe(header_b)}")
     if (header_a.get("machine") or {}).get("cpu_model") != (header_b.get("machine") or {}).get("cpu_model"):
         print("note: different CPUs -- the ratios compare the machines as well as the code")

@@ -72,8 +72,10 @@ def probe(backend_name, model, batch_size, threads, env, overrides=None) -> floa
     """Seconds of one cell's warm-up in a fresh process with ``env``."""
     job = json.dumps({"backend": backend_name, "model": model, "batch_size": batch_size,
                       "threads": threads, "overrides": overrides or {}})
+    from .supervise import die_with_parent
     run = subprocess.run([sys.executable, "-m", f"{PACKAGE}.bench.worker", "--compile-probe", job],
-                         env=env, capture_output=True, text=True, timeout=1800)
+                         env=env, capture_output=True, text=True, timeout=1800,
+                         preexec_fn=die_with_parent)
     lines = run.stdout.strip().splitlines()
     if run.returncode != 0 or not lines:
         tail = " | ".join(run.stderr.strip().splitlines()[-3:])[-300:]
@@ -102,11 +104,28 @@ class CompileTimes:
 
     def __init__(self, path=None):
         self.path = path or os.path.join(cache_root(), "compile-times.json")
+        self.records = self._read()
+
+    def _read(self) -> dict:
+        """The stored figures; a file that is not a JSON object of records is moved
+        aside (``.corrupt``) with a warning, and the figures measured again."""
         try:
             with open(self.path, encoding="utf-8") as f:
-                self.records = json.load(f)
-        except (OSError, ValueError):
-            self.records = {}
+                records = json.load(f)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            records = e
+        if isinstance(records, dict) and all(isinstance(v, dict) for v in records.values()):
+            return records
+        aside = f"{self.path}.corrupt"
+        try:
+            os.replace(self.path, aside)
+        except OSError:
+            aside = "(could not move it aside)"
+        print(f"warning: {self.path}: not a compile-times file; moved to {aside}, figures measured "
+              f"again", file=sys.stderr)
+        return {}
 
     @staticmethod
     def key(version, machine, backend, model, overrides=None):
@@ -118,12 +137,16 @@ class CompileTimes:
         return self.records.get(key)
 
     def put(self, key, record):
-        self.records[key] = record
+        """Store one record, merged under a lock with what other runs stored since
+        this one read the file (two runs sharing the cache keep both's figures)."""
+        import fcntl
+
+        from .store import write_atomic
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        tmp = f"{self.path}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.records, f, indent=1, sort_keys=True)
-        os.replace(tmp, self.path)
+        with open(self.path + ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.records = dict(self._read(), **{k: v for k, v in self.records.items()}, **{key: record})
+            write_atomic(self.path, json.dumps(self.records, indent=1, sort_keys=True))
 
 
 def figures(pairs, machine, run_id, worker_env_of, force=False, log=print, lanes=None,

@@ -7,6 +7,7 @@ the CLI prints that one line and exits non-zero.
 import gzip
 import hashlib
 import os
+import sys
 import struct
 import urllib.request
 import zlib
@@ -166,17 +167,21 @@ def _parse_cached(paths: list):
         try:
             with np.load(cached) as z:
                 return z["trx"], z["try"], z["tex"], z["tey"]
-        except (OSError, ValueError, KeyError):
-            pass  # a damaged cache entry is parsed again and overwritten
+        except Exception as e:  # truncated, not a zip, a member missing: parse again
+            print(f"warning: {cached}: damaged parsed-data cache ({type(e).__name__}); "
+                  f"parsing the IDX files again", file=sys.stderr)
     trx, try_ = read_pair(paths[0], paths[1])
     tex, tey = read_pair(paths[2], paths[3])
+    tmp = cached + f".tmp{os.getpid()}.npz"
     try:
         os.makedirs(os.path.dirname(cached), exist_ok=True)
-        tmp = cached + f".tmp{os.getpid()}.npz"
         np.savez(tmp, trx=trx, **{"try": try_}, tex=tex, tey=tey)
-        os.replace(tmp, cached)
-    except OSError:
-        pass  # caching is an optimisation; a read-only cache dir is fine
+        os.replace(tmp, cached)  # over a damaged entry too
+    except OSError:  # caching is an optimisation; a read-only or full cache dir is fine
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
     return trx, try_, tex, tey
 
 
@@ -295,7 +300,11 @@ def load(name="auto", data_dir=None, allow_download=True, log=print) -> Dataset:
     for candidate in ("mnist", "fashion-mnist"):
         directory = _cached_or_system(candidate)
         if directory:
-            return load_directory(directory, candidate)
+            ds = load_directory(directory, candidate)
+            if candidate != "mnist":
+                ds.notes.append(f"dataset auto: no MNIST in the cache, {candidate} from {directory}")
+                log(f"note: {ds.notes[-1]}")
+            return ds
     if allow_download:
         try:
             return load("mnist", allow_download=True)

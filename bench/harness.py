@@ -37,7 +37,8 @@ def run_sweep(options) -> int:
     from .supervise import Progress, Supervisor, thread_env
     sweep = plan(options)
     results_dir = sweep["results_dir"]
-    tmpdir = tempfile.mkdtemp(prefix="mnist-bench-")
+    remove_stale_tmpdirs()
+    tmpdir = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-")
     writer = supervisor = None
     try:
         data_files = {}
@@ -91,10 +92,26 @@ def run_sweep(options) -> int:
             supervisor.close()
         shutil.rmtree(tmpdir, ignore_errors=True)
     counts = collections.Counter(c["status"] for c in writer.cells)
-    print(f"results: {writer.path} ({', '.join(f'{n} {s}' for s, n in counts.items())})")
+    from .report.console import answer_rows, render
+    fmt = sweep.get("format") or "table"
+    print(render(answer_rows(writer.path), fmt))
+    print(f"results: {writer.path} ({', '.join(f'{n} {s}' for s, n in counts.items())})",
+          file=sys.stdout if fmt == "table" else sys.stderr)
     if sweep["report"]:
         write_report([writer.path], sweep["report"])
     return 0
+
+
+TMP_PREFIX = "mnist-bench-run-"
+
+
+def remove_stale_tmpdirs():
+    """The data copies of runs whose process is gone (SIGKILLed: no finally ran)."""
+    import glob
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), TMP_PREFIX + "*")):
+        pid = os.path.basename(path)[len(TMP_PREFIX):].split("-")[0]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def write_report(paths, out_dir):

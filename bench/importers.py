@@ -17,7 +17,7 @@ import os
 
 
 from .stats import NOISY_IQR_RATIO, summarize
-from .store import KINDS, RunWriter, read_run
+from .store import KINDS, RunWriter, check_cell, json_safe, read_run, stored_form
 
 
 def import_pytest_benchmark(json_path, results_dir="results") -> tuple:
@@ -32,6 +32,8 @@ def import_pytest_benchmark(json_path, results_dir="results") -> tuple:
         raise ValueError(f"{json_path}: not a JSON file ({e})") from None
     if not isinstance(data, dict) or "benchmarks" not in data:
         raise ValueError(f"{json_path}: not a pytest-benchmark JSON file (no 'benchmarks')")
+    if not isinstance(data["benchmarks"], list) or not all(isinstance(b, dict) for b in data["benchmarks"]):
+        raise ValueError(f"{json_path}: 'benchmarks' is not a list of benchmark objects")
     info = data.get("machine_info") or {}
     ours = info.get("mnist_bench") or {}  # what bench/conftest.py adds
     commit = data.get("commit_info") or {}
@@ -56,6 +58,14 @@ def import_pytest_benchmark(json_path, results_dir="results") -> tuple:
             continue
         stats = bench.get("stats") or {}
         median = stats.get("median")
+        name = bench.get("fullname") or bench.get("name")
+        if not isinstance(median, (int, float)) or isinstance(median, bool) or not median > 0:
+            raise ValueError(f"{json_path}: benchmark {name!r} has no median time (stats.median "
+                             f"{median!r})")
+        data_ = stats.get("data")
+        if data_ is not None and (not isinstance(data_, list) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in data_)):
+            raise ValueError(f"{json_path}: benchmark {name!r}: stats.data is not a list of times")
         cell = {k: v for k, v in extra.items() if k not in ("samples",)}
         cell.update({"status": "ok", "source": "pytest-benchmark", "name": bench.get("fullname"),
                      # pytest-benchmark keeps every round only with --benchmark-save-data
@@ -74,11 +84,25 @@ def import_pytest_benchmark(json_path, results_dir="results") -> tuple:
     if not cells:
         raise ValueError(f"{json_path}: none of its {len(data['benchmarks'])} benchmarks comes "
                          f"from the bench/ suites (pytest bench/ --benchmark-only)")
+    return write_whole(results_dir, header, cells, json_path) + (skipped,)
+
+
+def write_whole(results_dir, header, cells, source) -> tuple:
+    """One run file of ``cells``, every one checked before anything is written: an
+    import is whole or nothing (a bad cell names ``source`` and writes nothing).
+    Returns (path, cells stored)."""
+    ready = []
+    for i, cell in enumerate(cells):
+        cell = json_safe({"type": "cell", **stored_form(cell)})
+        try:
+            check_cell(cell)
+        except ValueError as e:
+            raise ValueError(f"{source}: entry {i + 1}: {e}; nothing imported") from None
+        ready.append(cell)
     writer = RunWriter(results_dir, header)
-    for cell in cells:
-        writer.put(cell)
+    writer.cells = ready
     writer.close("complete")
-    return writer.path, len(cells), skipped
+    return writer.path, len(ready)
 
 
 # -- the files of the earlier GPU script ------------------------------------------------
@@ -174,8 +198,16 @@ def gpu_sweep_cells(rows):
 def import_gpu_bench(json_path, results_dir="results", machine=None):
     """One run from one file of the earlier GPU script; returns (path, cells)."""
     name = os.path.basename(json_path).rsplit(".", 1)[0]
-    with open(json_path, encoding="utf-8") as f:
-        data = json.load(f)
+    try:
+        with open(json_path, encoding="utf-8") as f:
+            data = json.load(f)
+    except ValueError as e:
+        raise ValueError(f"{json_path}: not a JSON file ({e})") from None
+    if name == "sweep" and not isinstance(data, list) or name != "sweep" and not (
+            isinstance(data, dict) and isinstance(data.get("rows"), list)
+            and isinstance(data.get("environment"), dict)):
+        raise ValueError(f"{json_path}: not a file of the earlier GPU script (its rows and "
+                         f"environment are missing)")
     if name == "sweep":
         rows, env = data, {}
         makers = gpu_sweep_cells
@@ -195,11 +227,12 @@ def import_gpu_bench(json_path, results_dir="results", machine=None):
               "versions": {k: env.get(k) for k in ("python", "numpy", "numba", "torch")},
               "settings": {"source": "gpu_bench import", "file": os.path.basename(json_path),
                            "started": env.get("started")}}
-    writer = RunWriter(results_dir, header)
-    for cell in makers(rows):
-        writer.put(cell)
-    writer.close("complete")
-    return writer.path, len(writer.cells)
+    try:
+        cells = list(makers(rows))
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, ZeroDivisionError) as e:
+        raise ValueError(f"{json_path}: not a file of the earlier GPU script ({type(e).__name__}: "
+                         f"{e}); nothing imported") from None
+    return write_whole(results_dir, header, cells, json_path)
 
 
 def add_arguments(parser):

@@ -69,9 +69,37 @@ def discover_families(package=f"{PACKAGE}.kernels") -> dict:
 
 def parse_shape(text):
     try:
-        return tuple(int(x) for x in text.lower().split("x"))
+        shape = tuple(int(x) for x in text.lower().split("x"))
     except ValueError:
         raise ValueError(f"--shapes: {text!r} is not like 1024x1024x1024") from None
+    if any(d < 1 for d in shape):
+        raise ValueError(f"--shapes: {text!r}: every dimension must be at least 1")
+    return shape
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (MemAvailable), or of the whole machine."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(plan):
+    """Refuse, before any work, a shape whose operands would not fit in memory (a
+    worker allocates the inputs, the reference's float64 copies and the outputs)."""
+    free = available_memory()
+    for family, _, shapes, dtypes in plan:
+        for shape in shapes:
+            for dtype in dtypes:
+                need = 4 * family.nbytes(shape, 8)  # float64 reference copies, inputs, outputs
+                if need > 0.8 * free:
+                    raise ValueError(f"--shapes {'x'.join(map(str, shape))}: {family.name} needs about "
+                                     f"{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB are available")
 
 
 def select(families: dict, names, versions, sizes, shapes=None, dtypes=None, default_device="cpu"):
@@ -280,13 +308,18 @@ def main(args):
     from .plan import csv, ints
     if args.repeats < 1:
         raise ValueError("--repeats must be at least 1")
-    names = csv(args.families, "families") if args.families else None
-    versions = csv(args.versions, "versions") if args.versions else None
-    sizes = ints(args.sizes, "sizes", 1) if args.sizes else None
-    shapes = [parse_shape(s) for s in csv(args.shapes, "shapes")] if args.shapes else None
-    dtypes = csv(args.dtypes, "dtypes") if args.dtypes else None
-    threads = ints(args.threads, "threads", 1) if args.threads else [os.cpu_count()]
+    names = csv(args.families, "families") if args.families is not None else None
+    versions = csv(args.versions, "versions") if args.versions is not None else None
+    sizes = ints(args.sizes, "sizes", 1) if args.sizes is not None else None
+    shapes = [parse_shape(s) for s in csv(args.shapes, "shapes")] if args.shapes is not None else None
+    dtypes = csv(args.dtypes, "dtypes") if args.dtypes is not None else None
+    threads = ints(args.threads, "threads", 1) if args.threads is not None else [os.cpu_count()]
+    if max(threads) > (os.cpu_count() or 1):
+        raise ValueError(f"--threads {max(threads)}: this machine has {os.cpu_count()} cores")
     plan = select(discover_families(), names, versions, sizes, shapes, dtypes)
+    check_memory(plan)
+    from .errors import writable_dir  # last: a refused sweep leaves no directory behind
+    writable_dir(os.path.join(args.results_dir, "runs"), "--results-dir")
     groups = cells_of(plan, threads)
     settings = {"families": [f.name for f, *_ in plan], "versions": versions, "sizes": sizes,
                 "shapes": [list(s) for s in shapes] if shapes else None, "threads": threads,

@@ -22,7 +22,7 @@ DEFAULTS = dict(models="nielsen,mlp", backends="numpy,numpy-loop", batch_sizes=N
                 dataset="auto", data_dir=None, mode="throughput", epochs=None, repeats=9,
                 processes=3, seeds=None, target_accuracy=0.90, train_limit=None, set=[],
                 results_dir="results", machine=None, measure_compile=False, quick=False,
-                report=None, replay_budget=5.0)
+                report=None, replay_budget=5.0, oversubscribe=False, format="table")
 
 
 def add_arguments(parser):
@@ -55,6 +55,11 @@ def add_arguments(parser):
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a hyperparameter of every model (repeatable)")
     parser.add_argument("--results-dir", default="results", help="results store (default results/)")
+    parser.add_argument("--format", default="table", choices=("table", "csv", "markdown", "json"),
+                        help="the answer printed at the end: a table (default), csv, markdown or json")
+    parser.add_argument("--oversubscribe", action="store_true",
+                        help="allow --threads above this machine's cores (every pool then "
+                             "competes for them: the timings measure that)")
     parser.add_argument("--machine", default=None, metavar="NAME",
                         help="this machine's name in reports (default: CPU model, ISA and cores)")
     parser.add_argument("--replay-budget", type=float, default=5.0, metavar="SECONDS",
@@ -180,25 +185,42 @@ def plan(options) -> dict:
         raise ValueError("--replay-budget is a number of seconds, 0 or more")
     if not 0 < args.target_accuracy <= 1:
         raise ValueError("--target-accuracy is a fraction in (0, 1]")
+    threads = ints(args.threads, "threads", 1) if args.threads else [os.cpu_count()]
+    cores = os.cpu_count() or 1
+    if max(threads) > cores and not args.oversubscribe:
+        raise ValueError(f"--threads {max(threads)}: this machine has {cores} cores; every pool "
+                         f"would compete for them (--oversubscribe to measure that anyway)")
+    batch_sizes = ints(args.batch_sizes, "batch-sizes", 0) if args.batch_sizes else None
     unavailable = check_possible(models, backends, quiet_unavailable=quick_backends)
     if quick_backends:  # the main job runs what this machine has
         backends = [b for b in backends if b not in unavailable]
+    if args.data_dir and args.dataset not in ("auto", None):
+        raise ValueError(f"--data-dir {args.data_dir} names the data itself; drop --dataset "
+                         f"{args.dataset} (a directory is stored under its own name)")
     datasets = []
-    for name in csv(args.dataset, "dataset") if not args.data_dir else [args.dataset]:
+    for name in csv(args.dataset, "dataset") if not args.data_dir else ["auto"]:
         ds = load(name, args.data_dir, log=lambda m: print(m, file=sys.stderr))
         if ds.synthetic:
             print(f"WARNING: dataset {ds.name} is SYNTHETIC: timings are meaningful, "
                   f"accuracies are not", file=sys.stderr)
         datasets.append(ds)
+        n = min(args.train_limit or len(ds.train_x), len(ds.train_x))
+        too_big = [b for b in batch_sizes or [] if b > n]
+        if too_big:
+            raise ValueError(f"--batch-sizes {too_big[0]}: larger than the {n:,} training images of "
+                             f"{ds.name} (0 trains on the full batch)")
+    from .errors import writable_dir  # last: a refused run leaves no directory behind
+    writable_dir(os.path.join(args.results_dir, "runs"), "--results-dir")
+    if args.report:
+        writable_dir(args.report, "--report")
     return {"models": models, "backends": backends,
-            "batch_sizes": ints(args.batch_sizes, "batch-sizes", 0) if args.batch_sizes else None,
-            "threads": ints(args.threads, "threads", 1) if args.threads else [os.cpu_count()],
+            "batch_sizes": batch_sizes, "threads": threads,
             "datasets": datasets, "mode": args.mode, "epochs": args.epochs,
             "repeats": args.repeats if args.mode == "throughput" else len(seeds), "seeds": seeds,
             "target_accuracy": args.target_accuracy, "train_limit": args.train_limit,
             "overrides": overrides, "measure_compile": args.measure_compile,
             "machine": args.machine, "report": args.report, "results_dir": args.results_dir,
-            "replay_budget_s": args.replay_budget,
+            "replay_budget_s": args.replay_budget, "format": args.format,
             "processes": min(args.processes, args.repeats) if args.mode == "throughput" else 1,
             "model_batch_sizes": {m: NETWORKS[m].defaults["batch_size"] for m in models}}
 

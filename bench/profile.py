@@ -258,6 +258,10 @@ def main(args):
         raise ValueError(f"--rate must be a positive number of samples per second, not {args.rate}")
     if args.train_limit is not None and args.train_limit <= 0:
         raise ValueError(f"--train-limit must be positive, not {args.train_limit}")
+    if args.batch_size is not None and args.batch_size < 0:
+        raise ValueError(f"--batch-size must be 0 (full batch) or positive, not {args.batch_size}")
+    from .errors import writable_dir
+    writable_dir(args.out, "--out")
     py_spy = find_py_spy()
 
     os.makedirs(args.out, exist_ok=True)

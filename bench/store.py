@@ -97,6 +97,25 @@ def check_cell(cell: dict):
         raise ValueError(f"a cell with status {status!r} needs an error saying why")
 
 
+def write_atomic(path, text):
+    """``text`` into ``path`` through a temporary file in the same directory, fsync
+    and rename: a reader sees the old file or the new one, never a part. A failed
+    write (a full disk) removes its temporary and raises, the old file intact."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+
+
 def default_header(settings: dict, command=None) -> dict:
     """The run header for this process: command line, git, machine and versions."""
     from .machine import git_info, machine_info, versions
@@ -123,7 +142,8 @@ class RunWriter:
         self.header.update({k: v for k, v in header.items() if k not in self.header})
         self.cells = []
         self.dir = os.path.join(results_dir, "runs")
-        os.makedirs(self.dir, exist_ok=True)
+        from .errors import writable_dir
+        writable_dir(self.dir, "--results-dir")
         self.path = os.path.join(self.dir, self.header["run_id"] + ".jsonl")
         if os.path.exists(self.path):
             raise ValueError(f"{self.path} exists already: run ids must be unique")
@@ -135,7 +155,10 @@ class RunWriter:
 
     def put(self, cell: dict):
         """Store a cell, replacing the earlier version of the same ``id`` (a cell is
-        rewritten after every round), and rewrite the file."""
+        rewritten after every round), and rewrite the file. Once the run is closed
+        (interrupted, say, while setup threads still finish) nothing more is written."""
+        if self.header["finished"] is not None:
+            return
         cell = json_safe({"type": "cell", **stored_form(cell)})
         check_cell(cell)
         if "id" in cell:
@@ -152,19 +175,22 @@ class RunWriter:
     def close(self, status="complete"):
         if status not in RUN_STATUSES:
             raise ValueError(f"run status {status!r} is not one of {', '.join(RUN_STATUSES)}")
+        if self.header["finished"] is not None:
+            return
         self.header["status"] = status
         self.header["finished"] = now_iso()
-        self._write()
+        try:
+            self._write()
+        except OSError:
+            if status == "complete":
+                raise
+            # marking a failed or interrupted run is best effort: the file as last
+            # written stays whole, its header "running"
 
     def _write(self):
         lines = [json.dumps(json_safe(self.header), allow_nan=False)]
         lines += [json.dumps(c, allow_nan=False) for c in self.cells]
-        tmp = f"{self.path}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_atomic(self.path, "\n".join(lines) + "\n")
         # The rename itself is durable only once the directory entry is on disk.
         fd = os.open(self.dir, os.O_RDONLY)
         try:
@@ -194,28 +220,78 @@ def result_files(paths) -> list:
     return list(unique.values())
 
 
-def read_run(path) -> tuple:
-    """(header, cells) of one run file; a malformed file raises ValueError naming it."""
-    with open(path, encoding="utf-8") as f:
-        lines = [line for line in f.read().splitlines() if line.strip()]
-    records = []
-    for number, line in enumerate(lines, 1):
-        try:
-            records.append(json.loads(line))
-        except ValueError as e:
-            raise ValueError(f"{path}:{number}: not valid JSON ({e})") from None
-    if not records or records[0].get("type") != "run":
-        raise ValueError(f"{path}: not a results file (its first line is not a run header)")
-    header = records[0]
-    version = header.get("schema_version")
+def header_problem(record) -> str:
+    """Why ``record`` is not a run header this code reads ('' when it is)."""
+    if not isinstance(record, dict) or record.get("type") != "run":
+        return "not a run header (a results file starts with {\"type\": \"run\", ...})"
+    version = record.get("schema_version")
     if not isinstance(version, int) or version > SCHEMA_VERSION:
-        raise ValueError(f"{path}: schema version {version!r}; this code reads up to "
-                         f"{SCHEMA_VERSION}")
-    cells = [working_form(r) for r in records[1:] if r.get("type") == "cell"]
+        return f"schema version {version!r}; this code reads up to {SCHEMA_VERSION}"
+    if not isinstance(record.get("run_id"), str) or not record["run_id"]:
+        return "the run header has no run_id"
+    return ""
+
+
+def cell_problem(record) -> str:
+    """Why ``record`` is not a cell this code reads ('' when it is): its kind and
+    status known, a non-ok cell saying why, samples as numbers, an ok cell
+    validated and timed."""
+    if not isinstance(record, dict):
+        return f"a {type(record).__name__}, not a JSON object"
+    if record.get("type") != "cell":
+        return f"type {record.get('type')!r}, expected 'cell'"
+    if record.get("kind") not in KINDS:
+        return f"kind {record.get('kind')!r} is not one of {', '.join(KINDS)}"
+    if record.get("status") not in CELL_STATUSES:
+        return f"status {record.get('status')!r} is not one of {', '.join(CELL_STATUSES)}"
+    samples = record.get("samples_s")
+    if samples is not None and (not isinstance(samples, list) or not all(
+            s is None or (isinstance(s, (int, float)) and not isinstance(s, bool)) for s in samples)):
+        return "samples_s is not a list of numbers"
+    for key in ("model", "backend") if record["kind"] != "kernel" else ("family", "version"):
+        if key not in record and KERNEL_FIELDS.get(key) not in record:
+            return f"no {key}"
+    try:
+        check_cell(record)
+    except ValueError as e:
+        return str(e)
+    return ""
+
+
+def read_run(path, skip_bad=False, warn=None) -> tuple:
+    """(header, cells) of one run file. A malformed file raises ValueError naming the
+    file and line; with ``skip_bad`` its bad cell lines are left out instead, each
+    with a warning (``warn``), and counted in ``header["_skipped"]``."""
+    with open(path, encoding="utf-8") as f:
+        lines = [(n, line) for n, line in enumerate(f.read().splitlines(), 1) if line.strip()]
+    if not lines:
+        raise ValueError(f"{path}: empty (not a results file)")
+    records = []
+    for number, line in lines:
+        try:
+            records.append((number, json.loads(line)))
+        except ValueError as e:
+            records.append((number, ValueError(f"not valid JSON ({e})")))
+    number, header = records[0]
+    problem = str(header) if isinstance(header, ValueError) else header_problem(header)
+    if problem:
+        raise ValueError(f"{path}:{number}: {problem}")
+    cells, skipped = [], 0
+    for number, record in records[1:]:
+        problem = str(record) if isinstance(record, ValueError) else cell_problem(record)
+        if problem:
+            if not skip_bad:
+                raise ValueError(f"{path}:{number}: {problem} (--skip-bad leaves such lines out)")
+            skipped += 1
+            (warn or (lambda m: print(m, file=sys.stderr)))(f"warning: {path}:{number}: {problem}: left out")
+            continue
+        cells.append(working_form(record))
+    if skipped:
+        header = dict(header, _skipped=skipped)
     return header, cells
 
 
-def read_results(paths):
+def read_results(paths, skip_bad=False):
     """Merge run files (or directories of them) -> (runs, cells) DataFrames.
 
     ``runs``: one row per run with its id, times, status, git and machine fields
@@ -228,7 +304,7 @@ def read_results(paths):
     import pandas as pd
     headers, rows = [], []
     for path in result_files(paths):
-        header, cells = read_run(path)
+        header, cells = read_run(path, skip_bad)
         git = header.get("git") or {}
         machine = (header.get("machine") or {}).get("hostname")
         headers.append(header)
@@ -239,10 +315,12 @@ def read_results(paths):
         header["_path"], header["_n_cells"] = path, len(cells)
     runs = pd.DataFrame()
     if headers:
-        runs = pd.json_normalize([{k: v for k, v in h.items() if k not in ("type", "_path", "_n_cells")}
+        runs = pd.json_normalize([{k: v for k, v in h.items()
+                                   if k not in ("type", "_path", "_n_cells", "_skipped")}
                                   for h in headers], max_level=1)
         runs["path"] = [h.pop("_path") for h in headers]
         runs["n_cells"] = [h.pop("_n_cells") for h in headers]
+        runs["skipped_lines"] = [h.pop("_skipped", 0) for h in headers]
         runs["header"] = headers
     cells = pd.json_normalize(rows, max_level=1) if rows else pd.DataFrame()
     for column in CELL_COLUMNS:

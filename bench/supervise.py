@@ -57,7 +57,7 @@ def thread_env(threads, extra=None) -> dict:
     return env
 
 
-def _die_with_parent():
+def die_with_parent():
     """Linux: the worker gets SIGKILL when the parent dies (even by SIGKILL), so a
     killed run leaves no orphan burning the cores; SIGINT at its default, so a
     worker started from a background shell still stops on Ctrl-C."""
@@ -74,7 +74,7 @@ class Worker:
         self.proc = subprocess.Popen([sys.executable, "-m", f"{PACKAGE}.bench.worker"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self._errors, env=env, text=True, bufsize=1,
-                                     preexec_fn=_die_with_parent)
+                                     preexec_fn=die_with_parent)
         self.paused = False
         self.lock = threading.Lock()
 

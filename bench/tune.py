@@ -172,14 +172,14 @@ def main(args):
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     derived = TARGET["derived"]
-    log(f"tune: {TARGET['isa']} target {TARGET['cpu_name']}, {TARGET['vector_registers']} vector "
-        f"registers of {TARGET['vector_bits']} bits; derived geometry {derived}")
     candidates = [dict(derived, MR=mr, NR=nr) for mr, nr in tiles(TARGET)]
     if args.tile:
         try:
             mr, nr = (int(v) for v in args.tile.lower().split("x"))
         except ValueError:
             raise ValueError(f"--tile: {args.tile!r} is not like 13x32") from None
+        if mr < 1 or nr < 1:
+            raise ValueError(f"--tile {args.tile}: both sizes must be at least 1")
         lanes = TARGET["vector_bits"] // 32
         if nr % lanes or mr * (nr // lanes) + nr // lanes + 1 > TARGET["vector_registers"]:
             raise ValueError(f"--tile {args.tile}: does not fit {TARGET['vector_registers']} "
@@ -187,6 +187,8 @@ def main(args):
         candidates = [dict(derived, MR=mr, NR=nr)]
     if args.quick:
         candidates = candidates[:3]
+    log(f"tune: {TARGET['isa']} target {TARGET['cpu_name']}, {TARGET['vector_registers']} vector "
+        f"registers of {TARGET['vector_bits']} bits; derived geometry {derived}")
     first = stage("tiles", candidates, args.threads, args.rounds, log)
     best_tile = max((r for r in first if r.get("score")), key=lambda r: r["score"])
     second = stage("blocks", [b for b in blocks(best_tile["tile"], derived)

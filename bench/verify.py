@@ -33,9 +33,9 @@ itself is checked twice:
    give two full batches and a short last one; the float64 reference starts
    from the same state and trains the same epoch, and so does the float32
    reference; the trainer must agree with one of them (float32 and float64 may
-   take the two sides of a ReLU whose input sits at zero, and either is honest).
-   A few steps from a known state are not chaotic, so the tolerance is
-   validation's. This catches what
+   take the two sides of a ReLU whose input sits at zero, and either is honest),
+   within validation's tolerance or SLICE_FACTOR times the float32 reference's
+   own distance from float64 on that epoch, whichever is larger. This catches what
    a trainer does differently late in a run: a step counter past 50, optimizer
    state reset per epoch, epoch 0's order reused, a dropped short batch, a
    switch of precision after validation.
@@ -55,6 +55,7 @@ REPLAY_FLOOR = 0.02
 REPLAY_FACTOR = 100.0
 REPLAY_DECISIVE = 0.1
 REPLAY_BUDGET_S = 5.0
+SLICE_FACTOR = 10.0
 
 
 class Float64Ops(NumpyOps):
@@ -193,13 +194,17 @@ def check_slice(trainer, network, config, seed, xs, ys, epoch, tolerance) -> dic
         return {"error": float("nan"), "tolerance": tolerance, "epoch": epoch, "images": len(xs),
                 "steps": len(batches), "ok": False, "message": f"it raised {type(e).__name__}: {e}"}
     got, start = _wide(trainer.params()), _wide(params)
-    errors = []
     for ref in refs:
         ref.set_data(xs, ys)
         ref.train_epoch(batches)
-        errors.append(param_error(got, _wide(ref.params()), start, tolerance))
+    # how far honest float32 lies from float64 on this epoch: from a saturated sigmoid
+    # a few steps move the weights little, and rounding is then a larger share of it
+    # (nielsen at batch 2: numba 0.0021 from both references)
+    drift, _ = param_error(_wide(refs[1].params()), _wide(refs[0].params()), start, 1.0)
+    tolerance = max(tolerance, SLICE_FACTOR * drift)
+    errors = [param_error(got, _wide(ref.params()), start, tolerance) for ref in refs]
     (err, message), (err32, _) = min(errors, key=lambda e: e[0]), errors[1]
-    return {"error": err, "error_float64": errors[0][0], "error_float32": err32,
+    return {"error": err, "error_float64": errors[0][0], "error_float32": err32, "drift": drift,
             "tolerance": tolerance, "epoch": epoch, "images": len(xs), "steps": len(batches),
             "ok": bool(np.isfinite(err) and err <= tolerance), "message": message}
 

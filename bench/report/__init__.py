@@ -46,12 +46,14 @@ TABLE_TITLES = {
 }
 
 
-def generate(result_paths, out_dir) -> dict:
+def generate(result_paths, out_dir, skip_bad=False) -> dict:
     """Write the report of the run files (or directories) ``result_paths`` into
-    ``out_dir``; returns the paths written, the plots skipped and why, and notes."""
-    runs, cells, machines = load(result_paths)
-    plots_dir = os.path.join(out_dir, "plots")
-    os.makedirs(plots_dir, exist_ok=True)
+    ``out_dir``; returns the paths written, the plots skipped and why, and notes.
+    ``skip_bad``: leave malformed cell lines out (each warned about, and counted
+    in the report) instead of refusing the file."""
+    from ..errors import writable_dir
+    runs, cells, machines = load(result_paths, skip_bad)
+    plots_dir = writable_dir(os.path.join(out_dir, "plots"), "--out")
     tables = {"recommendation": recommendation_table(cells).drop(columns=["run_id"]),
               "speedup": speedup_table(cells), "roofline": roofline_table(cells, machines),
               "bandwidth": bandwidth_table(cells, machines), "time_to_accuracy": tta_table(cells),
@@ -149,7 +151,8 @@ def generate(result_paths, out_dir) -> dict:
         f.write(PAGE.format(body="\n".join(page), script=SCRIPT))
     return {"html": html_path, "markdown": md_path, "headline": headline_path, "plots": plots,
             "skipped": skipped, "tables": {n: len(df) for n, df in tables.items()}, "notes": notes,
-            "summary": said, "runs": list(runs["run_id"])}
+            "summary": said, "runs": list(runs["run_id"]),
+            "skipped_lines": int(runs["skipped_lines"].sum()) if "skipped_lines" in runs else 0}
 
 
 def _figure(name, data):
@@ -187,11 +190,17 @@ def add_arguments(parser):
     parser.add_argument("--results-dir", default="results", help="the results store (default results/)")
     parser.add_argument("--screenshot", default=None, metavar="PNG",
                         help="also render report.html in headless Chromium into PNG")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="leave malformed cell lines out, each with a warning, instead of "
+                             "refusing the file")
 
 
 def main(args):
     paths = args.results or default_results(args.results_dir)
-    out = generate(paths, args.out)
+    out = generate(paths, args.out, args.skip_bad)
+    skipped = int(out.get("skipped_lines", 0))
+    if skipped:
+        print(f"warning: {skipped} malformed cell lines left out (--skip-bad)")
     print(f"report of {len(out['runs'])} runs -> {out['html']}, {out['markdown']}, {out['headline']}")
     print(f"plots: {', '.join(out['plots']) or 'none'} (PNG and SVG in {os.path.join(args.out, 'plots')})")
     for name, why in out["skipped"].items():

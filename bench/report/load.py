@@ -59,10 +59,10 @@ def _interval(samples, low, high):
     return np.nan, np.nan
 
 
-def load(result_paths):
+def load(result_paths, skip_bad=False):
     """(runs, cells, machines by run id) with the report's columns."""
     import pandas as pd
-    runs, cells = read_results(list(result_paths))
+    runs, cells = read_results(list(result_paths), skip_bad)
     if cells.empty:
         raise ValueError(f"no cells in {', '.join(map(str, result_paths))}: nothing to report")
     runs = runs.sort_values("started").reset_index(drop=True)
