@@ -22,6 +22,19 @@ COMMANDS = {
 }
 
 
+def version_text() -> str:
+    """The suite's version and the commit of the code that runs."""
+    import importlib.metadata
+    from .machine import git_info
+    try:
+        version = importlib.metadata.version("mnist-numba-bench")
+    except importlib.metadata.PackageNotFoundError:
+        version = "not installed"
+    git = git_info()
+    commit = (git.get("commit") or "unknown")[:12] + (" with uncommitted changes" if git.get("dirty") else "")
+    return f"mnist-bench {version} (commit {commit})"
+
+
 class OneLineParser(argparse.ArgumentParser):
     """A usage error is one line (the option and what is wrong with it, then where
     --help is), exit status 2, as every other error."""
@@ -46,6 +59,7 @@ def main(args=None):
     if isinstance(args, argparse.Namespace):
         return cmd_list(args) if args.command == "list" else cmd_data(args)
     parser = OneLineParser(prog="mnist-bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     modules = {}
     for name, (module_name, help_text) in COMMANDS.items():

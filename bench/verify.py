@@ -35,7 +35,8 @@ itself is checked twice:
    reference; the trainer must agree with one of them (float32 and float64 may
    take the two sides of a ReLU whose input sits at zero, and either is honest),
    within validation's tolerance or SLICE_FACTOR times the float32 reference's
-   own distance from float64 on that epoch, whichever is larger. This catches what
+   own distance from float64 on that epoch, whichever is larger (at most
+   SLICE_CAP). This catches what
    a trainer does differently late in a run: a step counter past 50, optimizer
    state reset per epoch, epoch 0's order reused, a dropped short batch, a
    switch of precision after validation.
@@ -56,6 +57,9 @@ REPLAY_FACTOR = 100.0
 REPLAY_DECISIVE = 0.1
 REPLAY_BUDGET_S = 5.0
 SLICE_FACTOR = 10.0
+# ... but never above this: a switch to float16 after validation moves the slice
+# epoch 0.009-0.03 from the reference (tests/test_verify.py)
+SLICE_CAP = 0.01
 
 
 class Float64Ops(NumpyOps):
@@ -201,7 +205,7 @@ def check_slice(trainer, network, config, seed, xs, ys, epoch, tolerance) -> dic
     # a few steps move the weights little, and rounding is then a larger share of it
     # (nielsen at batch 2: numba 0.0021 from both references)
     drift, _ = param_error(_wide(refs[1].params()), _wide(refs[0].params()), start, 1.0)
-    tolerance = max(tolerance, SLICE_FACTOR * drift)
+    tolerance = max(tolerance, min(SLICE_FACTOR * drift, SLICE_CAP))
     errors = [param_error(got, _wide(ref.params()), start, tolerance) for ref in refs]
     (err, message), (err32, _) = min(errors, key=lambda e: e[0]), errors[1]
     return {"error": err, "error_float64": errors[0][0], "error_float32": err32, "drift": drift,

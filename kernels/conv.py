@@ -212,6 +212,8 @@ def _conv_dw_filter(x, dy, dw, db, f):
 
 @njit
 def _conv_dx_sample(w, dy, dx, n):
+    # the forward's loop nest (_conv_forward_sample) run as its transpose: the same
+    # walk over filters, channels and taps, scattering dy into dx
     f_, c_, kh_, kw_ = w.shape
     oh_, ow_ = dy.shape[2], dy.shape[3]
     dx[n] = 0

@@ -184,6 +184,8 @@ def register_tiled_1d_kernel(form, BM, BN, BK, TM):
         sA = cuda.shared.array((BK, BM), float32)
         sB = cuda.shared.array((BK, BN), float32)
         acc = cuda.local.array(TM, float32)
+        # v5's slab walk and prefetch; what differs is below: each warp owns a
+        # WM x WN sub-tile and its threads' TM x TN tiles interleave across it
         tid = cuda.threadIdx.x & 1023   # proves tid >= 0: see v5
         col, row0 = tid % BN, (tid // BN) * TM
         tiles_k = (K + BK - 1) // BK

@@ -344,6 +344,8 @@ def conv2d_grad_weights_kernel(x, dy, dw, db):
 
 @cuda.jit
 def conv2d_grad_input_kernel(dy, w, dx):
+    # conv2d_kernel's index walk, one thread per input pixel gathering dy through the
+    # filter taps that read it (the forward's transpose, no atomics)
     n_img, c_in, h, wd = dx.shape
     f_out, oh, ow = dy.shape[1], dy.shape[2], dy.shape[3]
     kh, kw = w.shape[2], w.shape[3]

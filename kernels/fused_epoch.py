@@ -20,7 +20,8 @@ from ._numba import stack_array as _stack_array
 from .backprop import bias_act_serial, bias_grad_serial, quadratic, softmax_xent_serial, xent_row
 from .matmul import MR as MMR
 from .matmul import NR as MNR
-from .matmul import PARALLEL_MIN_WORK, axpy_columns, block, fma_panel, pack_b
+from .fma_codegen import fma_panel
+from .matmul import PARALLEL_MIN_WORK, axpy_columns, block, pack_b
 from .matmul import dot_rows
 from .update import adam_parallel, adam_serial, momentum_parallel, momentum_serial, sgd_parallel, sgd_serial
 
@@ -69,8 +70,8 @@ WIDE_TILE, NARROW_TILE = 10 * WIDE, 10 * NARROW_COLS   # literals for stack_arra
 
 
 @njit
-def _linear_rows(X, rows, r0, r1, Wt, b, labels, scale, G, gb):
-    """For rows r0:r1 of X (rows: their indices, or None for X's own order): logits,
+def _linear_rows(X, r0, r1, Wt, b, labels, scale, G, gb):
+    """For rows r0:r1 of X: logits,
     softmax cross-entropy gradient, and G (classes x d) += dLᵀ·X[rows], gb += sum dL.
     Returns the rows' summed loss. The gradient is the micro-kernel's product with
     dL as its A panel (rows x classes, exactly the packed layout) and X's rows as
@@ -126,7 +127,7 @@ def _linear_pass(X, labels, Wt, b, scale, G, gb, losses):
         total = 0.0
         for blk in range(t * per, min(blocks, (t + 1) * per)):
             r0 = blk * LIN_ROWS
-            total += _linear_rows(X, None, r0, min(n, r0 + LIN_ROWS), Wt, b, labels, scale, G[t], gb[t])
+            total += _linear_rows(X, r0, min(n, r0 + LIN_ROWS), Wt, b, labels, scale, G[t], gb[t])
         losses[t] = total
 
 
@@ -238,7 +239,9 @@ def _swap_first_block(src, dst, rows, cols):
 
 @njit
 def _dot_rows_t(X, rows, WT, Z):
-    """Z[i, j] = X[rows[i]] · WT[j]: four outputs per pass over a row of X."""
+    """Z[i, j] = X[rows[i]] · WT[j]: four outputs per pass over a row of X. matmul's
+    dot_rows with the batch's rows picked through ``rows`` in place (no gathered
+    copy of the batch)."""
     h, k = WT.shape
     j = 0
     while j + 4 <= h:
@@ -299,7 +302,9 @@ def _transpose_first_block(buf, rows, cols, tmp):
 @njit
 def nielsen_epoch(X, onehot, order, starts, contiguous, flat, gflat, s1, s2, hidden, opt, step,
                   lr, beta, beta1, beta2, eps, parallel):
-    """784 -> hidden -> 10, sigmoid layers, quadratic cost."""
+    """784 -> hidden -> 10, sigmoid layers, quadratic cost. ``parallel`` is in the
+    signature every fused epoch shares (numba-fused calls them alike) and unused:
+    a step of nielsen's 10-image batches is too small to split between threads."""
     d, c = X.shape[1], onehot.shape[1]
     tmp = np.empty(flat.size, flat.dtype)
     for buf in (flat, gflat, s1, s2):
@@ -495,6 +500,9 @@ def two_layer_epoch(X, targets, order, starts, contiguous, flat, gflat, s1, s2, 
             _panel_products_serial(ap, w1p, h, n, d, panels, d * MNR, edges, False)
         bias_act_serial(h, b1p, act)
         total += _xent_output(h, w2t, b2, yb, out, dz2)
+        # the output layer's weight gradient as in nielsen_epoch; the two epochs stay
+        # apart because their first layers differ (packed panels here, a transposed
+        # W1 and dot products there), each one compiled loop
         for j in range(c):
             axpy_columns(h, dz2, gw2t, j)
         for p in range(hidden):

@@ -40,13 +40,12 @@ registers. Indices must also be provably non-negative: with runtime offsets,
 Numba's negative-index wraparound defeats LLVM's alias checks and the loops run
 scalar (hence the ``max(x, 0)`` on every offset).
 """
-import llvmlite.ir as ir
 import numpy as np
-from numba import prange, types
-from numba.extending import intrinsic
+from numba import prange
 
-from ._numba import TARGET, TILE, njit, serial_and_parallel, specialize, stack_array
+from ._numba import TILE, njit, serial_and_parallel, specialize, stack_array
 from .family import KernelFamily, operands
+from .fma_codegen import fma_panel, fma_panel_rows
 
 # The geometry of this process (float32). float64 compiles the same bodies with
 # half of NR (the same registers hold half the lanes).
@@ -136,146 +135,6 @@ def _pack_a(A, ta, i0, mc, p0, kc, Ap):
         for r in range(h, MR):
             for p in range(kc):
                 Ap[base + p * MR + r] = 0
-
-
-def _panel_codegen(dtype, MR_, NR_, lanes, to_rows):
-    """LLVM IR of the depth loop over one A and one B panel; the MR x NR/L
-    accumulators are vector SSA values (phi nodes) carried through the loop.
-    Depth step p reads B's row at Bp[b0 + p·ldb:] (ldb = NR for a packed panel,
-    a matrix's row length for unpacked rows). ``to_rows``: the result goes into
-    C's rows (C[ci + r, cj:cj + NR], contiguous) with vector loads, adds and
-    stores; else into a tile of MR x NR values."""
-    V = NR_ // lanes
-
-    def codegen(context, builder, signature, args):
-        ap_arr, a0_v, bp_arr, b0_v, ldb_v, kc_v, c_arr = args[:7]
-        aty, _, bty, _, _, _, cty = signature.args[:7]
-        elem = context.get_data_type(dtype)
-        vec = ir.VectorType(elem, lanes)
-        ap = context.make_array(aty)(context, builder, ap_arr).data
-        bp = context.make_array(bty)(context, builder, bp_arr).data
-        c = context.make_array(cty)(context, builder, c_arr)
-        intp = a0_v.type
-        zero = ir.Constant(vec, [ir.Constant(elem, 0.0)] * lanes)
-        undef = ir.Constant(vec, ir.Undefined)
-        mask = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
-        # declared by hand: llvmlite's declare_intrinsic names scalar types only
-        name = f"llvm.fma.v{lanes}{'f64' if dtype == types.float64 else 'f32'}"
-        fma = builder.module.globals.get(name) or ir.Function(
-            builder.module, ir.FunctionType(vec, [vec, vec, vec]), name=name)
-        if to_rows:
-            # C's tile is read and written once the loop ends; its rows usually
-            # lie outside the L2 (C is the largest operand), so they are
-            # prefetched now and arrive while the FMAs run.
-            i8p = ir.IntType(8).as_pointer()
-            i32 = ir.IntType(32)
-            prefetch = builder.module.globals.get("llvm.prefetch.p0") or ir.Function(
-                builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
-                name="llvm.prefetch.p0")
-            ci_v, cj_v = args[7], args[8]
-            row_stride = builder.extract_value(c.strides, 0)
-            base = builder.ptrtoint(c.data, intp)
-            itemsize = context.get_abi_sizeof(elem)
-            for r in range(MR_):
-                row = builder.add(base, builder.mul(builder.add(ci_v, ir.Constant(intp, r)), row_stride))
-                row = builder.add(row, builder.mul(cj_v, ir.Constant(intp, itemsize)))
-                for line in range(0, NR_ * itemsize, 64):
-                    ptr = builder.inttoptr(builder.add(row, ir.Constant(intp, line)), i8p)
-                    builder.call(prefetch, [ptr, ir.Constant(i32, 1), ir.Constant(i32, 3),
-                                            ir.Constant(i32, 1)])
-        entry = builder.basic_block
-        loop = builder.append_basic_block("fma_panel.loop")
-        done = builder.append_basic_block("fma_panel.done")
-        builder.cbranch(builder.icmp_signed(">", kc_v, ir.Constant(intp, 0)), loop, done)
-        builder.position_at_end(loop)
-        p = builder.phi(intp)
-        accs = [builder.phi(vec) for _ in range(MR_ * V)]
-        b_base = builder.add(b0_v, builder.mul(p, ldb_v))
-        a_base = builder.add(a0_v, builder.mul(p, ir.Constant(intp, MR_)))
-        bvecs = [builder.load(builder.bitcast(builder.gep(bp, [builder.add(b_base, ir.Constant(intp, v * lanes))]),
-                                              vec.as_pointer()), align=4) for v in range(V)]
-        new = []
-        for r in range(MR_):
-            a = builder.load(builder.gep(ap, [builder.add(a_base, ir.Constant(intp, r))]))
-            splat = builder.shuffle_vector(builder.insert_element(undef, a, ir.Constant(ir.IntType(32), 0)),
-                                           undef, mask)
-            new += [builder.call(fma, [splat, bvecs[v], accs[r * V + v]]) for v in range(V)]
-        p_next = builder.add(p, ir.Constant(intp, 1))
-        latch = builder.basic_block
-        builder.cbranch(builder.icmp_signed("<", p_next, kc_v), loop, done)
-        p.add_incoming(ir.Constant(intp, 0), entry)
-        p.add_incoming(p_next, latch)
-        for acc, value in zip(accs, new):
-            acc.add_incoming(zero, entry)
-            acc.add_incoming(value, latch)
-        builder.position_at_end(done)
-        results = []
-        for i in range(MR_ * V):  # every phi first: they must open their block
-            results.append(builder.phi(vec))
-            results[-1].add_incoming(zero, entry)
-            results[-1].add_incoming(new[i], latch)
-        if to_rows:
-            ci_v, cj_v, accumulate = args[7], args[8], args[9]
-            row_stride = builder.extract_value(c.strides, 0)  # bytes
-            base = builder.ptrtoint(c.data, intp)
-            itemsize = ir.Constant(intp, context.get_abi_sizeof(elem))
-            for r in range(MR_):
-                row = builder.add(base, builder.mul(builder.add(ci_v, ir.Constant(intp, r)), row_stride))
-                for v in range(V):
-                    col = builder.mul(builder.add(cj_v, ir.Constant(intp, v * lanes)), itemsize)
-                    ptr = builder.inttoptr(builder.add(row, col), vec.as_pointer())
-                    value = results[r * V + v]
-                    with builder.if_then(accumulate):
-                        builder.store(builder.fadd(builder.load(ptr, align=4), value), ptr, align=4)
-                    with builder.if_then(builder.not_(accumulate)):
-                        builder.store(value, ptr, align=4)
-        else:
-            for i, result in enumerate(results):
-                r, v = divmod(i, V)
-                ptr = builder.gep(c.data, [ir.Constant(intp, r * NR_ + v * lanes)])
-                builder.store(result, builder.bitcast(ptr, vec.as_pointer()), align=4)
-        return context.get_dummy_value()
-    return codegen
-
-
-def _lanes(dtype, nr):
-    lanes = max(1, TARGET["vector_bits"] // (8 * (8 if dtype == types.float64 else 4)))
-    lanes = min(lanes, nr)
-    return lanes if nr % lanes == 0 else None
-
-
-@intrinsic
-def fma_panel(typingctx, Ap, a0, Bp, b0, ldb, kc, tile, mr, nr):
-    """tile[:mr·nr] = the A panel at Ap[a0:] (kc groups of mr values) times the kc
-    rows of nr values at Bp[b0 + p·ldb:], written as LLVM vector code.
-
-    The mr x nr/L accumulators are SSA vector values carried through the depth
-    loop, L = the target's vector lanes for the dtype, so they live in registers
-    by construction: no reliance on the auto-vectoriser, whose choices for such
-    a loop change with the tile, the ISA and the LLVM version. Each depth step is
-    nr/L vector loads of B, mr broadcasts of A and mr·nr/L fused multiply-adds;
-    LLVM legalises <L x float> to zmm, ymm or NEON q registers."""
-    if not (isinstance(mr, types.IntegerLiteral) and isinstance(nr, types.IntegerLiteral)):
-        return None
-    lanes = _lanes(Ap.dtype, nr.literal_value)
-    if lanes is None:
-        return None
-    return (types.none(Ap, a0, Bp, b0, ldb, kc, tile, mr, nr),
-            _panel_codegen(Ap.dtype, mr.literal_value, nr.literal_value, lanes, False))
-
-
-@intrinsic
-def fma_panel_rows(typingctx, Ap, a0, Bp, b0, ldb, kc, C, ci, cj, accumulate, mr, nr):
-    """fma_panel, the result stored (or, with ``accumulate``, added) straight into
-    C[ci:ci+mr, cj:cj+nr], whose rows must be contiguous: vector loads and
-    stores instead of mr·nr scalar ones through a tile."""
-    if not (isinstance(mr, types.IntegerLiteral) and isinstance(nr, types.IntegerLiteral)):
-        return None
-    lanes = _lanes(Ap.dtype, nr.literal_value)
-    if lanes is None:
-        return None
-    return (types.none(Ap, a0, Bp, b0, ldb, kc, C, ci, cj, accumulate, mr, nr),
-            _panel_codegen(Ap.dtype, mr.literal_value, nr.literal_value, lanes, True))
 
 
 def _micro(Ap, a0, Bp, b0, kc, C, ci, cj, accumulate):

@@ -217,6 +217,28 @@ def test_ctrl_c_stops_cleanly_and_marks_the_run_interrupted(tmp_path, tiny_data)
     assert len(cells) == 12 and all(c["status"] == "unverified" and c["samples_s"] for c in cells)
 
 
+def test_sigterm_closes_the_run_interrupted_and_removes_its_temporary_files(tmp_path, tiny_data):
+    import glob
+    import tempfile
+    from mnist_numba_bench.bench.harness import TMP_PREFIX
+    proc = mnist_bench(*_sweep_args(tmp_path, tiny_data), tmp_path=tmp_path)
+    path = _wait_for_cells(tmp_path / "results", 12, proc)
+    mine = os.path.join(tempfile.gettempdir(), f"{TMP_PREFIX}{proc.pid}-*")
+    assert glob.glob(mine)  # the run's data copies exist while it runs
+    workers = _children(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    header, cells = store.read_run(path)
+    assert header["status"] == "interrupted" and len(cells) == 12
+    assert not glob.glob(mine)
+    deadline = time.time() + 10
+    while any(os.path.exists(f"/proc/{w}") for w in workers) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not any(os.path.exists(f"/proc/{w}") for w in workers)
+
+
 def test_unknown_kernel_family_is_one_line_before_any_work(tmp_path):
     proc = mnist_bench("kernels", "--families", "matmull", "--results-dir",
                        str(tmp_path / "results"), tmp_path=tmp_path)

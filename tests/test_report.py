@@ -286,3 +286,26 @@ def test_the_newest_machine_leads_and_a_named_machine_keeps_its_name(tmp_path):
     rec = recommendation_table(cells)
     assert rec["machine"].iloc[0].endswith("AVX-512, 2 cores")
     assert "old GPU box" in set(rec["machine"])
+
+
+def test_the_answer_table_after_a_run_in_every_format(fixture_runs):
+    import csv
+    import io
+    from mnist_numba_bench.bench.report.console import answer_rows, render
+    rows = answer_rows(fixture_runs[0])
+    assert rows and {r["backend"] for r in rows} >= {"numpy", "numba-parallel"}
+    table = render(rows)
+    header = table.splitlines()[0].split()
+    assert header[:4] == ["model", "batch", "threads", "images"] and header[4] == "numpy"
+    assert "*" in table and "speed-up over numpy" in table
+    fastest = [r for r in rows if r["fastest"]]
+    assert fastest and all(r["epoch_s"] <= min(o["epoch_s"] for o in rows if o["epoch_s"] and
+                                               (o["model"], o["batch_size"], o["threads"]) ==
+                                               (r["model"], r["batch_size"], r["threads"]))
+                           for r in fastest)
+    parsed = list(csv.DictReader(io.StringIO(render(rows, "csv"))))
+    assert len(parsed) == len(rows) and parsed[0]["model"] == rows[0]["model"]
+    assert json.loads(render(rows, "json")) == json.loads(json.dumps(rows))
+    assert render(rows, "markdown").startswith("| model | batch |")
+    with pytest.raises(ValueError, match="--format"):
+        render(rows, "xml")
