@@ -48,7 +48,7 @@ import time
 
 import numpy as np
 
-from ..models.reference import NumpyOps
+from ..models.reference import Float64Ops, NumpyOps
 from ..models.train import OpsTrainer, epoch_batches, prepare_targets
 from .validate import TOLERANCE, param_error
 
@@ -60,18 +60,6 @@ SLICE_FACTOR = 10.0
 # ... but never above this: a switch to float16 after validation moves the slice
 # epoch 0.009-0.03 from the reference (tests/test_verify.py)
 SLICE_CAP = 0.01
-
-
-class Float64Ops(NumpyOps):
-    """The reference ops in float64: the replay's arithmetic."""
-    name = "numpy-float64"
-
-    def asarray(self, x):
-        x = np.asarray(x)
-        return np.ascontiguousarray(x, np.float64) if x.dtype.kind == "f" else x
-
-    def zeros(self, shape):
-        return np.zeros(shape, np.float64)
 
 
 def _wide(params):

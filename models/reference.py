@@ -162,3 +162,16 @@ class PerSampleTrainer(OpsTrainer):
             total += self.gflat
         self.gflat[...] = total / len(idx)
         return loss / len(idx)
+
+
+class Float64Ops(NumpyOps):
+    """The reference ops in float64: what float32 results are measured against
+    (validation and the check of timed work, bench/validate.py and bench/verify.py)."""
+    name = "numpy-float64"
+
+    def asarray(self, x):
+        x = np.asarray(x)
+        return np.ascontiguousarray(x, np.float64) if x.dtype.kind == "f" else x
+
+    def zeros(self, shape):
+        return np.zeros(shape, np.float64)
