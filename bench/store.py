@@ -223,7 +223,7 @@ def result_files(paths) -> list:
 def header_problem(record) -> str:
     """Why ``record`` is not a run header this code reads ('' when it is)."""
     if not isinstance(record, dict) or record.get("type") != "run":
-        return "not a run header (a results file starts with {\"type\": \"run\", ...})"
+        return "not a results file: its first line is not a run header ({\"type\": \"run\", ...})"
     version = record.get("schema_version")
     if not isinstance(version, int) or version > SCHEMA_VERSION:
         return f"schema version {version!r}; this code reads up to {SCHEMA_VERSION}"

@@ -186,7 +186,7 @@ def test_compare_threshold_and_alpha(home, capsys):
 MALFORMED = [
     ("header-without-run-id", [json.dumps({"type": "run", "schema_version": 3})], ":1: the run header has no run_id"),
     ("not-json", ["{oops"], ":1: not valid JSON"),
-    ("first-line-a-cell", [json.dumps(CELL)], ":1: not a run header"),
+    ("first-line-a-cell", [json.dumps(CELL)], ":1: not a results file"),
     ("newer-schema", [HEADER.replace('"schema_version": 3', '"schema_version": 99')], ":1: schema version 99"),
     ("array-line", [HEADER, "[1, 2, 3]"], ":2: a list, not a JSON object"),
     ("bare-cell", [HEADER, json.dumps({"type": "cell"})], ":2: kind None"),
