@@ -59,6 +59,38 @@ def compiled_dir(version=None) -> str:
     return os.path.join(cache_root(), "compiled", version or code_version())
 
 
+def numba_index_broken(path) -> str:
+    """Why a Numba cache index (.nbi) cannot be loaded, or '' when it can: Numba
+    reads it as a pickled version followed by a pickled payload."""
+    import pickle
+    try:
+        with open(path, "rb") as f:
+            pickle.load(f)
+            pickle.loads(f.read())
+    except Exception as e:  # garbage, truncation, a foreign pickle
+        return f"{type(e).__name__}: {e}"[:120]
+    return ""
+
+
+def heal_caches(base, log=print) -> list:
+    """Move aside every compile cache under ``base`` that cannot be loaded (a Numba
+    index that does not unpickle), so the workers compile afresh instead of
+    failing their cells; returns what was moved, each said with a warning."""
+    moved = []
+    numba_dir = os.path.join(base, "numba")
+    for root, _, files in os.walk(numba_dir):
+        for f in files:
+            if f.endswith(".nbi"):
+                why = numba_index_broken(os.path.join(root, f))
+                if why:
+                    aside = f"{numba_dir}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+                    os.replace(numba_dir, aside)
+                    log(f"warning: {os.path.join(root, f)}: a broken Numba cache ({why}); the "
+                        f"cache moved to {aside}, compiled again")
+                    return [aside]
+    return moved
+
+
 def cache_env(backend, base) -> dict:
     """Environment variables that point ``backend``'s compile caches into ``base``."""
     return {var: os.path.join(base, sub) for var, sub in getattr(backend, "compile_caches", {}).items()}

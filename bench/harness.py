@@ -54,6 +54,7 @@ def run_sweep(options) -> int:
         print(f"run {writer.run_id}: {len(cells)} cells, {sweep['repeats']} rounds -> {writer.path}",
               file=sys.stderr)
         shared = compile_times.compiled_dir()
+        compile_times.heal_caches(shared, log=lambda m: print(m, file=sys.stderr))
 
         def env_of(key):
             backend, threads = key

@@ -400,3 +400,32 @@ def test_stale_temporary_directories_of_killed_runs_are_removed(tmp_path, monkey
     harness.remove_stale_tmpdirs()
     assert not dead.exists() and alive.exists()
     shutil.rmtree(alive)
+
+
+def test_a_broken_numba_cache_is_moved_aside_and_compiled_again(tmp_path, capsys):
+    """A real Numba cache index passes the check; garbage in it moves the cache aside
+    (the run's workers then compile afresh instead of failing their cells)."""
+    import subprocess
+    import sys
+    from mnist_numba_bench.bench.compile_times import heal_caches, numba_index_broken
+    base = tmp_path / "compiled"
+    (tmp_path / "mod").mkdir()
+    (tmp_path / "mod" / "cached_fn.py").write_text(
+        "from numba import njit\n@njit(cache=True)\ndef f(x):\n    return x + 1\n")
+    code = "import sys; sys.path.insert(0, sys.argv[1]); import cached_fn; print(cached_fn.f(1))"
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(base / "numba"))
+    for _ in range(2):  # compile and store, then load from the cache
+        out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "mod")], env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert out.stdout.strip() == "2", out.stderr
+    indexes = [os.path.join(r, f) for r, _, fs in os.walk(base / "numba") for f in fs if f.endswith(".nbi")]
+    assert indexes and all(numba_index_broken(p) == "" for p in indexes)
+    assert heal_caches(str(base)) == []
+    with open(indexes[0], "wb") as f:
+        f.write(b"\x00garbage")
+    moved = heal_caches(str(base), log=lambda m: print(m, file=sys.stderr))
+    assert len(moved) == 1 and not (base / "numba").exists()
+    assert "a broken Numba cache" in capsys.readouterr().err
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "mod")], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "2" and (base / "numba").exists()  # compiled again
