@@ -112,23 +112,11 @@ class EpochUnit:
         warm_s = self.train(1)
         out["compile"] = {"first_step_s": first_step, "warmup_epoch_s": warm_s,
                           "backend": self.backend.compile_info()}
-        # calibration: epochs until EPOCH_SAMPLE_MIN_S of them, then the count that
-        # lasts CALIBRATION_MARGIN times that at their mean (one slow epoch would
-        # otherwise set a count whose samples fall short of the minimum)
-        count, spent = 0, 0.0
-        while spent < EPOCH_SAMPLE_MIN_S and count < MAX_EPOCHS_PER_SAMPLE:
-            n = 1 if not count else max(1, min(count, MAX_EPOCHS_PER_SAMPLE - count))
-            spent += self.train(n) * n
-            count += n
-        epoch_s = max(spent / count, 1e-9)
         if self.cell.get("epochs_per_sample"):  # set up again in a fresh worker: keep the count
             self.per_sample = int(self.cell["epochs_per_sample"])
         else:
-            self.per_sample = max(self.epochs, min(MAX_EPOCHS_PER_SAMPLE, math.ceil(
-                CALIBRATION_MARGIN * EPOCH_SAMPLE_MIN_S / epoch_s)))
+            out.update(self.calibrate())
         out["epochs_per_sample"] = self.per_sample
-        out["calibration_epoch_s"] = epoch_s
-        out["calibration_epochs"] = count
         pools = thread_pools()
         out["env"] = pools
         wrong = thread_mismatches(pools, threads)
@@ -138,6 +126,20 @@ class EpochUnit:
         out["train_samples"] = len(self.x)
         out["epochs"] = self.epochs
         return out | {"status": "ready"}
+
+    def calibrate(self) -> dict:
+        """Epochs until EPOCH_SAMPLE_MIN_S of them, then the count that lasts
+        CALIBRATION_MARGIN times that at their mean (one slow epoch would otherwise
+        set a count whose samples fall short of the minimum)."""
+        count, spent = 0, 0.0
+        while spent < EPOCH_SAMPLE_MIN_S and count < MAX_EPOCHS_PER_SAMPLE:
+            n = 1 if not count else max(1, min(count, MAX_EPOCHS_PER_SAMPLE - count))
+            spent += self.train(n) * n
+            count += n
+        epoch_s = max(spent / count, 1e-9)
+        self.per_sample = max(self.epochs, min(MAX_EPOCHS_PER_SAMPLE, math.ceil(
+            CALIBRATION_MARGIN * EPOCH_SAMPLE_MIN_S / epoch_s)))
+        return {"calibration_epoch_s": epoch_s, "calibration_epochs": count}
 
     def train(self, count) -> float:
         """Seconds per epoch of the timed trainer's next ``count`` epochs."""
@@ -155,11 +157,10 @@ class EpochUnit:
     def finish(self) -> dict:
         from .verify import REPLAY_BUDGET_S, verify
         out = {"accuracy": accuracy(self.trainer, self.test_x, self.test_y)}
-        labels = self.test_y
         setting = json.dumps([self.cell["model"], self.cell["batch_size"], self.seed,
                               self.cell.get("overrides"), self.cell["data_file"]], sort_keys=True)
         check = verify(self.trainer, self.backend, self.network, self.config, self.seed,
-                       (self.x, self.y), self.trained, (self.test_x, labels),
+                       (self.x, self.y), self.trained, (self.test_x, self.test_y),
                        budget_s=self.cell.get("replay_budget_s", REPLAY_BUDGET_S),
                        cache_dir=self.cell.get("reference_dir"),
                        cache_key=hashlib.sha1(setting.encode()).hexdigest()[:16])

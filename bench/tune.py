@@ -213,10 +213,8 @@ def main(args):
     if args.dry_run:
         print("dry run: not stored")
         return 0
+    from .store import write_atomic
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=1, default=str)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(record, indent=1, default=str))
     print(f"stored in {path}: every later process on this CPU compiles with it")
     return 0

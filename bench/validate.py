@@ -16,7 +16,7 @@ import numpy as np
 
 from ..models import Network, config_for, get_network
 from ..models.checks import compare
-from ..models.train import epoch_batches, prepare_inputs, prepare_targets
+from ..models.train import OpsTrainer, epoch_batches, prepare_inputs, prepare_targets
 
 # Per tensor, the L2 norm of the difference relative to how far the tensor moved
 # from its initial value. A kernel wrong by 1 % in one tensor's gradient gives
@@ -69,15 +69,27 @@ def run_steps(backend, network, config, x, y, steps, seed=0):
     return trainer
 
 
-def float64_steps(network, config, x, y, steps, seed=0) -> dict:
-    """The float64 reference's parameters after ``steps`` mini-batches of epoch 0."""
-    from ..models.reference import Float64Ops
-    from ..models.train import OpsTrainer
-    init = {k: v.astype(np.float64) for k, v in network.init_params(seed).items()}
-    trainer = OpsTrainer(Float64Ops(), network, init, config, seed)
-    trainer.set_data(x, y)
-    trainer.train_epoch(epoch_batches(len(x), config["batch_size"], seed, 0)[:steps])
-    return {k: np.asarray(v, np.float64) for k, v in trainer.params().items()}
+class Float64Reference:
+    """The reference ops in float64, as a backend ``run_steps`` can train."""
+
+    def make_trainer(self, network, init_params, config, seed=0):
+        from ..models.reference import Float64Ops
+        return OpsTrainer(Float64Ops(), network, init_params, config, seed)
+
+
+def agreement(got, want32, want64, start, floor, factor, cap=float("inf")) -> dict:
+    """How ``got`` agrees with the float32 and the float64 reference, both started
+    from ``start``: agreeing with either is agreeing (float32 and float64 may take
+    the two sides of a ReLU at zero, and either is honest), and where the two
+    differ (``drift``), an honest float32 result may lie as far from both, so the
+    tolerance is ``max(floor, min(factor * drift, cap))``. {"error" (the smaller),
+    "message", "error_float32", "error_float64", "drift", "tolerance"}."""
+    drift, _ = param_error(want32, want64, start, 1.0)
+    tolerance = max(floor, min(factor * drift, cap))
+    err32, err64 = (param_error(got, want, start, tolerance) for want in (want32, want64))
+    err, message = min(err32, err64, key=lambda e: e[0])
+    return {"error": err, "message": message, "error_float32": err32[0],
+            "error_float64": err64[0], "drift": drift, "tolerance": tolerance}
 
 
 def param_error(got: dict, want: dict, init: dict, tolerance=TOLERANCE):
@@ -144,14 +156,10 @@ def validate(backend, network, steps=3, batch_size=None, seed=0, overrides=None,
         reference = get_backend("numpy")
         for name, x, y, n_steps in scenarios(network, config, steps, seed):
             want = run_steps(reference, network, config, x, y, n_steps, seed).params()
-            want64 = float64_steps(network, config, x, y, n_steps, seed)
+            want64 = run_steps(Float64Reference(), network, config, x, y, n_steps, seed).params()
             got = run_steps(backend, network, config, x, y, n_steps, seed).params()
-            # agreeing with numpy's float32 or with float64 is agreeing; where those two
-            # differ (saturated sigmoids at large inputs), by a margin of their difference
-            drift, _ = param_error(want, want64, init, 1.0)
-            allowed = max(tolerance, min(DRIFT_FACTOR * drift, DRIFT_CAP))
-            err, message = min(param_error(got, want, init, allowed),
-                               param_error(got, want64, init, allowed), key=lambda e: e[0])
+            check = agreement(got, want, want64, init, tolerance, DRIFT_FACTOR, DRIFT_CAP)
+            err, message, allowed = check["error"], check["message"], check["tolerance"]
             worst = max(worst, err)
             if not np.isfinite(err) or err > allowed:
                 return Validation(backend_name, model_name, False, err, steps,

@@ -50,7 +50,7 @@ import numpy as np
 
 from ..models.reference import Float64Ops, NumpyOps
 from ..models.train import OpsTrainer, epoch_batches, prepare_targets
-from .validate import TOLERANCE, param_error
+from .validate import TOLERANCE, agreement
 
 REPLAY_FLOOR = 0.02
 REPLAY_FACTOR = 100.0
@@ -185,20 +185,16 @@ def check_slice(trainer, network, config, seed, xs, ys, epoch, tolerance) -> dic
     except Exception as e:  # the trainer's own failure on the check is its error
         return {"error": float("nan"), "tolerance": tolerance, "epoch": epoch, "images": len(xs),
                 "steps": len(batches), "ok": False, "message": f"it raised {type(e).__name__}: {e}"}
-    got, start = _wide(trainer.params()), _wide(params)
     for ref in refs:
         ref.set_data(xs, ys)
         ref.train_epoch(batches)
-    # how far honest float32 lies from float64 on this epoch: from a saturated sigmoid
-    # a few steps move the weights little, and rounding is then a larger share of it
+    # the references' own difference widens the tolerance: from a saturated sigmoid a
+    # few steps move the weights little, and rounding is then a larger share of it
     # (nielsen at batch 2: numba 0.0021 from both references)
-    drift, _ = param_error(_wide(refs[1].params()), _wide(refs[0].params()), start, 1.0)
-    tolerance = max(tolerance, min(SLICE_FACTOR * drift, SLICE_CAP))
-    errors = [param_error(got, _wide(ref.params()), start, tolerance) for ref in refs]
-    (err, message), (err32, _) = min(errors, key=lambda e: e[0]), errors[1]
-    return {"error": err, "error_float64": errors[0][0], "error_float32": err32, "drift": drift,
-            "tolerance": tolerance, "epoch": epoch, "images": len(xs), "steps": len(batches),
-            "ok": bool(np.isfinite(err) and err <= tolerance), "message": message}
+    out = agreement(_wide(trainer.params()), _wide(refs[1].params()), _wide(refs[0].params()),
+                    _wide(params), tolerance, SLICE_FACTOR, SLICE_CAP)
+    return dict(out, epoch=epoch, images=len(xs), steps=len(batches),
+                ok=bool(np.isfinite(out["error"]) and out["error"] <= out["tolerance"]))
 
 
 def verify(trainer, backend, network, config, seed, train, epochs, held_out,
@@ -215,17 +211,12 @@ def verify(trainer, backend, network, config, seed, train, epochs, held_out,
     if "skipped" in rep:
         out["replay"] = {"decisive": False, "why": rep["skipped"]}
     else:
-        init = _wide(network.init_params(seed))
-        drift, _ = param_error(_wide(rep["params32"]), rep["params64"], init, 1.0)
-        tolerance = max(REPLAY_FLOOR, REPLAY_FACTOR * drift)
-        # as in the slice: agreeing with either honest reference is agreeing
-        err, message = min(param_error(final, rep["params64"], init, tolerance),
-                           param_error(final, _wide(rep["params32"]), init, tolerance),
-                           key=lambda e: e[0])
-        decisive = tolerance <= REPLAY_DECISIVE
-        out["replay"] = {"error": err, "drift": drift, "tolerance": tolerance, "decisive": decisive,
-                         "seconds": round(rep["seconds"], 3), "replayed_epochs": rep["replayed_epochs"],
-                         "message": message}
+        check = agreement(final, _wide(rep["params32"]), rep["params64"],
+                          _wide(network.init_params(seed)), REPLAY_FLOOR, REPLAY_FACTOR)
+        drift, decisive = check["drift"], check["tolerance"] <= REPLAY_DECISIVE
+        out["replay"] = {k: check[k] for k in ("error", "drift", "tolerance", "message")}
+        out["replay"].update(decisive=decisive, seconds=round(rep["seconds"], 3),
+                             replayed_epochs=rep["replayed_epochs"])
         if not decisive:
             out["replay"]["why"] = (f"float32 rounding alone drifts {drift:.2g} from float64 on this "
                                     f"trajectory: the replay cannot tell a fault from rounding")
