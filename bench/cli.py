@@ -22,6 +22,20 @@ COMMANDS = {
 }
 
 
+DESCRIPTION = """\
+How fast do hand-written Numba kernels train an MNIST network, next to NumPy/BLAS,
+PyTorch and JAX? Identical networks, the same weights and batch order, every
+backend validated against the NumPy reference before it is timed and checked
+again after; timings in interleaved rounds, stored, reported and compared."""
+EPILOG = """\
+the usual path:
+  mnist-bench list                    what this machine can run
+  mnist-bench run --quick             the main job: a table on the console, a report
+  mnist-bench report                  results/report/report.html (and CSV tables)
+  mnist-bench compare RUN_A RUN_B     a regression verdict between two runs
+  mnist-bench COMMAND --help          every option of a command"""
+
+
 def version_text() -> str:
     """The suite's version and the commit of the code that runs."""
     import importlib.metadata
@@ -52,13 +66,18 @@ def add_arguments(parser):  # list and data share this module
         add_data_arguments(parser)
     else:
         parser.add_argument("--json", action="store_true", help="machine-readable output")
+        parser.add_argument("--refresh", action="store_true",
+                            help="probe every backend again instead of reading the answer kept "
+                                 "for this environment (kept until the code, a compiler, this "
+                                 "interpreter or a device variable changes)")
 
 
 def main(args=None):
     """Entry point of both `mnist-bench` and subcommands list/data."""
     if isinstance(args, argparse.Namespace):
         return cmd_list(args) if args.command == "list" else cmd_data(args)
-    parser = OneLineParser(prog="mnist-bench", description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="mnist-bench", description=DESCRIPTION, epilog=EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     modules = {}
@@ -117,11 +136,37 @@ def run_command(command, body) -> int:
         return 1
 
 
-def cmd_list(args):
+def probe_backends(refresh=False):
+    """Every registered backend: available here or why not, its description and
+    the networks it trains. Probing imports torch and JAX and tries a compile, so
+    the answer is kept per environment (the suite's code and compilers, this
+    interpreter, the variables and devices that decide availability) in the
+    cache, and probed again when any of them changes, on ``refresh``, or when
+    the cached file is unreadable. Returns (rows, when probed)."""
+    import glob
+    import hashlib
     import json
+    import os
+    import time
 
-    from .backends import backend_names, get_backend
     from ..models import NETWORKS
+    from ..models.cache import cache_root
+    from .backends import backend_names, get_backend
+    from .compile_times import code_version
+    from .store import write_atomic
+    key = json.dumps([code_version(), sys.executable, sorted(NETWORKS), backend_names(),
+                      sorted(glob.glob("/dev/nvidia[0-9]*"))] +
+                     [os.environ.get(v) for v in ("MNIST_BENCH_PLUGINS", "NUMBA_ENABLE_CUDASIM",
+                                                  "CUDA_VISIBLE_DEVICES", "JAX_PLATFORMS")])
+    path = os.path.join(cache_root(), "backends-" + hashlib.sha256(key.encode()).hexdigest()[:16] + ".json")
+    if not refresh:
+        try:
+            with open(path) as f:
+                cached = json.load(f)
+            if cached["key"] == key:
+                return cached["rows"], cached["probed"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # none yet, or broken: probed again and rewritten below
     rows = []
     for bname in backend_names():
         backend = get_backend(bname)
@@ -132,16 +177,30 @@ def cmd_list(args):
             support[mname] = {"supported": s_ok, "reason": s_why}
         rows.append({"backend": bname, "available": ok, "reason": why,
                      "description": backend.description, "models": support})
+    probed = time.strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        write_atomic(path, json.dumps({"key": key, "probed": probed, "rows": rows}))
+    except OSError:
+        pass  # an unwritable cache only costs the next `list` a new probe
+    return rows, probed
+
+
+def cmd_list(args):
+    import json
+
+    from ..models import NETWORKS
+    rows, probed = probe_backends(args.refresh)
     models = [{"model": n, "defaults": cls.defaults, "doc": cls.__doc__.split("\n")[0]}
               for n, cls in NETWORKS.items()]
     if args.json:
-        print(json.dumps({"models": models, "backends": rows}, indent=2))
+        print(json.dumps({"models": models, "backends": rows, "probed": probed}, indent=2))
         return 0
     print("Models (hyperparameters of the write-ups; override with --set key=value):")
     for m in models:
         print(f"  {m['model']:<9} {m['doc']}")
         print(f"            {', '.join(f'{k}={v}' for k, v in m['defaults'].items())}")
-    print("\nBackends:")
+    print(f"\nBackends (availability probed {probed}; --refresh probes again):")
     for r in rows:
         state = "available" if r["available"] else f"UNAVAILABLE: {r['reason']}"
         print(f"  {r['backend']:<16} {state}")

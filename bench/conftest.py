@@ -16,6 +16,9 @@ import pytest
 def pytest_addoption(parser):
     parser.addoption("--bench-samples", type=int, default=2048,
                      help="training images per timed epoch in test_bench_epochs (default 2048)")
+    parser.addoption("--bench-batch-sizes", default="own,32,256",
+                     help="comma-separated batch sizes of test_bench_epochs; own = each model's "
+                          "own, 0 = full batch (default own,32,256)")
     parser.addoption("--bench-threads", type=int, default=os.cpu_count(),
                      help="threads of every pool (default: all cores)")
 

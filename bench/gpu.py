@@ -19,6 +19,7 @@ Without a GPU the command says why and stops. Under the CUDA simulator
 stores the results as unavailable ("simulator: correctness only"): simulated
 kernels are never timed.
 """
+import argparse
 import os
 import sys
 
@@ -38,7 +39,8 @@ def add_arguments(parser):
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help=f"comma-separated subset of {','.join(SECTIONS)}")
     parser.add_argument("--families", default=None, help="CUDA kernel families (default: all)")
-    parser.add_argument("--repeats", type=int, default=15, help="rounds per cell (default 15)")
+    parser.add_argument("--rounds", type=int, default=15, help="rounds per cell (default 15)")
+    parser.add_argument("--repeats", type=int, dest="rounds", help=argparse.SUPPRESS)  # the old name
     parser.add_argument("--train-samples", type=int, default=50_000,
                         help="images per epoch of the epoch cells (synthetic, default 50000)")
     parser.add_argument("--smoke", action="store_true",
@@ -74,8 +76,8 @@ def main(args):
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown:
         raise ValueError(f"--sections: unknown {unknown[0]!r}; choose from {', '.join(SECTIONS)}")
-    if args.repeats < 1:
-        raise ValueError("--repeats must be at least 1")
+    if args.rounds < 1:
+        raise ValueError("--rounds must be at least 1")
     cuda = {n: f for n, f in discover_families().items() if f.device == "cuda"}
     if args.families:
         chosen = csv(args.families, "families")
@@ -107,7 +109,7 @@ def main(args):
             plan = [(f, vs, [f.check_shapes[-1]], ds) for f, vs, _, ds in plan]
         groups += cells_of(plan, [1])
     writer, status = run_groups(groups, {"source": "mnist-bench gpu", "sections": sections,
-                                         "repeats": args.repeats}, args.results_dir, args.repeats) \
+                                         "rounds": args.rounds}, args.results_dir, args.rounds) \
         if groups else (None, 0)
     if "epochs" in sections and status == 0:
         status = run_epochs(args, writer)
@@ -122,6 +124,6 @@ def run_epochs(args, writer):
     for model, batch in EPOCH_CELLS:
         status = harness.run_sweep({
             "models": model, "backends": ",".join(GPU_BACKENDS), "batch_sizes": str(batch),
-            "dataset": "synthetic", "train_limit": n, "repeats": args.repeats,
+            "dataset": "synthetic", "train_limit": n, "rounds": args.rounds,
             "threads": str(os.cpu_count()), "results_dir": args.results_dir}) or status
     return status

@@ -51,7 +51,7 @@ def run_sweep(options) -> int:
         for cell in cells:  # the reference trajectories every backend of a setting shares
             cell["reference_dir"] = os.path.join(tmpdir, "reference")
         writer = RunWriter(results_dir, default_header(settings_of(sweep)))
-        print(f"run {writer.run_id}: {len(cells)} cells, {sweep['repeats']} rounds -> {writer.path}",
+        print(f"run {writer.run_id}: {len(cells)} cells, {sweep['rounds']} rounds -> {writer.path}",
               file=sys.stderr)
         shared = compile_times.compiled_dir()
         compile_times.heal_caches(shared, log=lambda m: print(m, file=sys.stderr))
@@ -74,10 +74,10 @@ def run_sweep(options) -> int:
         def with_figures(cell):
             finalize(cell, figures.get((cell["backend"], cell["model"])))
 
-        supervisor = Supervisor(worker_key, env_of, store, with_figures, sweep["repeats"],
+        supervisor = Supervisor(worker_key, env_of, store, with_figures, sweep["rounds"],
                                 seed=int(writer.run_id[-6:], 16), processes=sweep["processes"])
         writer.header["settings"]["round_order_seed"] = supervisor.seed
-        supervisor.run([cells], Progress(len(cells), sweep["repeats"]))
+        supervisor.run([cells], Progress(len(cells), sweep["rounds"]))
         writer.close("complete")
     except KeyboardInterrupt:
         if writer:

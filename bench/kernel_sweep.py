@@ -13,6 +13,7 @@ reference on the family's odd check shapes (1, 7, 33, 257 ...) and on the timed
 shape, every output on its own; a version wrong on any of them is stored
 invalid, never timed.
 """
+import argparse
 import importlib
 import importlib.util
 import os
@@ -38,8 +39,9 @@ def add_arguments(parser):
     parser.add_argument("--dtypes", default=None, help="comma-separated (default: each family's)")
     parser.add_argument("--threads", default=None,
                         help=f"comma-separated thread counts (default: {os.cpu_count()})")
-    parser.add_argument("--repeats", type=int, default=10,
+    parser.add_argument("--rounds", type=int, default=10,
                         help="rounds: timed samples per cell, one per round (default 10)")
+    parser.add_argument("--repeats", type=int, dest="rounds", help=argparse.SUPPRESS)  # the old name
     parser.add_argument("--results-dir", default="results", help="results store (default results/)")
     parser.add_argument("--machine", default=None, metavar="NAME",
                         help="this machine's name in reports (default: CPU model, ISA and cores)")
@@ -278,19 +280,19 @@ def worker_key(cell):
     return cell["library"], cell["threads"], cell["device"]
 
 
-def run_groups(groups, settings, results_dir, repeats):
+def run_groups(groups, settings, results_dir, rounds):
     """Run kernel groups through the supervisor into one new results file."""
     from .store import RunWriter, default_header
     from .supervise import Progress, Supervisor, thread_env
     writer = RunWriter(results_dir, default_header(settings))
     total = sum(len(g) for g in groups)
-    print(f"run {writer.run_id}: {total} kernel cells in {len(groups)} groups, {repeats} rounds "
+    print(f"run {writer.run_id}: {total} kernel cells in {len(groups)} groups, {rounds} rounds "
           f"-> {writer.path}", file=sys.stderr)
     supervisor = Supervisor(worker_key, lambda key: thread_env(key[1]), writer.put, finalize,
-                            repeats, seed=int(writer.run_id[-6:], 16))
+                            rounds, seed=int(writer.run_id[-6:], 16))
     writer.header["settings"]["round_order_seed"] = supervisor.seed
     try:
-        supervisor.run(groups, Progress(total, repeats))
+        supervisor.run(groups, Progress(total, rounds))
         writer.close("complete")
     except KeyboardInterrupt:
         writer.close("interrupted")
@@ -306,8 +308,8 @@ def run_groups(groups, settings, results_dir, repeats):
 
 def main(args):
     from .plan import csv, ints
-    if args.repeats < 1:
-        raise ValueError("--repeats must be at least 1")
+    if args.rounds < 1:
+        raise ValueError("--rounds must be at least 1")
     names = csv(args.families, "families") if args.families is not None else None
     versions = csv(args.versions, "versions") if args.versions is not None else None
     sizes = ints(args.sizes, "sizes", 1) if args.sizes is not None else None
@@ -323,8 +325,8 @@ def main(args):
     groups = cells_of(plan, threads)
     settings = {"families": [f.name for f, *_ in plan], "versions": versions, "sizes": sizes,
                 "shapes": [list(s) for s in shapes] if shapes else None, "threads": threads,
-                "repeats": args.repeats, "machine": args.machine}
-    writer, status = run_groups(groups, settings, args.results_dir, args.repeats)
+                "rounds": args.rounds, "machine": args.machine}
+    writer, status = run_groups(groups, settings, args.results_dir, args.rounds)
     counts = {}
     for c in writer.cells:
         counts[c["status"]] = counts.get(c["status"], 0) + 1

@@ -2,6 +2,7 @@
 checked, and the datasets loaded, before any work starts; then one cell per
 dataset x backend x thread count x model x batch size.
 """
+import argparse
 import os
 import sys
 
@@ -14,15 +15,15 @@ MODES = ("throughput", "tta")
 # timed at each model's write-up batch size only.
 QUICK = dict(models="nielsen,mlp", batch_sizes="2,8,32,128,512,1024",
              backends="numpy-loop,numpy,numba,numba-parallel,numba-fused,torch,torch-ops,jax,jax-scan",
-             epochs=1, repeats=5, train_limit=2048, processes=1)
+             epochs=1, rounds=5, train_limit=2048, processes=1)
 BATCH_INDEPENDENT = {"numpy-loop"}
 # Every option's default (add_arguments), so a caller may give only some, and so
 # --quick can tell an option the user set from one left alone.
 DEFAULTS = dict(models="nielsen,mlp", backends="numpy,numpy-loop", batch_sizes=None, threads=None,
-                dataset="auto", data_dir=None, mode="throughput", epochs=None, repeats=9,
+                dataset="auto", data_dir=None, mode="throughput", epochs=None, rounds=9,
                 processes=3, seeds=None, target_accuracy=0.90, train_limit=None, set=[],
                 results_dir="results", machine=None, measure_compile=False, quick=False,
-                report=None, replay_budget=5.0, oversubscribe=False, format="table")
+                report=None, replay_budget=5.0, oversubscribe=False, format="table", no_download=False)
 
 
 def add_arguments(parser):
@@ -36,13 +37,17 @@ def add_arguments(parser):
     parser.add_argument("--dataset", default="auto",
                         help="comma-separated: auto (default), mnist, fashion-mnist, synthetic")
     parser.add_argument("--data-dir", default=None, help="a directory with the four IDX files")
+    parser.add_argument("--no-download", action="store_true",
+                        help="never touch the network: a dataset not on this machine is an error "
+                             "(auto falls back to synthetic data, loudly)")
     parser.add_argument("--mode", choices=MODES, default="throughput",
                         help="throughput: time per epoch; tta: time to --target-accuracy")
     parser.add_argument("--epochs", type=int, default=None,
                         help="throughput: epochs per timed sample (default 1); "
                              "tta: most epochs per seed (default: the model's own)")
-    parser.add_argument("--repeats", type=int, default=9,
+    parser.add_argument("--rounds", type=int, default=9,
                         help="rounds: timed samples per cell, one per round (default 9)")
+    parser.add_argument("--repeats", type=int, dest="rounds", help=argparse.SUPPRESS)  # the old name
     parser.add_argument("--processes", type=int, default=3,
                         help="throughput: fresh worker processes per backend in turn, the rounds "
                              "shared among them (default 3; --quick 1)")
@@ -71,7 +76,7 @@ def add_arguments(parser):
     parser.add_argument("--quick", action="store_true",
                         help=f"the README's main job: {QUICK['models']} at batch sizes "
                              f"{QUICK['batch_sizes']} on every available CPU backend, "
-                             f"{QUICK['train_limit']} training images, {QUICK['repeats']} rounds; "
+                             f"{QUICK['train_limit']} training images, {QUICK['rounds']} rounds; "
                              f"then a report")
     parser.add_argument("--report", default=None, metavar="DIR",
                         help="write a report of this run into DIR (--quick: results/report)")
@@ -173,8 +178,8 @@ def plan(options) -> dict:
     if args.mode == "throughput" and args.seeds and len(csv(args.seeds, "seeds")) > 1:
         raise ValueError("several --seeds are for --mode tta; throughput cells use one seed")
     seeds = ints(args.seeds or ("0,1,2,3,4" if args.mode == "tta" else "0"), "seeds", 0)
-    if args.repeats < 1:
-        raise ValueError("--repeats must be at least 1")
+    if args.rounds < 1:
+        raise ValueError("--rounds must be at least 1")
     if args.processes < 1:
         raise ValueError("--processes must be at least 1")
     if args.epochs is not None and args.epochs < 1:
@@ -199,7 +204,8 @@ def plan(options) -> dict:
                          f"{args.dataset} (a directory is stored under its own name)")
     datasets = []
     for name in csv(args.dataset, "dataset") if not args.data_dir else ["auto"]:
-        ds = load(name, args.data_dir, log=lambda m: print(m, file=sys.stderr))
+        ds = load(name, args.data_dir, allow_download=not args.no_download,
+                  log=lambda m: print(m, file=sys.stderr))
         if ds.synthetic:
             print(f"WARNING: dataset {ds.name} is SYNTHETIC: timings are meaningful, "
                   f"accuracies are not", file=sys.stderr)
@@ -216,12 +222,12 @@ def plan(options) -> dict:
     return {"models": models, "backends": backends,
             "batch_sizes": batch_sizes, "threads": threads,
             "datasets": datasets, "mode": args.mode, "epochs": args.epochs,
-            "repeats": args.repeats if args.mode == "throughput" else len(seeds), "seeds": seeds,
+            "rounds": args.rounds if args.mode == "throughput" else len(seeds), "seeds": seeds,
             "target_accuracy": args.target_accuracy, "train_limit": args.train_limit,
             "overrides": overrides, "measure_compile": args.measure_compile,
             "machine": args.machine, "report": args.report, "results_dir": args.results_dir,
             "replay_budget_s": args.replay_budget, "format": args.format,
-            "processes": min(args.processes, args.repeats) if args.mode == "throughput" else 1,
+            "processes": min(args.processes, args.rounds) if args.mode == "throughput" else 1,
             "model_batch_sizes": {m: NETWORKS[m].defaults["batch_size"] for m in models}}
 
 

@@ -1,18 +1,26 @@
-"""`mnist-bench profile`: one training epoch under py-spy, with native frames.
+"""`mnist-bench profile`: the timed training epochs under py-spy, with native frames.
 
-The epoch runs in a child Python process (``python -m bench.profile --child``)
+The epochs run in a child Python process (``python -m bench.profile --child``)
 started by ``py-spy record --native -- python ...``, so the profiler works
 wherever it may trace its own children (no attach to a foreign pid). The child
-first trains one warm-up epoch, so JIT compilation is not in the profiled one;
-the profiled epoch is the subtree under ``profiled_epoch`` in the flamegraph,
-and the breakdown counts only samples inside it.
+trains a warm-up epoch (JIT compilation), times a second one, and then trains as
+many epochs as give at least --min-samples samples at --rate inside
+``profiled_epochs``; setup, data and warm-up are outside it.
 
-py-spy writes one format per recording, so the child runs twice: once for the
-flamegraph SVG, once for the speedscope JSON. The breakdown is read from the
-speedscope file, whose frames carry their file (shared library or Python
-source) separately from their name.
+One recording (speedscope JSON, whose frames carry their file apart from their
+name) gives everything: the flamegraph SVG (drawn here, from the samples inside
+``profiled_epochs`` only, rooted there), the speedscope file of those samples,
+and the breakdown. Numba's JIT code has no symbols py-spy can read (it lives in
+anonymous memory); the child lists the start address of every function Numba
+compiled in it, and each such frame is named after the nearest start below it
+(``module.function``, file ``numba-jit``); JIT code below every known start
+(Numba's runtime helpers) stays an address. Torch and JAX run their kernels on pools of
+their own, where py-spy sees the main thread waiting: for them the child also
+trains one more epoch under the library's own profiler and writes its per-op
+table.
 """
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -22,7 +30,12 @@ from collections import Counter
 
 from .errors import UserError
 
-PROFILED_FUNCTION = "profiled_epoch"
+PROFILED_FUNCTION = "profiled_epochs"
+# a breakdown of fewer samples than this is printed with a warning
+MIN_SAMPLES = 500
+WARN_SAMPLES = 300
+# most epochs the child trains to reach --min-samples
+MAX_EPOCHS = 10_000
 
 # Where a sample's time is charged, in the order the table shows them.
 CATEGORIES = {
@@ -54,6 +67,9 @@ def add_arguments(parser):
     parser.add_argument("--batch-size", type=int, default=None,
                         help="mini-batch size (default: the model's own)")
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second (default 200)")
+    parser.add_argument("--min-samples", type=int, default=MIN_SAMPLES,
+                        help=f"train as many epochs as give at least this many samples in the "
+                             f"profile (default {MIN_SAMPLES})")
     parser.add_argument("--out", default="results/profiles",
                         help="directory for the flamegraph, speedscope and breakdown files")
     parser.add_argument("--seed", type=int, default=0)
@@ -93,22 +109,35 @@ def run_child(args):
     network = get_network(args.model)
     config = config_for(network, {"batch_size": args.batch_size})
     x, labels = ds.train_x[:args.train_limit], ds.train_y[:args.train_limit]
-    trainer = get_backend(args.backend).make_trainer(network, network.init_params(args.seed),
-                                                     config, args.seed)
+    backend = get_backend(args.backend)
+    trainer = backend.make_trainer(network, network.init_params(args.seed), config, args.seed)
     trainer.set_data(prepare_inputs(network, x), prepare_targets(network, labels))
 
-    start = time.perf_counter()
     warmup_epoch(trainer, epoch_batches(len(x), config["batch_size"], args.seed, 0))
-    warmup_s = time.perf_counter() - start
-    batches = epoch_batches(len(x), config["batch_size"], args.seed, 1)
     start = time.perf_counter()
-    loss = profiled_epoch(trainer, batches)
-    epoch_s = time.perf_counter() - start
+    warmup_epoch(trainer, epoch_batches(len(x), config["batch_size"], args.seed, 1))
+    calibration_s = time.perf_counter() - start
+    # enough epochs for --min-samples at --rate, with a margin for sampling jitter
+    wanted_s = 1.2 * args.min_samples / args.rate
+    n_epochs = max(1, min(MAX_EPOCHS, math.ceil(wanted_s / max(calibration_s, 1e-6))))
+    epochs = [epoch_batches(len(x), config["batch_size"], args.seed, 2 + i) for i in range(n_epochs)]
+    start = time.perf_counter()
+    loss = profiled_epochs(trainer, epochs)
+    profiled_s = time.perf_counter() - start
+    info = {"dataset": ds.describe(), "synthetic": ds.synthetic, "samples": len(x),
+            "batch_size": config["batch_size"], "batches": len(epochs[0]), "epochs": n_epochs,
+            "calibration_epoch_s": calibration_s, "profiled_s": profiled_s,
+            "epoch_s": profiled_s / n_epochs, "loss": loss, "finite": bool(np.isfinite(loss)),
+            "numba_loaded": "numba" in sys.modules, "numba_symbols": numba_symbols()}
+    library = next((lib for lib in ("torch", "jax") if lib in backend.thread_libraries), None)
+    if library:
+        batches = epoch_batches(len(x), config["batch_size"], args.seed, 2 + n_epochs)
+        try:
+            info["ops"] = (torch_ops if library == "torch" else jax_ops)(trainer, batches)
+        except Exception as e:  # the library's profiler is an extra: its failure is said, not fatal
+            info["ops"] = {"library": library, "error": f"{type(e).__name__}: {e}"}
     with open(args.info, "w") as f:
-        json.dump({"dataset": ds.describe(), "synthetic": ds.synthetic, "samples": len(x),
-                   "batch_size": config["batch_size"], "batches": len(batches),
-                   "warmup_s": warmup_s, "epoch_s": epoch_s, "loss": loss,
-                   "numba_loaded": "numba" in sys.modules, "finite": bool(np.isfinite(loss))}, f)
+        json.dump(info, f)
 
 
 def warmup_epoch(trainer, batches):
@@ -116,10 +145,105 @@ def warmup_epoch(trainer, batches):
     trainer.synchronize()
 
 
-def profiled_epoch(trainer, batches):
-    loss = trainer.train_epoch(batches)
+def profiled_epochs(trainer, epochs):
+    """The profiled region: every sample under this frame is the timed work."""
+    loss = None
+    for batches in epochs:
+        loss = trainer.train_epoch(batches)
     trainer.synchronize()
     return loss
+
+
+def numba_symbols() -> list:
+    """[start address, name] of every function Numba compiled in this process
+    (each overload's entry point and C wrapper, named after the Python function;
+    every function of a library compiled here rather than loaded from the cache,
+    by its own name), sorted by address."""
+    if "numba" not in sys.modules:
+        return []
+    import gc
+
+    from numba.core.dispatcher import Dispatcher
+    found = {}
+    for dispatcher in [o for o in gc.get_objects() if isinstance(o, Dispatcher)]:
+        for cres in list(dispatcher.overloads.values()):
+            library, fndesc = cres.library, cres.fndesc
+            # the code between one start and the next belongs to the same compiled
+            # library: named after its function, module shortened to its last part
+            name = f"{fndesc.modname.rpartition('.')[2]}.{fndesc.qualname}"
+            named = {fndesc.llvm_func_name: name, fndesc.llvm_cpython_wrapper_name: name}
+            module = getattr(library, "_final_module", None)  # empty when loaded from the cache
+            for fn in (module.functions if module is not None else ()):
+                if not fn.is_declaration:
+                    named.setdefault(fn.name, demangle(fn.name))
+            for symbol, label in named.items():
+                try:
+                    address = library.get_pointer_to_function(symbol)
+                except Exception:  # a symbol the library did not keep
+                    continue
+                if address:
+                    found[int(address)] = label
+    return sorted(found.items())
+
+
+def demangle(symbol) -> str:
+    """Numba's Itanium-style names, "_ZN17mnist_numba_bench7kernels6matmul4packB..."
+    -> "matmul.pack" (module shortened to its last part); others unchanged."""
+    if not symbol.startswith("_ZN"):
+        return symbol
+    parts, i = [], 3
+    while i < len(symbol) and symbol[i].isdigit():
+        j = i
+        while j < len(symbol) and symbol[j].isdigit():
+            j += 1
+        n = int(symbol[i:j])
+        parts.append(symbol[j:j + n])
+        i = j + n
+    parts = [p.replace("_3c", "<").replace("_3e", ">").replace("_24", "$") for p in parts]
+    return ".".join(parts[-2:]) or symbol
+
+
+def torch_ops(trainer, batches, top=15) -> dict:
+    """One epoch under torch.profiler: self CPU time per op."""
+    import torch
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        profiled_epochs(trainer, [batches])
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1
+    return {"library": "torch", "profiler": "torch.profiler (self CPU time)",
+            "total_s": total / 1e6,
+            "ops": [{"op": e.key, "calls": e.count, "seconds": e.self_cpu_time_total / 1e6,
+                     "share": e.self_cpu_time_total / total} for e in events[:top]]}
+
+
+def jax_ops(trainer, batches, top=15) -> dict:
+    """One epoch under jax.profiler, its Perfetto trace's XLA op events (those
+    naming an ``hlo_op``) summed per compiled function and op."""
+    import glob
+    import gzip
+    import tempfile
+
+    import jax
+    with tempfile.TemporaryDirectory(prefix="mnist-bench-jax-trace-") as folder:
+        with jax.profiler.trace(folder, create_perfetto_trace=True):
+            profiled_epochs(trainer, [batches])
+        traces = glob.glob(os.path.join(folder, "**", "*.trace.json.gz"), recursive=True)
+        if not traces:
+            raise RuntimeError("jax.profiler wrote no Perfetto trace")
+        with gzip.open(traces[0], "rt") as f:
+            doc = json.load(f)
+    per_op, calls = Counter(), Counter()
+    for event in doc.get("traceEvents", doc if isinstance(doc, list) else []):
+        op = (event.get("args") or {}).get("hlo_op")
+        if event.get("ph") == "X" and "dur" in event and op:
+            name = f"{event['args'].get('hlo_module', '?')}: {op}"
+            per_op[name] += event["dur"]
+            calls[name] += 1
+    total = sum(per_op.values()) or 1
+    return {"library": "jax", "profiler": "jax.profiler (XLA op time, summed over threads)",
+            "total_s": total / 1e6,
+            "ops": [{"op": op, "calls": calls[op], "seconds": us / 1e6, "share": us / total}
+                    for op, us in per_op.most_common(top)]}
 
 
 # -- the parent: py-spy around the child, then the breakdown ----------------------
@@ -177,6 +301,8 @@ def classify(frames, numba_loaded=True):
         lib = file.lower()
         if lib.endswith(".py") or lib.startswith("<frozen"):
             return "other" if skipped else "python"
+        if lib == "numba-jit":  # named by resolver(): Numba's own code, whatever its name
+            return "numba"
         if "blas" in lib or "mkl" in lib or "gemm" in name.lower():
             return "blas"
         if "torch" in lib or "libc10" in lib or "at::" in name or "c10::" in name:
@@ -193,29 +319,64 @@ def classify(frames, numba_loaded=True):
     return "other"
 
 
-def breakdown(speedscope_path, numba_loaded=True, top=12):
-    """Samples of the profiled epoch per category, and the hottest leaf frames."""
+def resolver(symbols):
+    """A function naming a frame (name, file): Numba's JIT frames, bare addresses
+    in anonymous memory, after the nearest compiled function starting at or below
+    them (``symbols``: the child's [address, name] list), file "numba-jit"."""
+    import bisect
+    starts = [a for a, _ in symbols]
+
+    def resolve(name, file):
+        if file not in ("?", "") or not starts:
+            return name, file
+        try:
+            address = int(name.split()[0], 16)
+        except (ValueError, IndexError):
+            return name, file
+        i = bisect.bisect_right(starts, address) - 1
+        if i < 0 or address - starts[i] > NEAREST_LIMIT:
+            return name, file
+        return symbols[i][1], "numba-jit"
+    return resolve
+
+
+# a JIT frame further than this past the nearest known start stays an address
+NEAREST_LIMIT = 1 << 20
+
+
+def profiled_stacks(speedscope_path, symbols=()):
+    """The samples inside PROFILED_FUNCTION: Counter of stacks, each a tuple of
+    (name, file) from PROFILED_FUNCTION to the leaf, weighted in seconds; and the
+    sampling interval."""
     with open(speedscope_path) as f:
         doc = json.load(f)
-    frames = [(fr["name"], fr.get("file") or "?") for fr in doc["shared"]["frames"]]
-    profiled = {i for i, (name, file) in enumerate(frames)
-                if name == PROFILED_FUNCTION and file.endswith(os.path.join("bench", "profile.py"))}
-    per_category, leaves = Counter(), Counter()
-    interval = None
+    resolve = resolver(symbols)
+    frames = [resolve(fr["name"], fr.get("file") or "?") for fr in doc["shared"]["frames"]]
+    stacks, interval = Counter(), None
     for prof in doc["profiles"]:
         for stack, weight in zip(prof["samples"], prof["weights"]):
-            if not profiled.intersection(stack):
+            named = [frames[i] for i in stack]
+            root = next((k for k, (name, file) in enumerate(named) if name == PROFILED_FUNCTION
+                         and file.endswith(os.path.join("bench", "profile.py"))), None)
+            if root is None:
                 continue
             interval = interval or weight
-            resolved = [frames[i] for i in stack]
-            category = classify(resolved, numba_loaded)
-            per_category[category] += weight
-            name, file = resolved[-1]
-            leaves[(f"{name} ({os.path.basename(file)})", category)] += weight
+            stacks[tuple(named[root:])] += weight
+    return stacks, interval
+
+
+def breakdown(stacks, interval, numba_loaded=True, top=12):
+    """Samples of the profiled epochs per category, and the hottest leaf frames."""
+    per_category, leaves = Counter(), Counter()
+    for stack, weight in stacks.items():
+        category = classify(list(stack), numba_loaded)
+        per_category[category] += weight
+        name, file = stack[-1]
+        leaves[(f"{name} ({os.path.basename(file)})", category)] += weight
     total = sum(per_category.values())
     if total == 0:
-        raise UserError(f"{speedscope_path}: no sample inside {PROFILED_FUNCTION}; the epoch "
-                        f"was too short for the sampling rate (raise --rate or --train-limit)")
+        raise UserError(f"no sample inside {PROFILED_FUNCTION}: the epochs were too short for "
+                        f"the sampling rate (raise --rate or --min-samples)")
     return {
         "sampled_s": total,
         "samples": round(total / interval),
@@ -226,19 +387,105 @@ def breakdown(speedscope_path, numba_loaded=True, top=12):
     }
 
 
+def write_speedscope(stacks, path, name):
+    """The profiled samples alone as a speedscope file (https://www.speedscope.app)."""
+    index, frames, samples, weights = {}, [], [], []
+    for stack, weight in stacks.items():
+        ids = []
+        for frame in stack:
+            if frame not in index:
+                index[frame] = len(frames)
+                frames.append({"name": frame[0], "file": frame[1]})
+            ids.append(index[frame])
+        samples.append(ids)
+        weights.append(weight)
+    total = sum(weights)
+    doc = {"$schema": "https://www.speedscope.app/file-format-schema.json", "name": name,
+           "shared": {"frames": frames},
+           "profiles": [{"type": "sampled", "name": name, "unit": "seconds", "startValue": 0,
+                         "endValue": total, "samples": samples, "weights": weights}]}
+    from .store import write_atomic
+    write_atomic(path, json.dumps(doc))
+
+
+COLOURS = {"blas": "#e6a23c", "numba": "#4e8fd6", "numpy": "#63b363", "torch": "#d9534f",
+           "python": "#b0b0b0", "other": "#d7c9a7"}
+
+
+def flamegraph_svg(stacks, title, width=1200, row=17) -> str:
+    """An icicle flamegraph (root on top) of ``stacks``: a box per frame, its
+    width its share of the samples, coloured by where the time is charged
+    (CATEGORIES), each with its full name and share on hover."""
+    from html import escape
+    tree = {"children": {}, "weight": 0.0}
+    for stack, weight in stacks.items():
+        node = tree
+        node["weight"] += weight
+        for frame in stack:
+            node = node["children"].setdefault(frame, {"children": {}, "weight": 0.0})
+            node["weight"] += weight
+    total = tree["weight"] or 1
+    boxes, depth_max = [], 0
+
+    def lay(node, path, x, depth):
+        nonlocal depth_max
+        for frame, child in sorted(node["children"].items(), key=lambda kv: -kv[1]["weight"]):
+            w = child["weight"] / total * width
+            if w >= 0.5:
+                depth_max = max(depth_max, depth)
+                category = classify(path + [frame])
+                boxes.append((x, depth, w, frame, child["weight"], category))
+                lay(child, path + [frame], x, depth + 1)
+            x += w
+    lay(tree, [], 0.0, 0)
+    height = (depth_max + 1) * row + 40
+    out = [f'<?xml version="1.0" standalone="no"?>\n<svg xmlns="http://www.w3.org/2000/svg" '
+           f'width="{width}" height="{height}" font-family="monospace" font-size="11">',
+           f'<text x="4" y="16" font-size="13">{escape(title)}</text>']
+    for x, depth, w, (name, file), weight, category in boxes:
+        y = 26 + depth * row
+        label = f"{name} ({os.path.basename(file)})"
+        fits = int(w / 6.6)
+        text = label if len(label) <= fits else (label[:fits - 2] + ".." if fits > 3 else "")
+        out.append(f'<g><title>{escape(label)}: {weight / total:.1%} ({category})</title>'
+                   f'<rect x="{x:.1f}" y="{y}" width="{max(w - 0.5, 0.5):.1f}" height="{row - 1}" '
+                   f'fill="{COLOURS[category]}"/>'
+                   + (f'<text x="{x + 2:.1f}" y="{y + row - 5}">{escape(text)}</text>' if text else "")
+                   + "</g>")
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def format_ops(ops, top=10) -> list:
+    if not ops:
+        return []
+    if "error" in ops:
+        return ["", f"  {ops['library']}'s own profiler failed: {ops['error']}"]
+    lines = ["", f"  {ops['library']} per op, one more epoch under {ops['profiler']}:",
+             f"  {'op':<58} {'calls':>7} {'seconds':>9} {'share':>7}"]
+    for op in ops["ops"][:top]:
+        lines.append(f"  {op['op'][:58]:<58} {op['calls']:>7} {op['seconds']:>9.4f} {op['share']:>7.1%}")
+    return lines
+
+
 def format_table(summary) -> str:
     info = summary["epoch"]
-    lines = [f"{summary['model']} on {summary['backend']}: one epoch of {info['samples']} samples "
-             f"(batch {info['batch_size']}, {info['batches']} steps) after a warm-up epoch; "
-             f"{info['epoch_s']:.3f} s under py-spy, {summary['samples']} samples at {summary['rate_hz']} Hz",
-             f"  data: {info['dataset']}", "",
-             f"  {'where the time went':<50} {'seconds':>8} {'share':>7}"]
+    lines = [f"{summary['model']} on {summary['backend']}: {info['epochs']} epochs of {info['samples']} "
+             f"images (batch {info['batch_size']}, {info['batches']} steps each) after a warm-up "
+             f"epoch; {info['epoch_s']:.4f} s an epoch under py-spy, {summary['samples']} samples "
+             f"at {summary['rate_hz']} Hz",
+             f"  data: {info['dataset']}", ""]
+    if summary["samples"] < WARN_SAMPLES:
+        lines += [f"  WARNING: only {summary['samples']} samples (fewer than {WARN_SAMPLES}): the "
+                  f"shares below are rough; raise --min-samples or --rate", ""]
+    lines.append(f"  {'where the time went':<50} {'seconds':>8} {'share':>7}")
     for cat in summary["categories"].values():
         lines.append(f"  {cat['label']:<50} {cat['seconds']:>8.3f} {cat['share']:>7.1%}")
     lines += ["", f"  {'hottest frames':<70} {'share':>7}"]
     for fr in summary["top_frames"]:
         lines.append(f"  {fr['frame'][:60]:<60} {fr['category']:>9} {fr['share']:>7.1%}")
-    lines += ["", "  Only the main Python thread is sampled: time in BLAS/Numba/torch worker threads "
+    lines += format_ops(summary.get("ops"))
+    lines += ["", "  py-spy samples Python threads: time in BLAS/Numba/torch/XLA worker threads "
                   "shows as the main thread waiting inside that library."]
     return "\n".join(lines)
 
@@ -256,6 +503,8 @@ def main(args):
         raise UserError(f"backend {args.backend!r} does not train {args.model!r}: {why}")
     if args.rate <= 0:
         raise ValueError(f"--rate must be a positive number of samples per second, not {args.rate}")
+    if args.min_samples <= 0:
+        raise ValueError(f"--min-samples must be positive, not {args.min_samples}")
     if args.train_limit is not None and args.train_limit <= 0:
         raise ValueError(f"--train-limit must be positive, not {args.train_limit}")
     if args.batch_size is not None and args.batch_size < 0:
@@ -268,7 +517,8 @@ def main(args):
     stem = os.path.join(args.out, f"{args.model}-{args.backend}")
     info_path = stem + ".epoch.json"
     child_args = ["--model", args.model, "--backend", args.backend, "--dataset", args.dataset,
-                  "--seed", str(args.seed), "--info", info_path]
+                  "--seed", str(args.seed), "--info", info_path, "--rate", str(args.rate),
+                  "--min-samples", str(args.min_samples)]
     for flag, value in (("--data-dir", args.data_dir), ("--train-limit", args.train_limit),
                         ("--batch-size", args.batch_size)):
         if value is not None:
@@ -276,18 +526,25 @@ def main(args):
     if args.no_download:
         child_args.append("--no-download")
 
-    paths = {"flamegraph": stem + ".flamegraph.svg", "speedscope": stem + ".speedscope.json"}
-    for fmt, path in paths.items():
-        print(f"profile: recording {fmt} -> {path}", file=sys.stderr)
-        epoch = record(py_spy, fmt, path, child_args, info_path, args.rate)
-
+    paths = {"flamegraph": stem + ".flamegraph.svg", "speedscope": stem + ".speedscope.json",
+             "recording": stem + ".recording.speedscope.json"}
+    print(f"profile: recording -> {paths['recording']}", file=sys.stderr)
+    epoch = record(py_spy, "speedscope", paths["recording"], child_args, info_path, args.rate)
+    stacks, interval = profiled_stacks(paths["recording"], epoch.pop("numba_symbols", []))
+    ops = epoch.pop("ops", None)
     summary = {"model": args.model, "backend": args.backend, "rate_hz": args.rate,
-               "epoch": epoch, "files": paths,
-               **breakdown(paths["speedscope"], epoch["numba_loaded"])}
-    with open(stem + ".breakdown.json", "w") as f:
-        json.dump(summary, f, indent=2)
+               "epoch": epoch, "files": paths, **breakdown(stacks, interval, epoch["numba_loaded"])}
+    if ops:
+        summary["ops"] = ops
+    title = (f"{args.model} on {args.backend}: {epoch['epochs']} profiled epochs, "
+             f"{summary['samples']} samples at {args.rate} Hz (setup and warm-up left out)")
+    from .store import write_atomic
+    write_atomic(paths["flamegraph"], flamegraph_svg(stacks, title))
+    write_speedscope(stacks, paths["speedscope"], title)
+    write_atomic(stem + ".breakdown.json", json.dumps(summary, indent=2))
     print(format_table(summary))
-    print(f"\nwrote {paths['flamegraph']}, {paths['speedscope']} (open in https://www.speedscope.app), "
+    print(f"\nwrote {paths['flamegraph']}, {paths['speedscope']} (the profiled epochs; open in "
+          f"https://www.speedscope.app), {paths['recording']} (the whole process), "
           f"{stem}.breakdown.json")
     return 0
 

@@ -40,6 +40,8 @@ PACKAGE = __package__.rpartition(".")[0]
 
 
 MAX_RETAKES = 3
+# the most timed rounds a --benchmark-max-time may ask for
+MAX_ROUNDS = 1000
 # what summarize() and the finalize()s derive from a cell's samples
 SUMMARY_KEYS = ("median_s", "iqr_s", "min_s", "mean_s", "ci_low_s", "ci_high_s", "ci_coverage",
                 "noisy", "samples_per_s", "gflops", "gbytes_per_s")
@@ -217,10 +219,15 @@ class Supervisor:
     earlier version of it); ``finalize(cell)`` adds its derived figures."""
 
     def __init__(self, worker_key, env_of, store, finalize, rounds, seed=0, parallel_setup=None,
-                 processes=1, make_worker=None):
+                 processes=1, make_worker=None, max_time=None, warmup_rounds=0):
         self.worker_key, self.env_of, self.store, self.finalize = worker_key, env_of, store, finalize
         self.make_worker = make_worker or (lambda key: Worker(key, self.env_of(key)))
         self.rounds, self.seed = rounds, seed
+        # pytest-benchmark's --benchmark-max-time and --benchmark-warmup: rounds
+        # go on past ``rounds`` until the timed ones took ``max_time`` seconds (at
+        # most MAX_ROUNDS); ``warmup_rounds`` rounds come first and are set aside
+        # (``warmup_samples_s``), in every cell alike, so rounds stay paired
+        self.max_time, self.warmup_rounds = max_time, warmup_rounds
         self.parallel_setup = parallel_setup
         self.processes = max(1, min(processes, rounds))
         self.workers = {}
@@ -302,8 +309,11 @@ class Supervisor:
         # process can run a few per cent faster or slower than the next one for
         # its whole life (memory placement), which more rounds in one process
         # never average out, while the median of per-round ratios does.
-        fresh = {round(g * self.rounds / self.processes) for g in range(1, self.processes)}
-        for r in range(self.rounds):
+        warm = self.warmup_rounds
+        fresh = {warm + round(g * self.rounds / self.processes) for g in range(1, self.processes)}
+        r, timed_s = 0, 0.0
+        while r < warm + self.rounds or (self.max_time and timed_s < self.max_time
+                                         and r < warm + MAX_ROUNDS):
             if r in fresh:
                 self.respawn(cells, progress, r)
             t0 = time.perf_counter()
@@ -325,13 +335,23 @@ class Supervisor:
                     else:
                         cell[key] = value
             for cell in cells:
-                if cell["status"] == "ok":
-                    cell["rounds_done"] = r + 1
+                if cell["status"] != "ok":
+                    continue
+                if r + 1 == warm:  # the warm-up rounds end: their samples set aside
+                    cell["warmup_samples_s"], cell["samples_s"] = cell["samples_s"], []
+                    cell["noise_samples"] = []
+                    continue
+                if r >= warm:
+                    cell["rounds_done"] = r + 1 - warm
+                    cell["rounds"] = max(self.rounds, cell["rounds_done"])
                     self.summarize(cell)
                     self.store(pending(cell))
             took = time.perf_counter() - t0
-            progress.line(f"[round {r + 1:>2}/{self.rounds}] {len(order)} cells, {took:.1f} s",
-                          eta=took * (self.rounds - r - 1))
+            timed_s += took if r >= warm else 0.0
+            label = f"warm-up {r + 1}/{warm}" if r < warm else f"round {r + 1 - warm:>2}/{self.rounds}"
+            progress.line(f"[{label}] {len(order)} cells, {took:.1f} s",
+                          eta=took * max(0, warm + self.rounds - r - 1))
+            r += 1
 
     def take(self, cell, index):
         """One sample of ``cell``: (the worker's answer, its noise reading). A sample

@@ -15,6 +15,9 @@ from mnist_numba_bench.bench.kernel_sweep import discover_families
 FAMILIES = discover_families()
 
 
+PARAMS = suites.PARAMS
+
+
 def _cases():
     cases = []
     for family in FAMILIES.values():
@@ -23,18 +26,19 @@ def _cases():
         for version in family.versions:
             for dtype in family.dtypes:
                 for shape in family.sweep_shapes:
-                    shape_text = "x".join(map(str, shape))
-                    cases.append(pytest.param(family.name, version, shape_text, dtype,
-                                              id=f"{family.name}-{version}-{shape_text}-{dtype}"))
+                    values = suites.kernel_params(family, version, shape, dtype)
+                    cases.append(pytest.param(*(values[p] for p in PARAMS),
+                                              id=f"{family.name}-{version}-{values['shape']}-{dtype}"))
     return cases
 
 
-@pytest.mark.parametrize("family, version, shape, dtype", _cases())
-def test_kernel(benchmark, request, threads, family, version, shape, dtype):
+@pytest.mark.parametrize(",".join(PARAMS), _cases())
+def test_kernel(benchmark, request, threads, model, backend, batch_size, family, version, shape,
+                dtype):
     fam = FAMILIES[family]
     dims = tuple(int(d) for d in shape.split("x"))
     if fam.skip_timing(version, dims):
         pytest.skip("minutes per call at this size (the family's skip_timing)")
     benchmark.group = f"kernel {family} {shape} {dtype}"
-    cell = suites.time_kernel(fam, version, dims, dtype, threads, suites.rounds_of(request.config))
+    cell = suites.time_kernel(fam, version, dims, dtype, threads, suites.timing_of(request.config))
     suites.report(benchmark, cell)

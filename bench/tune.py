@@ -15,6 +15,7 @@ target and the compiler versions it was found for (kernels/target.py); every
 later process on this CPU compiles with it, and every result records which
 geometry it ran with (``tile_source``).
 """
+import argparse
 import json
 import os
 import sys
@@ -29,6 +30,7 @@ def add_arguments(parser):
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help=f"threads of the timed products (default {os.cpu_count()})")
     parser.add_argument("--rounds", type=int, default=7, help="samples per candidate (default 7)")
+    parser.add_argument("--repeats", type=int, dest="rounds", help=argparse.SUPPRESS)  # the old name
     parser.add_argument("--quick", action="store_true", help="fewer candidates (a smoke run)")
     parser.add_argument("--tile", default=None, metavar="MRxNR",
                         help="skip the tile stage: sweep only the cache blocks of this tile")

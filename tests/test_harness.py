@@ -82,7 +82,7 @@ def test_bad_input_is_one_line_before_any_work(tmp_path, tiny_data, args, messag
 
 def test_throughput_sweep_validates_then_times_every_cell_in_rounds(tmp_path, tiny_data):
     runs, cells = run_ok("run", "--backends", "numpy-loop,numpy", "--batch-sizes", "10,50",
-                         "--threads", "1", "--repeats", "4", "--data-dir", tiny_data,
+                         "--threads", "1", "--rounds", "4", "--data-dir", tiny_data,
                          "--models", "nielsen,cnn", "--train-limit", "100", tmp_path=tmp_path)
     assert len(runs) == 1 and runs["status"][0] == "complete"
     # numpy-loop runs one sample at a time: timed at nielsen's own batch size only
@@ -113,7 +113,7 @@ def test_throughput_sweep_validates_then_times_every_cell_in_rounds(tmp_path, ti
 
 
 def test_compile_figures_are_measured_once_and_then_reused(tmp_path, tiny_data):
-    args = ("run", "--backends", "numba", "--models", "linear", "--repeats", "2",
+    args = ("run", "--backends", "numba", "--models", "linear", "--rounds", "2",
             "--data-dir", tiny_data, "--train-limit", "64")
     _, first = run_ok(*args, tmp_path=tmp_path, results="a")
     _, second = run_ok(*args, tmp_path=tmp_path, results="b")
@@ -145,7 +145,7 @@ def test_time_to_accuracy_samples_one_seed_per_round_and_scores_mlperf_style(tmp
 
 def test_a_cell_whose_pools_differ_from_its_thread_count_is_an_error(tmp_path, tiny_data):
     _, cells = run_ok("run", "--backends", "numpy-wrong-threads,numpy", "--threads", "1",
-                      "--models", "linear", "--repeats", "2", "--data-dir", tiny_data,
+                      "--models", "linear", "--rounds", "2", "--data-dir", tiny_data,
                       tmp_path=tmp_path)
     by = {c["backend"]: c for _, c in cells.iterrows()}
     assert by["numpy"]["status"] == "ok"
@@ -177,7 +177,7 @@ def _children(pid):
 
 def _sweep_args(tmp_path, tiny_data):
     return ["run", "--models", "nielsen,mlp", "--backends", "numpy,numba", "--batch-sizes",
-            "10,20,30", "--repeats", "40", "--data-dir", tiny_data,
+            "10,20,30", "--rounds", "40", "--data-dir", tiny_data,
             "--results-dir", str(tmp_path / "results")]
 
 
@@ -251,7 +251,7 @@ def test_unknown_kernel_family_is_one_line_before_any_work(tmp_path):
 def test_kernel_sweep_interleaves_versions_in_their_own_library_workers(tmp_path):
     _, cells = run_ok("kernels", "--families", "matmul_nt", "--versions",
                       "numpy_blas,v3_packed,torch_mm", "--shapes", "33x65x47",
-                      "--dtypes", "float32", "--repeats", "3", "--threads", "1", tmp_path=tmp_path)
+                      "--dtypes", "float32", "--rounds", "3", "--threads", "1", tmp_path=tmp_path)
     assert set(cells["status"]) == {"ok"} and len(cells) == 3
     assert set(cells["library"]) == {"numpy", "numba", "torch"}
     assert len(set(cells["group"])) == 1  # one group: paired rounds

@@ -151,10 +151,10 @@ def test_commands_work_beside_other_top_level_packages(shadowed):
     assert "numba-fused" in run("list")
     assert "synthetic" in run("data", "info", "--dataset", "synthetic")
     out = run("kernels", "--families", "matmul_nn", "--versions", "numpy_blas,v3_packed",
-              "--sizes", "64", "--repeats", "2", "--results-dir", "res")
+              "--sizes", "64", "--rounds", "2", "--results-dir", "res")
     assert "matmul_nn" in out
     out = run("run", "--models", "linear", "--backends", "numpy,numba", "--dataset", "synthetic",
-              "--train-limit", "64", "--repeats", "2", "--results-dir", "res")
+              "--train-limit", "64", "--rounds", "2", "--results-dir", "res")
     runs = sorted(os.listdir(work / "res" / "runs"))
     assert len(runs) == 2
     run("report", "--results-dir", "res", "--out", "rep")

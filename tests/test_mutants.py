@@ -36,7 +36,7 @@ def test_every_wrong_backend_fails_validation(name):
 
 def test_the_kernel_sweep_stores_every_wrong_kernel_invalid_and_times_none(tmp_path):
     names = ",".join(f.name for f in plugins.MUTANTS)
-    _, cells = run_ok("kernels", "--families", names, "--repeats", "2", "--threads", "1",
+    _, cells = run_ok("kernels", "--families", names, "--rounds", "2", "--threads", "1",
                       tmp_path=tmp_path)
     assert len(cells) == len(plugins.MUTANTS)
     assert set(cells["status"]) == {"invalid"}
@@ -48,7 +48,7 @@ def test_the_epoch_sweep_stores_every_wrong_backend_invalid_and_times_none(tmp_p
     backends = ",".join(f"mutant-{n.replace('_', '-')}" for n in plugins.NETWORK_MUTANTS)
     _, cells = run_ok("run", "--models", "nielsen,mlp,cnn", "--backends", backends,
                       "--batch-sizes", "8", "--dataset", "synthetic", "--train-limit", "64",
-                      "--repeats", "2", "--threads", "1", tmp_path=tmp_path, timeout=600)
+                      "--rounds", "2", "--threads", "1", tmp_path=tmp_path, timeout=600)
     tried = cells[cells["status"] != "unavailable"]
     assert len(tried) == len(plugins.NETWORK_MUTANTS)  # each mutant on its own model
     assert set(tried["status"]) == {"invalid"}, tried[["backend", "status", "error"]]

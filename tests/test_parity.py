@@ -67,7 +67,7 @@ def test_unknown_options_are_refused():
 def test_a_network_and_a_backend_from_a_plugin_are_validated_timed_and_verified(tmp_path):
     env = {"MNIST_BENCH_PLUGINS": "bench_test_plugins,new_network_plugin"}
     _, cells = run_ok("run", "--models", "narrow-mlp,mlp", "--backends", "numpy,numba,numpy-narrow",
-                      "--dataset", "synthetic", "--train-limit", "200", "--repeats", "2",
+                      "--dataset", "synthetic", "--train-limit", "200", "--rounds", "2",
                       "--processes", "1", "--threads", "1", tmp_path=tmp_path, env=env)
     by = {(c["backend"], c["model"]): c for c in cells.to_dict("records")}
     for key in (("numpy", "narrow-mlp"), ("numba", "narrow-mlp"), ("numpy-narrow", "narrow-mlp")):

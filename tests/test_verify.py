@@ -88,7 +88,7 @@ def test_a_trainer_without_optimizer_state_rests_on_the_replay_or_is_unverified(
 def test_run_stores_timed_work_faults_invalid_with_samples_and_no_time(tmp_path):
     backends = ",".join(["numpy", "numpy-no-state"] + FAULTS)
     _, cells = run_ok("run", "--models", "mlp", "--backends", backends, "--batch-sizes", "32",
-                      "--dataset", "synthetic", "--train-limit", "300", "--repeats", "2",
+                      "--dataset", "synthetic", "--train-limit", "300", "--rounds", "2",
                       "--processes", "1", "--threads", "1", "--replay-budget", "120",
                       tmp_path=tmp_path, timeout=600)
     by = cells.set_index("backend")
@@ -105,7 +105,7 @@ def test_run_stores_timed_work_faults_invalid_with_samples_and_no_time(tmp_path)
 
 def test_a_cell_neither_check_can_decide_is_stored_unverified(tmp_path):
     _, cells = run_ok("run", "--models", "mlp", "--backends", "numpy,numpy-no-state", "--batch-sizes",
-                      "32", "--dataset", "synthetic", "--train-limit", "300", "--repeats", "2",
+                      "32", "--dataset", "synthetic", "--train-limit", "300", "--rounds", "2",
                       "--processes", "1", "--threads", "1", "--replay-budget", "0",
                       tmp_path=tmp_path, timeout=600)
     by = cells.set_index("backend")
@@ -116,7 +116,7 @@ def test_a_cell_neither_check_can_decide_is_stored_unverified(tmp_path):
 
 
 def test_kernel_sweep_checks_the_timed_buffers_after_timing(tmp_path):
-    _, cells = run_ok("kernels", "--families", plugins.LATE_KERNELS.name, "--repeats", "2",
+    _, cells = run_ok("kernels", "--families", plugins.LATE_KERNELS.name, "--rounds", "2",
                       "--threads", "1", tmp_path=tmp_path)
     by = cells.set_index("backend")
     assert by.loc["honest", "status"] == "ok"
