@@ -42,6 +42,8 @@ def add_arguments(parser):
     parser.add_argument("--rounds", type=int, default=10,
                         help="rounds: timed samples per cell, one per round (default 10)")
     parser.add_argument("--repeats", type=int, dest="rounds", help=argparse.SUPPRESS)  # the old name
+    parser.add_argument("--format", default="table", choices=("table", "csv", "markdown", "json"),
+                        help="the answer printed at the end: a table (default), csv, markdown or json")
     parser.add_argument("--results-dir", default="results", help="results store (default results/)")
     parser.add_argument("--machine", default=None, metavar="NAME",
                         help="this machine's name in reports (default: CPU model, ISA and cores)")
@@ -330,5 +332,9 @@ def main(args):
     counts = {}
     for c in writer.cells:
         counts[c["status"]] = counts.get(c["status"], 0) + 1
+    from .report.console import kernel_rows, render_kernels
+    rows = kernel_rows(writer.path)
+    if rows:
+        print(render_kernels(rows, args.format))
     print(f"results: {writer.path} ({', '.join(f'{n} {s}' for s, n in counts.items())})")
     return status

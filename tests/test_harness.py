@@ -249,10 +249,20 @@ def test_unknown_kernel_family_is_one_line_before_any_work(tmp_path):
 
 
 def test_kernel_sweep_interleaves_versions_in_their_own_library_workers(tmp_path):
-    _, cells = run_ok("kernels", "--families", "matmul_nt", "--versions",
-                      "numpy_blas,v3_packed,torch_mm", "--shapes", "33x65x47",
-                      "--dtypes", "float32", "--rounds", "3", "--threads", "1", tmp_path=tmp_path)
+    proc = mnist_bench("kernels", "--families", "matmul_nt", "--versions",
+                       "numpy_blas,v3_packed,torch_mm", "--shapes", "33x65x47", "--dtypes",
+                       "float32", "--rounds", "3", "--threads", "1", "--results-dir",
+                       str(tmp_path / "results"), tmp_path=tmp_path)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    _, cells = store.read_results([tmp_path / "results"])
     assert set(cells["status"]) == {"ok"} and len(cells) == 3
+    # the answer on the console: the family's versions as columns, the shape a row,
+    # each with its speed-up over the BLAS version, the fastest marked
+    header, row = [line.split() for line in out.splitlines()[:2]]
+    assert header == ["matmul_nt", "dtype", "threads", "numpy_blas", "v3_packed", "torch_mm"]
+    assert row[:3] == ["33x65x47", "float32", "1"] and "1.00x" in out
+    assert out.splitlines()[1].count("*") == 1 and "speed-up over the family's BLAS version" in out
     assert set(cells["library"]) == {"numpy", "numba", "torch"}
     assert len(set(cells["group"])) == 1  # one group: paired rounds
     for _, c in cells.iterrows():

@@ -57,9 +57,11 @@ def test_html_embeds_every_image_and_table(generated):
         prefix = "data:image/png;base64,"
         assert src.startswith(prefix), src[:40]
         assert base64.b64decode(src[len(prefix):], validate=True)[:8] == PNG_MAGIC
-    # the runs, the headline's two machines, and every table that has rows
+    # the runs, the headline's two machines, every table that has rows, the
+    # answer once per machine
     with_rows = sum(1 for n in report.TABLE_TITLES if result["tables"][n])
-    assert page.tables == 1 + 2 + with_rows
+    assert len(result["answered"]) == 2
+    assert page.tables == 1 + 2 + with_rows + len(result["answered"]) - 1
 
 
 def test_markdown_has_every_table_and_links_every_plot(generated):
@@ -67,7 +69,7 @@ def test_markdown_has_every_table_and_links_every_plot(generated):
     with open(result["markdown"], encoding="utf-8") as f:
         md = f.read()
     for title in report.TABLE_TITLES.values():
-        assert f"### {title}" in md
+        assert f"## {title}" in md
     for name in result["plots"]:
         assert f"](plots/{name}.png)" in md
         assert os.path.exists(os.path.join(out, "plots", f"{name}.png"))
@@ -309,3 +311,110 @@ def test_the_answer_table_after_a_run_in_every_format(fixture_runs):
     assert render(rows, "markdown").startswith("| model | batch |")
     with pytest.raises(ValueError, match="--format"):
         render(rows, "xml")
+
+
+# -- the first screen, the CSV files, the plots' choices ---------------------------------
+
+class Headings(HTMLParser):
+    """The page's headings and the header cells of its tables, in order."""
+
+    def __init__(self):
+        super().__init__()
+        self.items, self._in = [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("h2", "h3", "th", "table"):
+            self._in = tag
+            if tag == "table":
+                self.items.append(("table", ""))
+
+    def handle_data(self, data):
+        if self._in in ("h2", "h3", "th") and data.strip():
+            self.items.append((self._in, data.strip()))
+
+    def handle_endtag(self, tag):
+        self._in = None
+
+
+def test_the_page_opens_with_the_answer_in_readable_columns(generated):
+    result, _ = generated
+    with open(result["html"], encoding="utf-8") as f:
+        page = Headings()
+        page.feed(f.read())
+    first_h2 = next(text for tag, text in page.items if tag == "h2")
+    assert first_h2 == report.TABLE_TITLES["answer"]
+    first_table = page.items.index(("table", ""))
+    header = [text for tag, text in page.items[first_table:] if tag == "th"][:12]
+    for column in ("model", "batch size", "images per epoch", "threads", "data", "fastest",
+                   "time per epoch (s)", "images per second", "speed-up over the runner-up",
+                   "interval", "verdict"):
+        assert column in header, header
+    assert not {"epoch_s", "margin_low", "images_per_s"} & set(header)
+    # a machine heading (h3) before the first table, naming the newest machine first
+    machines = [text for tag, text in page.items[:first_table] if tag == "h3"]
+    assert machines == result["answered"][:1]
+
+
+def test_every_table_is_written_as_csv_beside_the_page(generated):
+    import pandas as pd
+    result, out = generated
+    assert set(result["csv"]) == set(report.TABLE_TITLES) | {"runs"}
+    for name, path in result["csv"].items():
+        assert os.path.dirname(path) == os.path.join(out, "tables")
+        if result["tables"].get(name) == 0:
+            continue  # a table without rows: at most its header line
+        frame = pd.read_csv(path)
+        assert len(frame) == result["tables"].get(name, len(frame)), name
+    answer = pd.read_csv(result["csv"]["answer"])
+    # unformatted values: numbers stay numbers, the full batch stays 0
+    assert answer["time per epoch (s)"].dtype.kind == "f"
+    assert (answer["time per epoch (s)"] > 0).all()
+    assert set(answer["verdict"]) <= {"fastest", "no clear winner", "only one backend measured"}
+    assert sorted(answer["machine"].unique()) == sorted(result["answered"])
+
+
+def test_a_single_batch_size_is_a_bar_chart_not_a_crossover(fixture_runs):
+    from mnist_numba_bench.bench.report import plots
+    _, cells, _ = report.load(fixture_runs)
+    epoch = cells[cells["kind"] == "epoch"]
+    one_size = epoch[epoch["batch_size"] == epoch["batch_size"].value_counts().idxmax()]
+    fig, why = plots.plot_crossover(one_size)
+    assert fig is None and "two or more batch sizes" in why
+    fig, why = plots.plot_single_setting(one_size)
+    assert why is None and fig is not None
+    # the sweep's panels hold two or more batch sizes each; none is a column of dots
+    fig, _ = plots.plot_crossover(cells)
+    for ax in fig.axes:
+        xs = {x for line in ax.get_lines() for x in line.get_xdata()}
+        assert len(xs) >= 2
+
+
+def test_a_backend_keeps_its_library_colour_whatever_else_is_plotted(fixture_runs):
+    from mnist_numba_bench.bench.report import plots
+    _, cells, _ = report.load(fixture_runs)
+    every = plots.styles(cells)
+    alone = plots.styles(cells[cells["backend"].isin(["torch", "numba-fused"])])
+    assert alone["torch"] == every["torch"] and alone["numba-fused"] == every["numba-fused"]
+    names = ["numpy", "numpy-loop", "numba", "numba-parallel", "numba-fused", "torch", "torch-ops",
+             "torch-compile", "jax", "jax-scan"]
+    import pandas as pd
+    st = plots.styles(pd.DataFrame({"backend": names}))
+    for name in names:
+        family = plots.family_of(name)
+        assert st[name][0] in plots.FAMILIES[family], name
+    # within a library no two backends share colour and marker
+    assert len({st[n] for n in names}) == len(names)
+    assert plots.family_of("jax-scan") == "jax" and plots.family_of("my-plugin") == "other"
+
+
+def test_the_screenshot_is_the_whole_page(generated, tmp_path):
+    import shutil
+    if not (shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")):
+        pytest.skip("no headless Chromium here (Debian's chromium)")
+    result, _ = generated
+    png = report.screenshot(result["html"], str(tmp_path / "page.png"))
+    with open(png, "rb") as f:
+        head = f.read(24)
+    assert head[:8] == PNG_MAGIC
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    assert width == 1400 and 4000 < height <= report.MAX_SCREENSHOT_HEIGHT

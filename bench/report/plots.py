@@ -10,6 +10,7 @@ from .tables import (BASELINE, _seeds, batch_text, ceilings, compile_table, cros
 
 PLOT_TITLES = {
     "crossover": "Images per second against batch size, every backend (medians with their order-statistic intervals)",
+    "single_setting": "Images per second per backend, where one batch size was measured (medians with their intervals)",
     "speedup": "Speed-up over numpy per model (intervals: coverage per cell in the tables)",
     "roofline": "Kernels against the measured ceilings (roofline)",
     "time_to_accuracy": "Accuracy against wall time",
@@ -41,13 +42,48 @@ def _grid(n_panels, columns=3, width=5.5, height=4.2):
     return fig, flat[:n_panels]
 
 
+# One family of hues per library, dark and light shades alternating within it,
+# so numpy's backends read as blues, Numba's as oranges, torch's as greens and
+# JAX's as purples, in every plot of every report; a backend's shade and marker
+# come from its place in the registry, not from which backends a report holds.
+FAMILIES = {
+    "numpy": ["#08519c", "#6baed6", "#2171b5", "#9ecae1"],
+    "numba": ["#a63603", "#fd8d3c", "#e6550d", "#7f2704", "#fdae6b"],
+    "torch": ["#006d2c", "#74c476", "#31a354", "#00441b", "#a1d99b", "#238b45", "#c7e9c0"],
+    "jax": ["#54278f", "#9e9ac8", "#807dba", "#3f007d"],
+    "other": ["#525252", "#969696", "#252525", "#bdbdbd"],
+}
+FAMILY_MARKERS = "osD^vPX<>ph*"
+
+
+def family_of(backend) -> str:
+    base = str(backend).split(":")[0]
+    return next((f for f in FAMILIES if f != "other" and (base == f or base.startswith(f + "-"))),
+                "other")
+
+
 def styles(cells):
-    """One (colour, marker) per backend, the same in every plot of the report."""
-    from matplotlib import colormaps
-    names = sorted(set(cells["backend"]), key=lambda b: (b != BASELINE, b))
-    extra = list(colormaps["tab20"].colors)
-    palette = PALETTE + extra
-    return {n: (palette[i % len(palette)], MARKERS[i % len(MARKERS)]) for i, n in enumerate(names)}
+    """One (colour, marker) per backend, the same in every plot of the report and
+    of every other report: its library's family of hues (FAMILIES), its place
+    in the backend registry within that family."""
+    from ..backends import REGISTRY
+    order = list(REGISTRY)
+    names = sorted(set(cells["backend"]), key=lambda b: (b.split(":")[0] not in order,
+                                                          order.index(b.split(":")[0])
+                                                          if b.split(":")[0] in order else 0, b))
+    out, taken = {}, {}
+    for name in names:
+        family = family_of(name)
+        known = [b for b in order if family_of(b) == family]
+        base = name.split(":")[0]
+        i = known.index(base) if base in known and base == name else None
+        if i is None or i in taken.setdefault(family, set()):  # plugins and options: next free
+            taken.setdefault(family, set())
+            i = len(known) + len([n for n in out if family_of(n) == family])
+        taken[family].add(i)
+        shades = FAMILIES[family]
+        out[name] = (shades[i % len(shades)], FAMILY_MARKERS[i % len(FAMILY_MARKERS)])
+    return out
 
 
 def _plain_log(ax, axis="both"):
@@ -70,17 +106,13 @@ def plot_crossover(cells):
     e = crossover_data(cells)
     if e.empty:
         return None, "no valid epoch cells with a batch size and an image count"
-    panels = sorted({k for k in zip(e["machine_label"], e["model"], e["threads"], e["n_images"])},
-                    key=str)
+    panels = [(p, g) for p, g in sweep_panels(e).items() if g["x"].nunique() >= 2]
+    if not panels:
+        return None, ("no sweep over two or more batch sizes (results at one batch size are in "
+                      "the single-setting chart)")
     fig, axes = _grid(len(panels))
     st = styles(cells)
-    for ax, (machine, model, threads, n_images) in zip(axes, panels):
-        g = e[(e["machine_label"] == machine) & (e["model"] == model) & (e["threads"] == threads) &
-              (e["n_images"] == n_images)]
-        # the lines of one run only: the one that swept the most batch sizes (the newest
-        # on a tie), so no line joins points measured by different code on different days
-        spread = g.groupby("run_id").agg(sizes=("x", "nunique"), order=("run_order", "max"))
-        g = g[g["run_id"] == max(spread.index, key=lambda r: tuple(spread.loc[r]))]
+    for ax, ((machine, model, threads, n_images), g) in zip(axes, panels):
         for b, bg in g.groupby("backend"):
             bg = bg.sort_values("x")
             color, marker = st[b]
@@ -100,8 +132,56 @@ def plot_crossover(cells):
         images = f", {int(samples.iloc[0]):,} images" if len(samples) else ""
         threads_text = f"{threads} threads" if threads else "threads not recorded"
         ax.set_title(f"{model}, {threads_text}{images}\n{machine}", fontsize=8)
-        ax.legend(fontsize=7, loc="best", ncols=2)
+    # one legend for every panel, below them, where it covers no point
+    from matplotlib.lines import Line2D
+    drawn = sorted({b for _, g in panels for b in g["backend"]}, key=list(st).index)
+    fig.legend(handles=[Line2D([], [], color=st[b][0], marker=st[b][1], label=b) for b in drawn],
+               loc="outside lower center", ncols=min(len(drawn), 6), fontsize=8)
     fig.suptitle(PLOT_TITLES["crossover"], fontsize=10)
+    return fig, None
+
+
+def sweep_panels(e) -> dict:
+    """(machine, model, threads, images) -> the crossover rows of the one run
+    that swept the most batch sizes there (the newest on a tie), so no line joins
+    points measured by different code on different days."""
+    panels = {}
+    for key, g in e.groupby(["machine_label", "model", "threads", "n_images"], sort=True):
+        spread = g.groupby("run_id").agg(sizes=("x", "nunique"), order=("run_order", "max"))
+        panels[key] = g[g["run_id"] == max(spread.index, key=lambda r: tuple(spread.loc[r]))]
+    return panels
+
+
+def plot_single_setting(cells):
+    """Images per second per backend, as bars, where a run measured one batch
+    size only (a crossover panel would be a column of dots)."""
+    e = crossover_data(cells)
+    if e.empty:
+        return None, "no valid epoch cells"
+    panels = [(k, g) for k, g in sweep_panels(e).items() if g["x"].nunique() == 1]
+    if not panels:
+        return None, "every setting was swept over two or more batch sizes (see the crossover plot)"
+    fig, axes = _grid(len(panels), columns=3, width=5.5, height=0.9 + 0.32 * max(
+        g["backend"].nunique() for _, g in panels))
+    st = styles(cells)
+    for ax, ((machine, model, threads, n_images), g) in zip(axes, panels):
+        g = g.sort_values("images_per_s")
+        y = np.arange(len(g))
+        colours = [st[b][0] for b in g["backend"]]
+        err = [np.clip(g["images_per_s"] - g["images_low"], 0, None).fillna(0),
+               np.clip(g["images_high"] - g["images_per_s"], 0, None).fillna(0)]
+        ax.barh(y, g["images_per_s"], xerr=err, color=colours, capsize=3)
+        ax.set_yticks(y, list(g["backend"]), fontsize=8)
+        ax.set_xscale("log")
+        _plain_log(ax, "x")
+        from matplotlib.ticker import NullFormatter
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short axis collide
+        ax.set_xlabel("training images per second")
+        bs = g["batch_size"].iloc[0]
+        threads_text = f"{threads} threads" if threads else "threads not recorded"
+        images = f", {int(n_images):,} images" if n_images else ""
+        ax.set_title(f"{model}, {batch_text(bs)}, {threads_text}{images}\n{machine}", fontsize=8)
+    fig.suptitle(PLOT_TITLES["single_setting"], fontsize=10)
     return fig, None
 
 
@@ -291,7 +371,9 @@ def plot_compile(cells):
 
 
 def makers(cells, machines):
-    return {"crossover": lambda: plot_crossover(cells), "speedup": lambda: plot_speedup(cells),
+    return {"crossover": lambda: plot_crossover(cells),
+            "single_setting": lambda: plot_single_setting(cells),
+            "speedup": lambda: plot_speedup(cells),
             "roofline": lambda: plot_roofline(cells, machines),
             "time_to_accuracy": lambda: plot_time_to_accuracy(cells),
             "thread_scaling": lambda: plot_thread_scaling(cells),

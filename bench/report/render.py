@@ -14,15 +14,19 @@ import numpy as np
 from .tables import BASELINE, batch_text, representative, speedup_table
 
 
+# integer columns written without a thousands separator
+PLAIN_INTEGERS = ("threads", "batch_size", "batch size", "run_id", "run")
+
+
 def fmt(v, column=""):
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
     if isinstance(v, (bool, np.bool_)):
         return "yes" if v else "no"
-    if column == "batch_size" and isinstance(v, (int, np.integer, float)) and v == 0:
+    if column in ("batch_size", "batch size") and isinstance(v, (int, np.integer, float)) and v == 0:
         return "full batch"
     if isinstance(v, (int, np.integer)):
-        return f"{int(v):,}" if column not in ("threads", "batch_size", "run_id") else str(int(v))
+        return f"{int(v):,}" if column not in PLAIN_INTEGERS else str(int(v))
     if isinstance(v, (float, np.floating)):
         if v != 0 and (abs(v) >= 1e4 or abs(v) < 1e-3):
             return f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.3g}"
@@ -61,7 +65,7 @@ def frame_rows(df):
     return list(df.columns), [list(r) for r in df.itertuples(index=False)]
 
 
-def _run_text(header):
+def run_text(header):
     git = header.get("git") or {}
     text = f"run `{header['run_id']}`, commit `{(git.get('commit') or 'unknown')[:10]}`"
     text += " with uncommitted changes" if git.get("dirty") else ""
@@ -106,7 +110,7 @@ def headline(cells, runs) -> str:
                                f"{interval}){noisy}")
             rows.append(row)
         run_ids = sorted(set(rep[rep["machine_label"] == machine]["run_id"]))
-        runs_text = "; ".join(_run_text(headers[r]) for r in run_ids)
+        runs_text = "; ".join(run_text(headers[r]) for r in run_ids)
         datasets = ", ".join(sorted(set(g["dataset"].astype(str))))
         cover = sorted({round(100 * c) for c in g["coverage"].dropna() if c})
         cover_text = (f"{cover[0]} %" if len(cover) == 1 else f"{cover[0]}-{cover[-1]} %") if cover \
@@ -138,6 +142,10 @@ def markdown_table_to_html(text) -> str:
 
 
 SCRIPT = """
+// the page's full height, for a full-page screenshot (report.screenshot)
+window.addEventListener('load', function () {
+  document.documentElement.dataset.height = document.documentElement.scrollHeight;
+});
 document.querySelectorAll('table').forEach(function (table) {
   var body = table.tBodies[0];
   table.querySelectorAll('th').forEach(function (th, col) {

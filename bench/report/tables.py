@@ -159,6 +159,7 @@ def recommendation_table(cells):
         best = ok.iloc[0]
         row = {"machine": best["machine_label"], "model": model, "batch_size": bs,
                "threads": threads, "dataset": dataset, "fastest": best["backend"],
+               "images": best.get("train_samples"),
                "epoch_s": best["median_s"], "images_per_s": best.get("samples_per_s"),
                "runner_up": None, "margin": None, "margin_low": None, "margin_high": None,
                "margin_coverage": None, "verdict": "only one backend measured", "backends": len(ok),
@@ -173,7 +174,7 @@ def recommendation_table(cells):
                        margin_coverage=r.get("coverage") if r else None,
                        verdict="fastest" if clear else "no clear winner")
         rows.append(row)
-    columns = ["machine", "model", "batch_size", "threads", "dataset", "fastest", "epoch_s",
+    columns = ["machine", "model", "batch_size", "images", "threads", "dataset", "fastest", "epoch_s",
                "images_per_s", "runner_up", "margin", "margin_low", "margin_high", "margin_coverage",
                "verdict", "backends", "run_id"]
     out = pd.DataFrame(rows, columns=columns)
@@ -182,6 +183,43 @@ def recommendation_table(cells):
     out["_machine_order"] = out["machine"].map(newest)
     out = out.sort_values(["_machine_order", "model", "threads", "batch_size"])
     return out.drop(columns="_machine_order").reset_index(drop=True)
+
+
+# The answer's columns, as a reader names them.
+ANSWER_COLUMNS = {"machine": "machine", "model": "model", "batch_size": "batch size",
+                  "images": "images per epoch", "threads": "threads", "dataset": "data",
+                  "fastest": "fastest", "epoch_s": "time per epoch (s)",
+                  "images_per_s": "images per second", "runner_up": "runner-up",
+                  "margin": "speed-up over the runner-up", "interval": "interval",
+                  "verdict": "verdict", "backends": "backends timed", "run_id": "run"}
+
+
+# The recommendation table's columns, as a reader names them.
+RECOMMENDATION_COLUMNS = dict(ANSWER_COLUMNS, margin_low="interval low", margin_high="interval high",
+                              margin_coverage="interval coverage")
+
+
+def newest_runs(cells) -> dict:
+    """machine label -> the id of its newest run with epoch cells."""
+    epoch = cells[cells["kind"] == "epoch"]
+    if epoch.empty:
+        return {}
+    newest = epoch.sort_values("run_order").groupby("machine_label")["run_id"].last()
+    return newest.to_dict()
+
+
+def answer_table(rec, newest):
+    """The recommendation rows of the newest run of each machine, with the
+    columns as a reader names them and the margin's interval as one text."""
+    import pandas as pd
+    rows = rec[[newest.get(m) == r for m, r in zip(rec["machine"], rec["run_id"])]]
+    if rows.empty:
+        return pd.DataFrame(columns=list(ANSWER_COLUMNS.values()))
+    rows = rows.assign(interval=[
+        "" if low != low or low is None else
+        f"{low:.2f}-{high:.2f}x" + (f" ({coverage_text(cov)})" if cov == cov and cov else "")
+        for low, high, cov in zip(rows["margin_low"], rows["margin_high"], rows["margin_coverage"])])
+    return rows[list(ANSWER_COLUMNS)].rename(columns=ANSWER_COLUMNS).reset_index(drop=True)
 
 
 def crossover_data(cells):
@@ -451,10 +489,12 @@ def _backend_runs(rows):
     return spans
 
 
-def summary(cells, machines) -> list:
-    """Sentences on who wins where, by how much and how sure, from the data."""
+def summary(cells, machines, rec=None, machine=None) -> list:
+    """Sentences on who wins where, by how much and how sure, from the data
+    (``rec``: the recommendation rows to speak of, default all of them;
+    ``machine``: the kernels of that machine label only)."""
     out = []
-    rec = recommendation_table(cells)
+    rec = recommendation_table(cells) if rec is None else rec
     for (machine, model, threads), g in rec.groupby(["machine", "model", "threads"], sort=False):
         g = g.sort_values("batch_size", key=lambda s: s.replace(0, 10 ** 9))
         parts = []
@@ -468,15 +508,17 @@ def summary(cells, machines) -> list:
             lows = [r["margin_low"] for r in rows if r["margin_low"] == r["margin_low"] and r["margin_low"]]
             cover = [r["margin_coverage"] for r in rows
                      if r.get("margin_coverage") == r.get("margin_coverage") and r.get("margin_coverage")]
-            span = (f"{min(margins):.2g}-{max(margins):.2g}x" if len(margins) > 1 else f"{margins[0]:.2g}x") \
+            span = (f"{min(margins):.2f}-{max(margins):.2f}x" if len(margins) > 1 else f"{margins[0]:.2f}x") \
                 if margins else ""
             label = coverage_text(min(cover)) if cover else "intervals"
             parts.append(f"{sizes}: {winner}" + (f", {span} the runner-up ({label} from "
-                                                  f"{min(lows):.2g}x)" if margins and lows else ""))
+                                                  f"{min(lows):.2f}x)" if margins and lows else ""))
         out.append(f"{model} on {machine}, {threads} threads -- " + "; ".join(parts) + ".")
     roof = roofline_table(cells, machines)
     mm = roof[roof["kernel"].str.contains("matmul") & (roof["dtype"] == "float32") &
               ~roof["version"].str.contains(REDUCED_PRECISION)] if not roof.empty else roof
+    if machine is not None and not mm.empty:
+        mm = mm[mm["machine"] == machine]
     for machine, g in (mm.groupby("machine") if not mm.empty else ()):
         # the largest square shape of each family: where a kernel can reach its roof
         square = g[g["shape"].apply(lambda t: len(set(t.split("x"))) == 1)]
@@ -490,7 +532,8 @@ def summary(cells, machines) -> list:
             text = f"{family} {best['shape']}: {best['version']} {best['gflops']:,.0f} GFLOP/s"
             if best["pct_of_blas"] == best["pct_of_blas"] and best["pct_of_blas"] is not None:
                 text += f" = {best['pct_of_blas'] / 100:.2f}x the BLAS ({best['blas_best_gflops']:,.0f})"
-            if best["pct_of_roof"]:
+            if best["pct_of_roof"] == best["pct_of_roof"] and best["pct_of_roof"] \
+                    and isinstance(best["peak_source"], str):
                 ceiling = "peak" if best["device"] == "cpu" else "cuBLAS fp32 ceiling"
                 text += f", {best['pct_of_roof']:.0f} % of the {best['peak_source'].split(':')[0]} {ceiling}"
             parts.append(text)
