@@ -19,15 +19,22 @@ def test_dot_rows_t_matches_numpy(m, k, h):
     np.testing.assert_allclose(z, x[rows] @ wt.T, rtol=1e-4, atol=1e-4 * np.sqrt(k))
 
 
-@pytest.mark.parametrize("m,k,h", SHAPES)
-def test_axpy_rows_t_matches_numpy(m, k, h):
+@pytest.mark.parametrize("lr", [0.0, 0.25])
+@pytest.mark.parametrize("m,k,h", SHAPES + [(10, 784, 30), (15, 33, 3), (20, 7, 2)])
+def test_axpy_rows_t_matches_numpy(m, k, h, lr):
+    """The weight gradient, and with lr > 0 the plain-SGD step taken in the same
+    pass (the weights untouched at lr 0)."""
     rng = np.random.default_rng(m + k + h)
     x = rng.standard_normal((m + 4, k)).astype(np.float32)
     rows = rng.permutation(m + 4)[:m]
     d = rng.standard_normal((m, h)).astype(np.float32)
     gt = np.full((h, k), np.nan, np.float32)  # stale contents must not leak into the sum
-    fe._axpy_rows_t(d, x, rows, gt)
-    np.testing.assert_allclose(gt, (x[rows].T @ d).T, rtol=1e-4, atol=1e-4 * np.sqrt(m))
+    wt = rng.standard_normal((h, k)).astype(np.float32)
+    before = wt.copy()
+    fe._axpy_rows_t(d, x, rows, gt, wt, lr)
+    want = (x[rows].T @ d).T
+    np.testing.assert_allclose(gt, want, rtol=1e-4, atol=1e-4 * np.sqrt(m))
+    np.testing.assert_allclose(wt, before - np.float32(lr) * want, rtol=1e-4, atol=1e-4 * np.sqrt(m))
 
 
 def test_transpose_first_block_round_trip():
