@@ -172,10 +172,10 @@ def plot_single_setting(cells):
                np.clip(g["images_high"] - g["images_per_s"], 0, None).fillna(0)]
         ax.barh(y, g["images_per_s"], xerr=err, color=colours, capsize=3)
         ax.set_yticks(y, list(g["backend"]), fontsize=8)
-        ax.set_xscale("log")
-        _plain_log(ax, "x")
-        from matplotlib.ticker import NullFormatter
-        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short axis collide
+        # a linear axis: a bar's length is its throughput
+        from matplotlib.ticker import FuncFormatter
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, pos: f"{x:,.0f}"))
+        ax.tick_params(axis="x", labelsize=7)
         ax.set_xlabel("training images per second")
         bs = g["batch_size"].iloc[0]
         threads_text = f"{threads} threads" if threads else "threads not recorded"

@@ -16,6 +16,8 @@ from .tables import BASELINE, batch_text, representative, speedup_table
 
 # integer columns written without a thousands separator
 PLAIN_INTEGERS = ("threads", "batch_size", "batch size", "run_id", "run")
+# counts that a table may hold as floats (a column with a missing value)
+COUNTS = ("images", "images per epoch", "train_samples", "backends", "backends timed", "cells")
 
 
 def fmt(v, column=""):
@@ -27,6 +29,8 @@ def fmt(v, column=""):
         return "full batch"
     if isinstance(v, (int, np.integer)):
         return f"{int(v):,}" if column not in PLAIN_INTEGERS else str(int(v))
+    if isinstance(v, (float, np.floating)) and column in COUNTS and float(v).is_integer():
+        return f"{int(v):,}"
     if isinstance(v, (float, np.floating)):
         if v != 0 and (abs(v) >= 1e4 or abs(v) < 1e-3):
             return f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.3g}"
