@@ -324,43 +324,96 @@ _narrow_tn_serial, _narrow_tn_parallel = serial_and_parallel(_narrow_tn)
 
 
 # -- the one shape dispatch ----------------------------------------------------------
+# The kernel a product's shape takes (route); the compiled dispatch (_gemm, for
+# compiled callers) and the Python one (build's gemm_views) both follow it.
+EMPTY, NARROW_TN, NARROW_AXPY, NARROW_DOT, PACKED_SWAPPED, PACKED = range(6)
+
+
+def route(m, k, n, ta, tb, kc):
+    """The kernel for C (m x n) = op(a)·op(b) over depth k: narrow outputs (n <
+    NARROW) skip the NR-wide padding -- shallow Aᵀ·B (k <= the tile's KC) as axpys
+    along the stored rows of A, shallow A·B (k < DOT_MIN_DEPTH) as axpys, deeper
+    A·op(B) as dot products along rows, deep Aᵀ·B as the packed Cᵀ = Bᵀ·Aᵀ -- and
+    everything else the packed GEMM."""
+    if m == 0 or n == 0:
+        return EMPTY
+    if n < NARROW and ta and k <= kc:
+        return NARROW_TN
+    if n < NARROW and not ta and not tb and k < DOT_MIN_DEPTH:
+        return NARROW_AXPY
+    if n < NARROW and not ta:
+        return NARROW_DOT
+    if n < NARROW:
+        return PACKED_SWAPPED
+    return PACKED
+
+
+_route = njit(route)
+
+
 def _gemm(a, ta, b, tb, C):
     """C = op(a)·op(b), op(x) = xᵀ where its flag is set, for C-contiguous a, b and
-    C (BLAS's transa/transb); picks the kernel by shape. The forms are flags, not
+    C (BLAS's transa/transb); the kernel by route(). The forms are flags, not
     array types, so a dtype's dispatch is one machine code for all three forms
-    (each array-type signature would be another compile of the whole GEMM)."""
+    (each array-type signature would be another compile of the whole GEMM).
+    Compiled callers only: it links every kernel it may route to."""
     m, k = (a.shape[1], a.shape[0]) if ta else (a.shape[0], a.shape[1])
     n = b.shape[0] if tb else b.shape[1]
-    if m == 0 or n == 0:
-        return
     par = PARALLEL and m * k * n >= PARALLEL_MIN_WORK
-    if n < NARROW and ta and k <= KC:
-        # shallow Aᵀ·B: axpys along the stored rows of A into Cᵀ
+    kernel = _route(m, k, n, ta, tb, KC)
+    if kernel == NARROW_TN:
         B = b.T[:, :] if tb else b[:, :]
         if par:
             _narrow_tn_parallel(a, B, C)
         else:
             _narrow_tn_serial(a, B, C)
-    elif n < NARROW and not ta and not tb and k < DOT_MIN_DEPTH:
+    elif kernel == NARROW_AXPY:
         if par:
             _narrow_axpy_parallel(a, b, C)
         else:
             _narrow_axpy_serial(a, b, C)
-    elif n < NARROW and not ta:  # dot products along rows of A and of Bᵀ
+    elif kernel == NARROW_DOT:
         Bt = b if tb else np.ascontiguousarray(b.T)
         if par:
             _narrow_dot_parallel(a, Bt, C)
         else:
             _narrow_dot_serial(a, Bt, C)
-    elif n < NARROW:  # deep Aᵀ·B: Cᵀ = Bᵀ·Aᵀ, the wide dimension becomes the panel one
+    elif kernel == PACKED_SWAPPED:
         if par:
             _packed_parallel(b, not tb, a, not ta, C.T[:, :])
         else:
             _packed_serial(b, not tb, a, not ta, C.T[:, :])
-    elif par:
-        _packed_parallel(a, ta, b, tb, C[:, :])
-    else:
-        _packed_serial(a, ta, b, tb, C[:, :])
+    elif kernel == PACKED:
+        if par:
+            _packed_parallel(a, ta, b, tb, C[:, :])
+        else:
+            _packed_serial(a, ta, b, tb, C[:, :])
+
+
+def _python_dispatch(kc, packed_serial, packed_parallel):
+    """_gemm's dispatch in Python, for calls from Python: each kernel is a
+    dispatcher of its own and compiles on its first call, so a run compiles only
+    the kernels its products' shapes route to (the compiled dispatch links, and
+    compiles, all of them)."""
+    def dispatch(a, ta, b, tb, C, parallel):
+        m, k = (a.shape[1], a.shape[0]) if ta else (a.shape[0], a.shape[1])
+        n = b.shape[0] if tb else b.shape[1]
+        par = parallel and m * k * n >= PARALLEL_MIN_WORK
+        kernel = route(m, k, n, ta, tb, kc)
+        # every kernel gets C-contiguous arrays, so each compiles for one layout
+        if kernel == NARROW_TN:  # b is narrow (n < NARROW columns): a copy is small
+            (_narrow_tn_parallel if par else _narrow_tn_serial)(a, np.ascontiguousarray(b.T) if tb else b, C)
+        elif kernel == NARROW_AXPY:
+            (_narrow_axpy_parallel if par else _narrow_axpy_serial)(a, b, C)
+        elif kernel == NARROW_DOT:
+            (_narrow_dot_parallel if par else _narrow_dot_serial)(a, b if tb else np.ascontiguousarray(b.T), C)
+        elif kernel == PACKED_SWAPPED:  # Cᵀ, narrow, into its own buffer
+            ct = np.empty((n, m), C.dtype)
+            (packed_parallel if par else packed_serial)(b, not tb, a, not ta, ct)
+            C[:] = ct.T
+        elif kernel == PACKED:
+            (packed_parallel if par else packed_serial)(a, ta, b, tb, C)
+    return dispatch
 
 
 PACKED_BODIES = (_pack_b, _pack_a, _micro, _block, _packed_columns)
@@ -383,8 +436,8 @@ def build(tile, suffix, cache=True):
     packed drivers), {"gemm_serial", "gemm_parallel"} (the dispatch, (a, ta, b,
     tb, C)), "gemm" (from Python, on logical operands: (A, B, C, parallel)) and
     "pieces". Used for float64 (half of NR) and by `mnist-bench tune` for its
-    candidates. The serial dispatch links no parallel code: a run that never
-    asks for threads never compiles them."""
+    candidates. "gemm" routes in Python, so a run compiles only the kernels its
+    shapes take; the compiled serial dispatch links no parallel code."""
     constants = dict(MR=tile["MR"], NR=tile["NR"], KC=tile["KC"], MC=tile["MC"], NC=tile["NC"],
                      TILE_ELEMS=tile["MR"] * tile["NR"])
     serial = specialize(list(PACKED_BODIES) + [_packed], suffix, constants, cache=cache)
@@ -400,11 +453,13 @@ def build(tile, suffix, cache=True):
                                    dict(constants, PARALLEL=True, _packed_serial=serial["_packed"],
                                         _packed_parallel=parallel["_packed"]), cache=cache)["_gemm"]
 
+    dispatch_python = _python_dispatch(constants["KC"], serial["_packed"], parallel["_packed"])
+
     def gemm_views(A, B, C, parallel):
         a, ta = _stored(A)
         b, tb = _stored(B)
         out = C if C.flags.c_contiguous else np.empty(C.shape, C.dtype)
-        (dispatch_parallel if parallel else dispatch_serial)(a, ta, b, tb, out)
+        dispatch_python(a, ta, b, tb, out, parallel)
         if out is not C:
             C[:] = out
 

@@ -178,3 +178,31 @@ def test_micro_kernel_depth_loop_is_full_width_fmas_without_spills(cpu_name, tmp
         assert loop["fmas"] % accumulators == 0, loop
         assert loop["registers"] == [register], loop
         assert loop["stack_moves"] == [], f"accumulators spilled: {loop['stack_moves'][:4]}"
+
+
+# (m, k, n, a stored transposed, b stored transposed, the route): each of the shape
+# dispatch's kernels, large enough for the parallel path (PARALLEL_MIN_WORK)
+ROUTES = [(2000, 200, 10, True, False, matmul.NARROW_TN), (2000, 200, 10, True, True, matmul.NARROW_TN),
+          (20000, 50, 10, False, False, matmul.NARROW_AXPY), (2000, 784, 10, False, False, matmul.NARROW_DOT),
+          (2000, 784, 10, False, True, matmul.NARROW_DOT),
+          (200, 4 * matmul.KC, 10, True, False, matmul.PACKED_SWAPPED),
+          (200, 300, 200, False, True, matmul.PACKED), (200, 300, 200, True, False, matmul.PACKED)]
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("m,k,n,ta,tb,expected", ROUTES)
+def test_every_route_from_python_and_from_compiled_code(m, k, n, ta, tb, expected, parallel):
+    """The Python dispatch (a run compiles only the kernels its shapes take) and
+    the compiled one (_gemm, for compiled callers) take the same kernel for a
+    shape and agree with NumPy."""
+    assert matmul.route(m, k, n, ta, tb, matmul.KC) == expected
+    rng = np.random.default_rng(m + k + n)
+    a = rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k) if tb else (k, n)).astype(np.float32)
+    want = (a.T if ta else a) @ (b.T if tb else b)
+    got = np.full((m, n), np.nan, np.float32)
+    matmul.gemm_views(a.T if ta else a, b.T if tb else b, got, parallel)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3 * np.sqrt(k))
+    compiled = np.full((m, n), np.nan, np.float32)
+    matmul.gemm(a, ta, b, tb, compiled, parallel)
+    np.testing.assert_allclose(compiled, want, rtol=1e-4, atol=1e-3 * np.sqrt(k))
