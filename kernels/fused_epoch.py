@@ -70,56 +70,62 @@ WIDE_TILE, NARROW_TILE = 10 * WIDE, 10 * NARROW_COLS   # literals for stack_arra
 
 
 @njit
-def _logits_two_rows(xb, Wt, logits, i):
-    """logits[i:i+2] = xb[i:i+2]·Wtᵀ for ten classes in one pass over the two rows:
-    20 accumulators, each weight row loaded once for both rows (dot_rows, four
-    classes a pass, reads a row three times and each weight once per row)."""
-    x0, x1 = xb[i], xb[i + 1]
-    w0, w1, w2, w3, w4, w5, w6, w7, w8, w9 = Wt[0], Wt[1], Wt[2], Wt[3], Wt[4], Wt[5], Wt[6], Wt[7], Wt[8], Wt[9]
-    z = logits.dtype.type(0)
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = z
-    b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = b8 = b9 = z
+def _dot5x5(x0, x1, x2, x3, x4, w0, w1, w2, w3, w4):
+    """The 25 dot products of five rows x with five rows w, in one pass over them:
+    25 accumulators from ten loads a step (dot_rows, four columns a pass, loads
+    five values per four products). Row-major: x0·w0 .. x0·w4, x1·w0, ..."""
+    z = x0.dtype.type(0)
+    a0 = a1 = a2 = a3 = a4 = b0 = b1 = b2 = b3 = b4 = c0 = c1 = c2 = c3 = c4 = z
+    d0 = d1 = d2 = d3 = d4 = e0 = e1 = e2 = e3 = e4 = z
     for p in range(x0.size):
-        u, v = x0[p], x1[p]
-        t = w0[p]
-        a0 += u * t
-        b0 += v * t
-        t = w1[p]
-        a1 += u * t
-        b1 += v * t
-        t = w2[p]
-        a2 += u * t
-        b2 += v * t
-        t = w3[p]
-        a3 += u * t
-        b3 += v * t
-        t = w4[p]
-        a4 += u * t
-        b4 += v * t
-        t = w5[p]
-        a5 += u * t
-        b5 += v * t
-        t = w6[p]
-        a6 += u * t
-        b6 += v * t
-        t = w7[p]
-        a7 += u * t
-        b7 += v * t
-        t = w8[p]
-        a8 += u * t
-        b8 += v * t
-        t = w9[p]
-        a9 += u * t
-        b9 += v * t
-    r, q = logits[i], logits[i + 1]
-    r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9] = a0, a1, a2, a3, a4, a5, a6, a7, a8, a9
-    q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7], q[8], q[9] = b0, b1, b2, b3, b4, b5, b6, b7, b8, b9
+        u0, u1, u2, u3, u4 = w0[p], w1[p], w2[p], w3[p], w4[p]
+        v = x0[p]
+        a0 += v * u0
+        a1 += v * u1
+        a2 += v * u2
+        a3 += v * u3
+        a4 += v * u4
+        v = x1[p]
+        b0 += v * u0
+        b1 += v * u1
+        b2 += v * u2
+        b3 += v * u3
+        b4 += v * u4
+        v = x2[p]
+        c0 += v * u0
+        c1 += v * u1
+        c2 += v * u2
+        c3 += v * u3
+        c4 += v * u4
+        v = x3[p]
+        d0 += v * u0
+        d1 += v * u1
+        d2 += v * u2
+        d3 += v * u3
+        d4 += v * u4
+        v = x4[p]
+        e0 += v * u0
+        e1 += v * u1
+        e2 += v * u2
+        e3 += v * u3
+        e4 += v * u4
+    return (a0, a1, a2, a3, a4, b0, b1, b2, b3, b4, c0, c1, c2, c3, c4,
+            d0, d1, d2, d3, d4, e0, e1, e2, e3, e4)
+
+
+@njit
+def _store5x5(out, i, j, sums):
+    """out[i:i+5, j:j+5] = _dot5x5's sums."""
+    for r in range(5):
+        for q in range(5):
+            out[i + r, j + q] = sums[5 * r + q]
 
 
 @njit
 def _linear_rows(X, r0, r1, Wt, b, labels, scale, G, gb):
     """For rows r0:r1 of X: logits,
-    softmax cross-entropy gradient, and G (classes x d) += dLᵀ·X[rows], gb += sum dL.
+    softmax cross-entropy gradient, and G (classes x d) += dLᵀ·X[rows], gb += sum dL;
+    ten classes (linear_epoch's 784 -> 10: the gradient's micro-kernel is ten rows).
     Returns the rows' summed loss. The gradient is the micro-kernel's product with
     dL as its A panel (rows x classes, exactly the packed layout) and X's rows as
     its B rows (ldb = d), so the block is read from memory once."""
@@ -128,9 +134,11 @@ def _linear_rows(X, r0, r1, Wt, b, labels, scale, G, gb):
     xb = X[r0:r1]
     logits = np.empty((n, c), X.dtype)
     i = 0
-    while c == 10 and i + 2 <= n:  # MNIST's ten classes: two rows a pass
-        _logits_two_rows(xb, Wt, logits, i)
-        i += 2
+    while i + 5 <= n:  # five rows x five classes a pass
+        for j in range(0, c, 5):
+            _store5x5(logits, i, j, _dot5x5(xb[i], xb[i + 1], xb[i + 2], xb[i + 3], xb[i + 4],
+                                            Wt[j], Wt[j + 1], Wt[j + 2], Wt[j + 3], Wt[j + 4]))
+        i += 5
     while i < n:
         dot_rows(xb, Wt, logits, i)
         i += 1
@@ -293,75 +301,26 @@ def _swap_first_block(src, dst, rows, cols):
 @njit
 def _dot_rows_t(X, rows, WT, Z):
     """Z[i, j] = X[rows[i]] · WT[j], the batch's rows read in place (no gathered
-    copy). Register-blocked 4 weight rows x 5 samples: each pass over 784 floats
-    keeps 20 accumulators, so WT (94 KB at 30 x 784, an L2 resident) is read
-    once per five samples rather than once per sample; the remaining samples
-    take 4 weight rows at a time, the remaining rows one at a time."""
-    h, k = WT.shape
+    copy): five samples x five weight rows a pass (_dot5x5), so WT (94 KB at 30 x
+    784, an L2 resident) is read once per five samples rather than once per
+    sample; samples and weight rows left over, one sample at a time."""
+    h = WT.shape[0]
     m = rows.size
-    zero = Z.dtype.type(0)
-    j = 0
-    while j + 4 <= h:
-        w0, w1, w2, w3 = WT[j], WT[j + 1], WT[j + 2], WT[j + 3]
-        i = 0
-        while i + 5 <= m:
-            x0, x1, x2, x3, x4 = X[rows[i]], X[rows[i + 1]], X[rows[i + 2]], X[rows[i + 3]], X[rows[i + 4]]
-            s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = s20 = s21 = s22 = s23 = zero
-            s30 = s31 = s32 = s33 = s40 = s41 = s42 = s43 = zero
-            for p in range(k):
-                a0, a1, a2, a3 = w0[p], w1[p], w2[p], w3[p]
-                v = x0[p]
-                s00 += v * a0
-                s01 += v * a1
-                s02 += v * a2
-                s03 += v * a3
-                v = x1[p]
-                s10 += v * a0
-                s11 += v * a1
-                s12 += v * a2
-                s13 += v * a3
-                v = x2[p]
-                s20 += v * a0
-                s21 += v * a1
-                s22 += v * a2
-                s23 += v * a3
-                v = x3[p]
-                s30 += v * a0
-                s31 += v * a1
-                s32 += v * a2
-                s33 += v * a3
-                v = x4[p]
-                s40 += v * a0
-                s41 += v * a1
-                s42 += v * a2
-                s43 += v * a3
-            Z[i, j], Z[i, j + 1], Z[i, j + 2], Z[i, j + 3] = s00, s01, s02, s03
-            Z[i + 1, j], Z[i + 1, j + 1], Z[i + 1, j + 2], Z[i + 1, j + 3] = s10, s11, s12, s13
-            Z[i + 2, j], Z[i + 2, j + 1], Z[i + 2, j + 2], Z[i + 2, j + 3] = s20, s21, s22, s23
-            Z[i + 3, j], Z[i + 3, j + 1], Z[i + 3, j + 2], Z[i + 3, j + 3] = s30, s31, s32, s33
-            Z[i + 4, j], Z[i + 4, j + 1], Z[i + 4, j + 2], Z[i + 4, j + 3] = s40, s41, s42, s43
-            i += 5
-        while i < m:
-            x = X[rows[i]]
-            s0 = s1 = s2 = s3 = zero
-            for p in range(k):
-                xp = x[p]
-                s0 += xp * w0[p]
-                s1 += xp * w1[p]
-                s2 += xp * w2[p]
-                s3 += xp * w3[p]
-            Z[i, j], Z[i, j + 1], Z[i, j + 2], Z[i, j + 3] = s0, s1, s2, s3
-            i += 1
-        j += 4
-    while j < h:
-        w0 = WT[j]
-        for i in range(m):
-            x = X[rows[i]]
-            s0 = zero
-            for p in range(k):
-                s0 += x[p] * w0[p]
-            Z[i, j] = s0
-        j += 1
+    i = 0
+    while i + 5 <= m:
+        x0, x1, x2, x3, x4 = X[rows[i]], X[rows[i + 1]], X[rows[i + 2]], X[rows[i + 3]], X[rows[i + 4]]
+        for j in range(0, h - 4, 5):
+            _store5x5(Z, i, j, _dot5x5(x0, x1, x2, x3, x4, WT[j], WT[j + 1], WT[j + 2], WT[j + 3], WT[j + 4]))
+        i += 5
+    full, covered = m - m % 5, h - h % 5  # samples and weight rows done in fives
+    for r in range(m):
+        x = X[rows[r]]
+        for j in range(covered if r < full else 0, h):
+            s0 = Z.dtype.type(0)
+            w = WT[j]
+            for p in range(x.size):
+                s0 += x[p] * w[p]
+            Z[r, j] = s0
 
 
 @njit
