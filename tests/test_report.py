@@ -418,3 +418,53 @@ def test_the_screenshot_is_the_whole_page(generated, tmp_path):
     assert head[:8] == PNG_MAGIC
     width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
     assert width == 1400 and 4000 < height <= report.MAX_SCREENSHOT_HEIGHT
+
+
+def test_machines_that_share_a_hostname_stay_apart(fixture_runs, tmp_path):
+    """Every VM here is called "vm": two machines of that one hostname are two
+    machines (their labels), so a newer run of one supersedes nothing of the
+    other, and each has its own answer."""
+    from fixtures.make_results import EPYC
+    from mnist_numba_bench.bench.report.load import default_results
+    from mnist_numba_bench.bench.report.tables import newest_runs
+    lines = [json.loads(line) for line in open(fixture_runs[0], encoding="utf-8")]
+    first = dict(lines[0], machine=dict(lines[0]["machine"], hostname="vm"))
+    second = dict(first, run_id="20250301-120000-vm-cccccc", started="2025-03-01T12:00:00+00:00",
+                  finished="2025-03-01T12:00:30+00:00", machine=dict(EPYC, hostname="vm"))
+    os.makedirs(tmp_path / "runs")
+    paths = []
+    for head in (first, second):
+        path = tmp_path / "runs" / (head["run_id"] + ".jsonl")
+        with open(path, "w", encoding="utf-8") as f:
+            for record in [head] + lines[1:]:
+                f.write(json.dumps(record) + "\n")
+        paths.append(str(path))
+    _, cells, _ = report.load(paths)
+    assert cells["machine"].nunique() == 2
+    assert not cells["superseded"].any()
+    newest = newest_runs(cells)
+    assert sorted(newest.values()) == sorted([first["run_id"], second["run_id"]])
+    # the default report input: the newest run of each machine, both of them
+    assert sorted(default_results(str(tmp_path))) == sorted(paths)
+    result = report.generate(paths, str(tmp_path / "report"))
+    assert len(result["answered"]) == 2
+
+
+def test_epochs_of_different_sizes_are_different_settings(fixture_runs, tmp_path):
+    """A newer run of the same model and batch size on 10,000 images does not hide
+    the 50,000-image results, nor the other way round: each is its own row."""
+    lines = [json.loads(line) for line in open(fixture_runs[0], encoding="utf-8")]
+    epoch = [c for c in lines[1:] if c.get("kind") == "epoch"]
+    paths = []
+    for run_id, started, images in (("20250301-120000-fixture-xeon-dddddd", "2025-03-01T12:00:00+00:00", 50_000),
+                                    ("20250302-120000-fixture-xeon-eeeeee", "2025-03-02T12:00:00+00:00", 10_000)):
+        head = dict(lines[0], run_id=run_id, started=started, finished=started.replace(":00+", ":30+"))
+        paths.append(str(tmp_path / (run_id + ".jsonl")))
+        with open(paths[-1], "w", encoding="utf-8") as f:
+            for record in [head] + [dict(c, train_samples=images) for c in epoch]:
+                f.write(json.dumps(record) + "\n")
+    _, cells, _ = report.load(paths)
+    rec = report.recommendation_table(cells)
+    sizes = rec.groupby(["model", "batch_size", "threads", "dataset"])["images"].nunique()
+    assert (sizes == 2).any(), rec[["model", "batch_size", "images"]]
+    assert set(rec["images"].dropna().astype(int)) == {10_000, 50_000}

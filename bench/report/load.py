@@ -75,6 +75,10 @@ def load(result_paths, skip_bad=False):
                                   dtype=object)
     cells["shape_label"] = [shape_label(s) for s in cells["shape"]]
     cells["machine_label"] = [machine_label(machines[r]) for r in cells["run_id"]]
+    # a machine is its label everywhere in the report (which run supersedes which,
+    # settings, tables): the stored hostname is one name for every VM ("vm")
+    cells["hostname"] = cells["machine"]
+    cells["machine"] = cells["machine_label"]
     cells["run_order"] = [order[r] for r in cells["run_id"]]
     cells["device"] = [d if isinstance(d, str) else "cpu" for d in cells["device"]]
     quartiles = [np.percentile([s for s in v if s is not None], [25, 75])
@@ -111,7 +115,9 @@ def default_results(results_dir="results") -> list:
     # sort key: finished runs after running ones, then by start time; the last wins
     order = {r: (status != "running", started)
              for r, status, started in zip(runs["run_id"], runs["status"], runs["started"])}
+    labels = {h["run_id"]: machine_label(h.get("machine") or {}) for h in runs["header"]}
     cells = cells.assign(order=[order[r] for r in cells["run_id"]],
+                         machine=[labels[r] for r in cells["run_id"]],  # not the hostname
                          device=[d if isinstance(d, str) else "cpu" for d in cells["device"]])
     newest = cells.sort_values("order").groupby(["machine", "kind", "device"])["run_id"].last()
     paths = dict(zip(runs["run_id"], runs["path"]))

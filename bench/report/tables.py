@@ -82,11 +82,13 @@ def _write_up_batch(model):
 
 
 def settings(epoch):
-    """Every (machine, model, batch size, threads, dataset) that epoch cells were
-    measured at, with the run that measured the most backends there (the newest
-    on a tie): rows of one run only, so every ratio in a row is side by side."""
+    """Every (machine, model, batch size, threads, dataset, images per epoch) that
+    epoch cells were measured at, with the run that measured the most backends
+    there (the newest on a tie): rows of one run only, so every ratio in a row is
+    side by side. A 2,048-image epoch and a 50,000-image one are two settings."""
     picks = {}
-    for key, g in epoch.groupby(["machine", "model", "batch_size", "threads", "dataset"]):
+    epoch = epoch.assign(images=epoch["train_samples"].fillna(0).astype(int))
+    for key, g in epoch.groupby(["machine", "model", "batch_size", "threads", "dataset", "images"]):
         usable = g[g["status"] == "ok"]
         if usable.empty:
             continue
@@ -152,7 +154,7 @@ def recommendation_table(cells):
     import pandas as pd
     epoch = cells[(cells["kind"] == "epoch") & ~cells["superseded"]]
     rows = []
-    for (machine, model, bs, threads, dataset), g in settings(epoch).items():
+    for (machine, model, bs, threads, dataset, _), g in settings(epoch).items():
         ok = g[g["status"] == "ok"].sort_values("median_s")
         if ok.empty:
             continue
@@ -495,7 +497,9 @@ def summary(cells, machines, rec=None, machine=None) -> list:
     ``machine``: the kernels of that machine label only)."""
     out = []
     rec = recommendation_table(cells) if rec is None else rec
-    for (machine, model, threads), g in rec.groupby(["machine", "model", "threads"], sort=False):
+    rec = rec.assign(_images=rec["images"].fillna(0).astype(int))
+    for (machine, model, threads, images), g in rec.groupby(["machine", "model", "threads", "_images"],
+                                                            sort=False):
         g = g.sort_values("batch_size", key=lambda s: s.replace(0, 10 ** 9))
         parts = []
         for winner, first, last, rows in _backend_runs(g):
@@ -513,7 +517,8 @@ def summary(cells, machines, rec=None, machine=None) -> list:
             label = coverage_text(min(cover)) if cover else "intervals"
             parts.append(f"{sizes}: {winner}" + (f", {span} the runner-up ({label} from "
                                                   f"{min(lows):.2f}x)" if margins and lows else ""))
-        out.append(f"{model} on {machine}, {threads} threads -- " + "; ".join(parts) + ".")
+        epoch_size = f", {images:,}-image epochs" if images else ""
+        out.append(f"{model} on {machine}, {threads} threads{epoch_size} -- " + "; ".join(parts) + ".")
     roof = roofline_table(cells, machines)
     mm = roof[roof["kernel"].str.contains("matmul") & (roof["dtype"] == "float32") &
               ~roof["version"].str.contains(REDUCED_PRECISION)] if not roof.empty else roof
