@@ -468,3 +468,26 @@ def test_epochs_of_different_sizes_are_different_settings(fixture_runs, tmp_path
     sizes = rec.groupby(["model", "batch_size", "threads", "dataset"])["images"].nunique()
     assert (sizes == 2).any(), rec[["model", "batch_size", "images"]]
     assert set(rec["images"].dropna().astype(int)) == {10_000, 50_000}
+
+
+def test_no_percent_of_a_theoretical_peak_that_a_kernel_beats(fixture_runs):
+    """A theoretical peak comes from the clock /proc/cpuinfo recorded; where a
+    kernel runs faster than it, that clock was not the real one: no "% of peak"
+    over 100 is printed, and the row says why."""
+    _, cells, machines = report.load(fixture_runs)
+    cells = cells[cells["model"] != "fma_peak"]  # no measured peak: the theoretical one
+    roof = report.roofline_table(cells, machines)
+    theoretical = roof[roof["peak_source"].astype(str).str.startswith("theoretical")]
+    assert len(theoretical)
+    row = theoretical.iloc[0]
+    faster = cells.copy()
+    hit = ((faster["kind"] == "kernel") & (faster["model"] == row["kernel"]) &
+           (faster["backend"] == row["version"]) & (faster["shape_label"] == row["shape"]))
+    faster.loc[hit, "gflops"] = row["peak_gflops"] * 1.5
+    again = report.roofline_table(faster, machines)
+    mine = again[(again["kernel"] == row["kernel"]) & (again["version"] == row["version"]) &
+                 (again["shape"] == row["shape"])].iloc[0]
+    assert mine["pct_of_roof"] is None or mine["pct_of_roof"] != mine["pct_of_roof"]
+    assert "below this measured rate" in mine["peak_source"]
+    assert (again["pct_of_roof"].dropna() <= 100).all() or \
+        not again.loc[again["pct_of_roof"] > 100, "peak_source"].astype(str).str.startswith("theoretical").any()
