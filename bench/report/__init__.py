@@ -25,6 +25,7 @@ import io
 import os
 import shutil
 import subprocess
+import sys
 
 from .load import default_results, load, machine_label
 from .plots import PLOT_TITLES, makers
@@ -217,8 +218,9 @@ def _figure(name, data):
             f"<figcaption>{html.escape(PLOT_TITLES[name])}</figcaption></figure>")
 
 
-# Chromium draws no taller screenshot than this in one piece
-MAX_SCREENSHOT_HEIGHT = 16_000
+# the tallest screenshot drawn (a 17,500-pixel page was drawn whole here); a
+# longer page is cut there, and the command says so
+MAX_SCREENSHOT_HEIGHT = 32_000
 
 
 def screenshot(html_path, png_path, width=1400, max_height=MAX_SCREENSHOT_HEIGHT):
@@ -241,7 +243,11 @@ def screenshot(html_path, png_path, width=1400, max_height=MAX_SCREENSHOT_HEIGHT
         found = re.search(r'data-height="(\d+)"', dom.stdout)
         if not found:
             raise ValueError(f"chromium could not measure {html_path}: {dom.stderr.strip()[-200:]}")
-        height = min(int(found.group(1)), max_height)
+        full = int(found.group(1))
+        height = min(full, max_height)
+        if full > max_height:
+            print(f"warning: the page is {full:,} pixels tall; the screenshot shows the first "
+                  f"{max_height:,}", file=sys.stderr)
         run = subprocess.run(base + [f"--window-size={width},{height}",
                                      f"--screenshot={os.path.abspath(png_path)}", url],
                              capture_output=True, text=True, timeout=300)
