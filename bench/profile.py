@@ -118,11 +118,14 @@ def run_child(args):
     warmup_epoch(trainer, epoch_batches(len(x), config["batch_size"], args.seed, 1))
     calibration_s = time.perf_counter() - start
     # enough epochs for --min-samples at --rate, with a margin for sampling jitter
+    # epochs until the profiled time gives --min-samples at --rate (and a margin
+    # for sampling jitter); their batch orders made beforehand, twice as many as
+    # the calibration epoch says, for epochs that run faster than it did
     wanted_s = 1.2 * args.min_samples / args.rate
-    n_epochs = max(1, min(MAX_EPOCHS, math.ceil(wanted_s / max(calibration_s, 1e-6))))
-    epochs = [epoch_batches(len(x), config["batch_size"], args.seed, 2 + i) for i in range(n_epochs)]
+    planned = max(1, min(MAX_EPOCHS, 2 * math.ceil(wanted_s / max(calibration_s, 1e-6))))
+    epochs = [epoch_batches(len(x), config["batch_size"], args.seed, 2 + i) for i in range(planned)]
     start = time.perf_counter()
-    loss = profiled_epochs(trainer, epochs)
+    loss, n_epochs = profiled_epochs(trainer, epochs, wanted_s)
     profiled_s = time.perf_counter() - start
     info = {"dataset": ds.describe(), "synthetic": ds.synthetic, "samples": len(x),
             "batch_size": config["batch_size"], "batches": len(epochs[0]), "epochs": n_epochs,
@@ -145,13 +148,18 @@ def warmup_epoch(trainer, batches):
     trainer.synchronize()
 
 
-def profiled_epochs(trainer, epochs):
-    """The profiled region: every sample under this frame is the timed work."""
-    loss = None
+def profiled_epochs(trainer, epochs, seconds=0.0):
+    """The profiled region: every sample under this frame is the timed work.
+    Trains ``epochs`` in turn until ``seconds`` have passed (at least one);
+    returns (the last loss, epochs trained)."""
+    loss, start, done = None, time.perf_counter(), 0
     for batches in epochs:
         loss = trainer.train_epoch(batches)
-    trainer.synchronize()
-    return loss
+        trainer.synchronize()
+        done += 1
+        if time.perf_counter() - start >= seconds:
+            break
+    return loss, done
 
 
 def numba_symbols() -> list:
