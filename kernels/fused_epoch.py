@@ -20,7 +20,7 @@ from ._numba import stack_array as _stack_array
 from .backprop import bias_act_serial, bias_grad_serial, quadratic, softmax_xent_serial, xent_row
 from .matmul import MR as MMR
 from .matmul import NR as MNR
-from .fma_codegen import fma_panel
+from .fma_codegen import fma_panel, fma_panel_rows
 from .matmul import PARALLEL_MIN_WORK, axpy_columns, block, pack_b
 from .matmul import dot_rows
 from .update import adam_parallel, adam_serial, momentum_parallel, momentum_serial, sgd_parallel, sgd_serial
@@ -280,11 +280,13 @@ def _hidden_backward_rows(D, BT, A, act, C):
 
 
 # -- nielsen: the first layer in transposed form ----------------------------------------
-# With batch 10 and 30 hidden units a step is ~1 MFLOP: the micro-kernel's tiles
-# would all be edge tiles. Holding W1ᵀ (hidden x 784) for the epoch turns the
-# forward pass into dot products and the weight gradient into axpys, both along
-# 784 contiguous floats, with the mini-batch rows read in place (no gather). The
-# working layout is [W1ᵀ, b1, W2, b2]; every flat buffer (params, grads, optimizer
+# With batch 10 and 30 hidden units a step is ~1 MFLOP. Holding W1ᵀ (hidden x
+# 784) for the epoch turns the forward pass into dot products along 784
+# contiguous floats (five samples x five hidden units a pass, the batch rows
+# read in place), and makes the weight gradient W1ᵀ's rows = the micro-kernel's
+# depth loop over the batch: ten hidden units x 48 columns a tile, the gathered
+# batch as its B rows (where the hidden units are not a multiple of ten, axpys
+# along the rows instead). The working layout is [W1ᵀ, b1, W2, b2]; every flat buffer (params, grads, optimizer
 # state) is permuted into it at the start of the epoch and back at the end, so
 # the elementwise update kernels apply unchanged.
 @njit
@@ -360,6 +362,40 @@ def _axpy_rows_t(D, X, rows, GT, WT, lr):
 
 
 @njit
+def _weight_grad_panels(D, xb, GT, dp, scale, accumulate):
+    """GT = scale·(xbᵀ·D)ᵀ, or with ``accumulate`` GT += that, through the
+    micro-kernel's depth loop (fma_panel_rows): D's columns in panels of ten (the
+    batch is the depth, ``dp`` their packed copy, scaled), xb's rows (the gathered
+    batch) as B with their own row stride, 10 x 48 tiles of 30 vector
+    accumulators stored straight into GT's rows. GT's rows must be a multiple of
+    ten (nielsen's 30 hidden units). Plain SGD passes W1ᵀ, -lr and accumulate:
+    the step is taken in the gradient's own stores."""
+    m, h = D.shape
+    d = xb.shape[1]
+    scale = dp.dtype.type(scale)
+    for q in range(h // 10):
+        for i in range(m):
+            for r in range(10):
+                dp[(q * m + i) * 10 + r] = scale * D[i, q * 10 + r]
+    xf = xb.ravel()
+    for q in range(h // 10):
+        a0 = q * m * 10
+        j0 = 0
+        while j0 + WIDE <= d:
+            fma_panel_rows(dp, a0, xf, j0, d, m, GT, q * 10, j0, accumulate, 10, WIDE)
+            j0 += WIDE
+        while j0 + NARROW_COLS <= d:
+            fma_panel_rows(dp, a0, xf, j0, d, m, GT, q * 10, j0, accumulate, 10, NARROW_COLS)
+            j0 += NARROW_COLS
+        for j in range(j0, d):
+            for r in range(10):
+                s0 = GT.dtype.type(0)
+                for i in range(m):
+                    s0 += dp[a0 + i * 10 + r] * xb[i, j]
+                GT[q * 10 + r, j] = GT[q * 10 + r, j] + s0 if accumulate else s0
+
+
+@njit
 def _transpose_first_block(buf, rows, cols, tmp):
     """In place: buf's leading rows x cols matrix becomes its cols x rows transpose."""
     if buf.size:
@@ -388,6 +424,9 @@ def nielsen_epoch(X, onehot, order, starts, contiguous, flat, gflat, s1, s2, hid
     a1_buf, a2_buf = np.empty((m, hidden), X.dtype), np.empty((m, c), X.dtype)
     y_buf, d2_buf, d1_buf = np.empty((m, c), X.dtype), np.empty((m, c), X.dtype), np.empty((m, hidden), X.dtype)
     w2t, gw2t = np.empty((c, hidden), X.dtype), np.empty((c, hidden), X.dtype)  # the 10-wide layer transposed
+    panels = hidden % 10 == 0
+    x_buf = np.empty((0 if contiguous else m, d), X.dtype)
+    dp = np.empty(m * hidden, X.dtype)
     total = 0.0
     for bi in range(nb):
         lo, hi = starts[bi], starts[bi + 1]
@@ -413,11 +452,20 @@ def nielsen_epoch(X, onehot, order, starts, contiguous, flat, gflat, s1, s2, hid
                 gw2[p, j] = gw2t[j, p]
         bias_grad_serial(dz2, gb2)
         _hidden_backward_rows(dz2, w2t, a1, SIGMOID, dz1)
-        # plain SGD updates W1ᵀ inside the gradient pass; the rest in _update
-        _axpy_rows_t(dz1, X, rows, gw1t, w1t, lr if opt == 0 else 0.0)
+        # plain SGD takes W1ᵀ's step in the gradient pass (its gradient is then not
+        # kept: gflat's W1 block is scratch to the fused epoch); the rest in _update
+        sgd = opt == 0
+        if panels:  # the batch gathered once, the gradient through the micro-kernel
+            xb = _batch_rows(X, order, lo, hi, contiguous, x_buf)
+            if sgd:
+                _weight_grad_panels(dz1, xb, w1t, dp, -lr, True)
+            else:
+                _weight_grad_panels(dz1, xb, gw1t, dp, 1.0, False)
+        else:
+            _axpy_rows_t(dz1, X, rows, gw1t, w1t, lr if sgd else 0.0)
         bias_grad_serial(dz1, gb1)
         step += 1
-        if opt == 0:
+        if sgd:
             sgd_serial(flat[first:], gflat[first:], lr)
         else:
             _update(flat, gflat, s1, s2, opt, step, lr, beta, beta1, beta2, eps)

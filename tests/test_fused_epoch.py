@@ -205,3 +205,20 @@ def test_linear_rows_match_numpy(rows):
     np.testing.assert_allclose(loss, want_loss, rtol=1e-4)
     np.testing.assert_allclose(g, dl.T @ xb, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(gb, dl.sum(0), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+@pytest.mark.parametrize("m,d,h", [(1, 5, 10), (7, 37, 20), (10, 784, 30), (13, 100, 10)])
+def test_weight_grad_panels_match_numpy(m, d, h, accumulate):
+    """nielsen's first-layer weight gradient through the micro-kernel's depth
+    loop: the gradient (scale 1, stored), and plain SGD's step (scale -lr, added
+    to the weights), on batches and widths off the tiles' sizes."""
+    rng = np.random.default_rng(m * d + h)
+    dz = rng.standard_normal((m, h)).astype(np.float32)
+    xb = rng.standard_normal((m, d)).astype(np.float32)
+    gt = rng.standard_normal((h, d)).astype(np.float32)
+    before = gt.copy()
+    scale = -0.3 if accumulate else 1.0
+    fe._weight_grad_panels(dz, xb, gt, np.empty(m * h, np.float32), scale, accumulate)
+    want = scale * (xb.T.astype(np.float64) @ dz).T + (before if accumulate else 0)
+    np.testing.assert_allclose(gt, want, rtol=1e-4, atol=1e-4 * np.sqrt(m))
