@@ -16,11 +16,10 @@ import numpy as np
 from numba import prange
 
 from ._numba import njit, serial_and_parallel
-from ._numba import stack_array as _stack_array
 from .backprop import bias_act_serial, bias_grad_serial, quadratic, softmax_xent_serial, xent_row
 from .matmul import MR as MMR
 from .matmul import NR as MNR
-from .fma_codegen import fma_panel, fma_panel_rows
+from .fma_codegen import fma_panel_rows
 from .matmul import PARALLEL_MIN_WORK, axpy_columns, block, pack_b
 from .matmul import dot_rows
 from .update import adam_parallel, adam_serial, momentum_parallel, momentum_serial, sgd_parallel, sgd_serial
@@ -66,7 +65,6 @@ def _view2(flat, offset, rows, cols):
 LIN_ROWS = 64    # rows per block: the block (64 x 784 floats) stays in L2 from forward to gradient
 LIN_TASKS = 8    # fixed work split: serial and parallel runs add the partial sums in one order
 WIDE, NARROW_COLS = 48, 16   # column chunks of the weight-gradient micro-kernel
-WIDE_TILE, NARROW_TILE = 10 * WIDE, 10 * NARROW_COLS   # literals for stack_array
 
 
 @njit
@@ -128,7 +126,8 @@ def _linear_rows(X, r0, r1, Wt, b, labels, scale, G, gb):
     ten classes (linear_epoch's 784 -> 10: the gradient's micro-kernel is ten rows).
     Returns the rows' summed loss. The gradient is the micro-kernel's product with
     dL as its A panel (rows x classes, exactly the packed layout) and X's rows as
-    its B rows (ldb = d), so the block is read from memory once."""
+    its B rows (ldb = d, _ten_rows_times_batch), so the block is read from memory
+    once."""
     c, d = Wt.shape
     n = r1 - r0
     xb = X[r0:r1]
@@ -153,26 +152,7 @@ def _linear_rows(X, r0, r1, Wt, b, labels, scale, G, gb):
     for i in range(n):
         for j in range(c):
             gb[j] += dl[i, j]
-    xf, dlf = xb.ravel(), dl.ravel()
-    wide = _stack_array(WIDE_TILE, X.dtype)
-    narrow = _stack_array(NARROW_TILE, X.dtype)
-    j0 = 0
-    while j0 + WIDE <= d:
-        fma_panel(dlf, 0, xf, j0, d, n, wide, 10, WIDE)
-        for r in range(c):
-            for j in range(WIDE):
-                G[r, j0 + j] += wide[r * WIDE + j]
-        j0 += WIDE
-    while j0 + NARROW_COLS <= d:
-        fma_panel(dlf, 0, xf, j0, d, n, narrow, 10, NARROW_COLS)
-        for r in range(c):
-            for j in range(NARROW_COLS):
-                G[r, j0 + j] += narrow[r * NARROW_COLS + j]
-        j0 += NARROW_COLS
-    for j in range(j0, d):
-        for r in range(c):
-            for i in range(n):
-                G[r, j] += dl[i, r] * xb[i, j]
+    _ten_rows_times_batch(dl.ravel(), 0, xb, G, 0, True)
     return total
 
 
@@ -362,37 +342,45 @@ def _axpy_rows_t(D, X, rows, GT, WT, lr):
 
 
 @njit
+def _ten_rows_times_batch(ap, a0, xb, C, row0, accumulate):
+    """C[row0:row0+10] = (or, with ``accumulate``, +=) the ten-row A panel at ap[a0:]
+    (one group of ten values per row of xb: the batch is the depth) times xb's
+    rows, through the micro-kernel's depth loop (fma_panel_rows): 10 x 48 tiles of
+    30 vector accumulators stored straight into C's rows, then 10 x 16, then the
+    columns left over one at a time. The weight gradients of the fused linear and
+    nielsen epochs."""
+    m, d = xb.shape
+    xf = xb.ravel()
+    j0 = 0
+    while j0 + WIDE <= d:
+        fma_panel_rows(ap, a0, xf, j0, d, m, C, row0, j0, accumulate, 10, WIDE)
+        j0 += WIDE
+    while j0 + NARROW_COLS <= d:
+        fma_panel_rows(ap, a0, xf, j0, d, m, C, row0, j0, accumulate, 10, NARROW_COLS)
+        j0 += NARROW_COLS
+    for j in range(j0, d):
+        for r in range(10):
+            s0 = C.dtype.type(0)
+            for i in range(m):
+                s0 += ap[a0 + i * 10 + r] * xb[i, j]
+            C[row0 + r, j] = C[row0 + r, j] + s0 if accumulate else s0
+
+
+@njit
 def _weight_grad_panels(D, xb, GT, dp, scale, accumulate):
-    """GT = scale·(xbᵀ·D)ᵀ, or with ``accumulate`` GT += that, through the
-    micro-kernel's depth loop (fma_panel_rows): D's columns in panels of ten (the
-    batch is the depth, ``dp`` their packed copy, scaled), xb's rows (the gathered
-    batch) as B with their own row stride, 10 x 48 tiles of 30 vector
-    accumulators stored straight into GT's rows. GT's rows must be a multiple of
-    ten (nielsen's 30 hidden units). Plain SGD passes W1ᵀ, -lr and accumulate:
-    the step is taken in the gradient's own stores."""
+    """GT = scale·(xbᵀ·D)ᵀ, or with ``accumulate`` GT += that: D's columns packed in
+    panels of ten (``dp``, scaled; the batch is the depth), each panel times the
+    gathered batch xb (_ten_rows_times_batch) into ten rows of GT. GT's rows must
+    be a multiple of ten (nielsen's 30 hidden units). Plain SGD passes W1ᵀ, -lr
+    and accumulate: the step is taken in the gradient's own stores."""
     m, h = D.shape
-    d = xb.shape[1]
     scale = dp.dtype.type(scale)
     for q in range(h // 10):
         for i in range(m):
             for r in range(10):
                 dp[(q * m + i) * 10 + r] = scale * D[i, q * 10 + r]
-    xf = xb.ravel()
     for q in range(h // 10):
-        a0 = q * m * 10
-        j0 = 0
-        while j0 + WIDE <= d:
-            fma_panel_rows(dp, a0, xf, j0, d, m, GT, q * 10, j0, accumulate, 10, WIDE)
-            j0 += WIDE
-        while j0 + NARROW_COLS <= d:
-            fma_panel_rows(dp, a0, xf, j0, d, m, GT, q * 10, j0, accumulate, 10, NARROW_COLS)
-            j0 += NARROW_COLS
-        for j in range(j0, d):
-            for r in range(10):
-                s0 = GT.dtype.type(0)
-                for i in range(m):
-                    s0 += dp[a0 + i * 10 + r] * xb[i, j]
-                GT[q * 10 + r, j] = GT[q * 10 + r, j] + s0 if accumulate else s0
+        _ten_rows_times_batch(dp, q * m * 10, xb, GT, q * 10, accumulate)
 
 
 @njit
