@@ -15,7 +15,7 @@ gradient descent), in which case rows are used in place instead of gathered.
 import numpy as np
 from numba import prange
 
-from ._numba import njit, serial_and_parallel
+from ._numba import TARGET, njit, serial_and_parallel
 from .backprop import bias_act_serial, bias_grad_serial, quadratic, softmax_xent_serial, xent_row
 from .matmul import MR as MMR
 from .matmul import NR as MNR
@@ -64,7 +64,13 @@ def _view2(flat, offset, rows, cols):
 # -- linear: one pass over X ---------------------------------------------------------------
 LIN_ROWS = 64    # rows per block: the block (64 x 784 floats) stays in L2 from forward to gradient
 LIN_TASKS = 8    # fixed work split: serial and parallel runs add the partial sums in one order
-WIDE, NARROW_COLS = 48, 16   # column chunks of the weight-gradient micro-kernel
+# Column chunks of the ten-row weight-gradient tile (_ten_rows_times_batch), from
+# the ISA: ten rows of WIDE / lanes vector accumulators, plus a B row and a
+# broadcast, fit the vector registers (AVX-512: 10 x 48 floats in 30 zmm; AVX2:
+# 10 x 8 in 10 ymm, where 10 x 48 would spill), then one vector's width.
+_LANES = TARGET["vector_bits"] // 32
+NARROW_COLS = _LANES
+WIDE = _LANES * max(1, (TARGET["vector_registers"] - 2) // 10)
 
 
 @njit
