@@ -98,7 +98,7 @@ def generate(result_paths, out_dir, skip_bad=False) -> dict:
     counts = cells["status"].value_counts().to_dict()
     notes.append("cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) +
                  f", {int(cells['noisy'].sum())} noisy, {int(cells['synthetic'].sum())} on synthetic data")
-    said = summary(cells, machines)
+    said = summary(cells, machines, rec, roof=tables["roofline"])
     headers = {h["run_id"]: h for h in runs["header"]}
     run_rows = [[h["run_id"], machine_label(h.get("machine") or {}),
                  ((h.get("git") or {}).get("commit") or "")[:10], h.get("status"), h.get("started"), n]
@@ -131,7 +131,7 @@ def generate(result_paths, out_dir, skip_bad=False) -> dict:
             continue
         answered.append(machine)
         words = summary(cells, machines, rec[(rec["machine"] == machine) & (rec["run_id"] == run_id)],
-                        machine=machine)
+                        machine=machine, roof=tables["roofline"])
         header = headers.get(run_id, {"run_id": run_id})
         about = run_text(header) + (f", started {header['started']}" if header.get("started") else "")
         md += [f"### {machine}\n", about + "\n"] + [f"- {w}" for w in words] + ["", md_table(*frame_rows(rows))]

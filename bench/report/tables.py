@@ -497,10 +497,11 @@ def _backend_runs(rows):
     return spans
 
 
-def summary(cells, machines, rec=None, machine=None) -> list:
+def summary(cells, machines, rec=None, machine=None, roof=None) -> list:
     """Sentences on who wins where, by how much and how sure, from the data
     (``rec``: the recommendation rows to speak of, default all of them;
-    ``machine``: the kernels of that machine label only)."""
+    ``machine``: the kernels of that machine label only; ``roof``: the roofline
+    table where the caller has it already, default computed here)."""
     out = []
     rec = recommendation_table(cells) if rec is None else rec
     rec = rec.assign(_images=rec["images"].fillna(0).astype(int))
@@ -525,7 +526,7 @@ def summary(cells, machines, rec=None, machine=None) -> list:
                                                   f"{min(lows):.2f}x)" if margins and lows else ""))
         epoch_size = f", {images:,}-image epochs" if images else ""
         out.append(f"{model} on {machine}, {threads} threads{epoch_size} -- " + "; ".join(parts) + ".")
-    roof = roofline_table(cells, machines)
+    roof = roofline_table(cells, machines) if roof is None else roof
     mm = roof[roof["kernel"].str.contains("matmul") & (roof["dtype"] == "float32") &
               ~roof["version"].str.contains(REDUCED_PRECISION)] if not roof.empty else roof
     if machine is not None and not mm.empty:
