@@ -71,16 +71,13 @@ def styles(cells):
     names = sorted(set(cells["backend"]), key=lambda b: (b.split(":")[0] not in order,
                                                           order.index(b.split(":")[0])
                                                           if b.split(":")[0] in order else 0, b))
-    out, taken = {}, {}
+    out = {}
     for name in names:
         family = family_of(name)
         known = [b for b in order if family_of(b) == family]
-        base = name.split(":")[0]
-        i = known.index(base) if base in known and base == name else None
-        if i is None or i in taken.setdefault(family, set()):  # plugins and options: next free
-            taken.setdefault(family, set())
-            i = len(known) + len([n for n in out if family_of(n) == family])
-        taken[family].add(i)
+        # a registered backend: its place among its library's; a plugin or a
+        # backend with options: the places after them, in name order
+        i = known.index(name) if name in known else len(known) + sum(family_of(n) == family for n in out)
         shades = FAMILIES[family]
         out[name] = (shades[i % len(shades)], FAMILY_MARKERS[i % len(FAMILY_MARKERS)])
     return out
