@@ -135,3 +135,31 @@ def stack_array(typingctx, size, dtype):
                                itemsize=intp(itemsize), meminfo=None)
         return array._getvalue()
     return array_type(size, dtype), codegen
+
+
+@intrinsic
+def prefetch_row(typingctx, arr, row):
+    """Ask the caches for row ``row`` of the 2-D C-contiguous ``arr`` (one
+    prefetch per 64-byte line; the data is not waited for): a gather's next rows
+    then arrive from memory while the current ones are worked on."""
+    if not (isinstance(arr, _types.Array) and arr.ndim == 2 and arr.layout == "C"):
+        return None
+
+    def codegen(context, builder, signature, args):
+        import llvmlite.ir as ir
+        a = context.make_array(signature.args[0])(context, builder, args[0])
+        intp = context.get_value_type(_types.intp)
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = builder.module.globals.get("llvm.prefetch.p0") or ir.Function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), name="llvm.prefetch.p0")
+        stride = builder.extract_value(a.strides, 0)
+        base = builder.add(builder.ptrtoint(a.data, intp), builder.mul(args[1], stride))
+        with cgutils.for_range(builder, builder.udiv(builder.add(stride, intp(63)), intp(64))) as loop:
+            ptr = builder.inttoptr(builder.add(base, builder.mul(loop.index, intp(64))), i8p)
+            builder.call(fn, [ptr, i32(0), i32(PREFETCH_LOCALITY), i32(1)])
+        return context.get_dummy_value()
+    return _types.none(arr, _types.intp), codegen
+
+
+PREFETCH_LOCALITY = 1

@@ -10,18 +10,24 @@ from numba.extending import intrinsic
 from ._numba import TARGET
 
 
-def panel_codegen(dtype, MR_, NR_, lanes, to_rows):
+def panel_codegen(dtype, MR_, NR_, lanes, to_rows, strided_a=False):
     """LLVM IR of the depth loop over one A and one B panel; the MR x NR/L
     accumulators are vector SSA values (phi nodes) carried through the loop.
     Depth step p reads B's row at Bp[b0 + p·ldb:] (ldb = NR for a packed panel,
-    a matrix's row length for unpacked rows). ``to_rows``: the result goes into
+    a matrix's row length for unpacked rows) and row r of A at Ap[a0 + p·MR + r]
+    (a packed panel) or, ``strided_a``, at Ap[a0 + p·a_step + r·a_row] (rows or
+    columns of a matrix in place: no packing). ``to_rows``: the result goes into
     C's rows (C[ci + r, cj:cj + NR], contiguous) with vector loads, adds and
     stores; else into a tile of MR x NR values."""
     V = NR_ // lanes
 
     def codegen(context, builder, signature, args):
+        sig = signature.args
+        if strided_a:  # (Ap, a0, a_step, a_row, Bp, ...): the A strides out of the way
+            a_step_v, a_row_v = args[2], args[3]
+            args, sig = args[:2] + args[4:], sig[:2] + sig[4:]
         ap_arr, a0_v, bp_arr, b0_v, ldb_v, kc_v, c_arr = args[:7]
-        aty, _, bty, _, _, _, cty = signature.args[:7]
+        aty, _, bty, _, _, _, cty = sig[:7]
         elem = context.get_data_type(dtype)
         vec = ir.VectorType(elem, lanes)
         ap = context.make_array(aty)(context, builder, ap_arr).data
@@ -63,12 +69,17 @@ def panel_codegen(dtype, MR_, NR_, lanes, to_rows):
         p = builder.phi(intp)
         accs = [builder.phi(vec) for _ in range(MR_ * V)]
         b_base = builder.add(b0_v, builder.mul(p, ldb_v))
-        a_base = builder.add(a0_v, builder.mul(p, ir.Constant(intp, MR_)))
+        if strided_a:
+            a_base = builder.add(a0_v, builder.mul(p, a_step_v))
+            a_rows = [builder.mul(ir.Constant(intp, r), a_row_v) for r in range(MR_)]
+        else:
+            a_base = builder.add(a0_v, builder.mul(p, ir.Constant(intp, MR_)))
+            a_rows = [ir.Constant(intp, r) for r in range(MR_)]
         bvecs = [builder.load(builder.bitcast(builder.gep(bp, [builder.add(b_base, ir.Constant(intp, v * lanes))]),
                                               vec.as_pointer()), align=4) for v in range(V)]
         new = []
         for r in range(MR_):
-            a = builder.load(builder.gep(ap, [builder.add(a_base, ir.Constant(intp, r))]))
+            a = builder.load(builder.gep(ap, [builder.add(a_base, a_rows[r])]))
             splat = builder.shuffle_vector(builder.insert_element(undef, a, ir.Constant(ir.IntType(32), 0)),
                                            undef, mask)
             new += [builder.call(fma, [splat, bvecs[v], accs[r * V + v]]) for v in range(V)]
@@ -148,3 +159,19 @@ def fma_panel_rows(typingctx, Ap, a0, Bp, b0, ldb, kc, C, ci, cj, accumulate, mr
         return None
     return (types.none(Ap, a0, Bp, b0, ldb, kc, C, ci, cj, accumulate, mr, nr),
             panel_codegen(Ap.dtype, mr.literal_value, nr.literal_value, lanes, True))
+
+
+@intrinsic
+def fma_strided_rows(typingctx, A, a0, a_step, a_row, Bp, b0, ldb, kc, C, ci, cj, accumulate, mr, nr):
+    """fma_panel_rows with A read in place: row r of the panel at depth p is
+    A[a0 + p·a_step + r·a_row] (a_step = 1, a_row = the row length: a matrix's
+    rows; a_step = the row length, a_row = 1: its columns, i.e. Aᵀ), so a
+    gathered batch multiplies without being packed first. The caller keeps every
+    such index inside A."""
+    if not (isinstance(mr, types.IntegerLiteral) and isinstance(nr, types.IntegerLiteral)):
+        return None
+    lanes = lanes_for(A.dtype, nr.literal_value)
+    if lanes is None:
+        return None
+    return (types.none(A, a0, a_step, a_row, Bp, b0, ldb, kc, C, ci, cj, accumulate, mr, nr),
+            panel_codegen(A.dtype, mr.literal_value, nr.literal_value, lanes, True, strided_a=True))

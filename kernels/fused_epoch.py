@@ -15,12 +15,12 @@ gradient descent), in which case rows are used in place instead of gathered.
 import numpy as np
 from numba import prange
 
-from ._numba import TARGET, njit, serial_and_parallel
+from ._numba import TARGET, njit, prefetch_row, serial_and_parallel
 from .backprop import bias_act_serial, bias_grad_serial, quadratic, softmax_xent_serial, xent_row
 from .matmul import MR as MMR
 from .matmul import NR as MNR
-from .fma_codegen import fma_panel_rows
-from .matmul import PARALLEL_MIN_WORK, axpy_columns, block, pack_b
+from .fma_codegen import fma_panel_rows, fma_strided_rows
+from .matmul import PARALLEL_MIN_WORK, axpy_columns
 from .matmul import dot_rows
 from .update import adam_parallel, adam_serial, momentum_parallel, momentum_serial, sgd_parallel, sgd_serial
 
@@ -472,11 +472,12 @@ def nielsen_epoch(X, onehot, order, starts, contiguous, flat, gflat, s1, s2, hid
 # The first layer's products (X·W1, 784 deep, and Xᵀ·dH) are the work: W1 -- and
 # with it its gradient and optimizer state, which the elementwise updates treat
 # alike -- lives in the micro-kernel's packed B panels (NR columns each, zero
-# columns up to a whole panel) from the start of the epoch to its end; each step
-# packs only the gathered batch (as A for X·W1, and as A over the batch's depth
-# for Xᵀ·dH) and dH's panels, and the macro-kernel writes W1's gradient straight
-# into its panels. The 10-wide second layer runs on W2 held transposed (10 x
-# hidden): dot products and axpys along the hidden units.
+# columns up to a whole panel) from the start of the epoch to its end. Nothing
+# else is packed: the micro-kernel reads the gathered batch in place, along its
+# rows for X·W1 and down its columns for Xᵀ·dH (fma_strided_rows), and dH's rows
+# as B's, and writes W1's gradient straight into its panels. (Packing the batch
+# twice per step cost more than both products.) The 10-wide second layer runs on
+# W2 held transposed (10 x hidden): dot products and axpys along the hidden units.
 @njit
 def _two_layer_params(flat, d, h, c):
     w1 = _view2(flat, 0, d, h)
@@ -505,53 +506,62 @@ def _to_panels(buf, rows, cols, panels_buf, inverse):
                     panels_buf[(t * rows + p) * MNR + j] = a[p * cols + col]
 
 
-def _panel_products(Ap, Bp, C, rows, kc, panels, bstride, edges, to_panels):
-    """For every NR-column panel t: C(panel t) = A · B(panel t), the tasks split over
-    panels. ``to_panels``: C is itself packed -- a (panels·rows) x NR matrix whose
-    panel t is rows t·rows onwards -- else panel t is C's columns t·NR onwards."""
-    for t in prange(panels):
-        i0, j0 = (t * rows, 0) if to_panels else (0, t * MNR)
-        block(Ap, Bp[t * bstride:(t + 1) * bstride], C, i0, rows, j0, MNR, kc, False, edges[t])
-
-
-_panel_products_serial, _panel_products_parallel = serial_and_parallel(_panel_products)
-
-
-def _pack_batch(X, order, lo, n, ap, atp):
-    """The batch's rows X[order[lo:lo + n]] packed twice, straight from X: as A
-    panels of MR samples (ap, for X·W1) and as A panels of MR features over the
-    batch's depth (atp, for Xᵀ·dH, contiguous MR-value copies per sample). Tasks
-    split over panels; every panel is written by one task."""
+def _gather_rows(X, order, lo, n, xb):
+    """xb's first n rows = X[order[lo:lo + n]] (xb is a flat buffer of rows as long
+    as X's; the rows past n are left as they are)."""
     d = X.shape[1]
-    sample_panels = (n + MMR - 1) // MMR
-    feature_panels = (d + MMR - 1) // MMR
-    for task in prange(sample_panels + feature_panels):
-        if task < sample_panels:
-            i0 = task * MMR
-            base = task * d * MMR
-            for r in range(MMR):
-                if i0 + r < n:
-                    row = X[order[lo + i0 + r]]
-                    for p in range(d):
-                        ap[base + p * MMR + r] = row[p]
-                else:
-                    for p in range(d):
-                        ap[base + p * MMR + r] = 0
-        else:
-            q = task - sample_panels
-            f0 = q * MMR
-            base = q * n * MMR
-            w = min(MMR, d - f0)
-            for p in range(n):
-                row = X[order[lo + p]]
-                o = base + p * MMR
-                for r in range(w):
-                    atp[o + r] = row[f0 + r]
-                for r in range(w, MMR):
-                    atp[o + r] = 0
+    for r in prange(n):
+        row = X[order[lo + r]]
+        o = r * d
+        for p in range(d):
+            xb[o + p] = row[p]
 
 
-_pack_batch_serial, _pack_batch_parallel = serial_and_parallel(_pack_batch)
+_gather_rows_serial, _gather_rows_parallel = serial_and_parallel(_gather_rows)
+
+
+@njit
+def _edge_rows(edge, C, ci, cj, rows):
+    for r in range(rows):
+        for j in range(MNR):
+            C[ci + r, cj + j] = edge[r, j]
+
+
+def _batch_times_panels(xb, n, d, Wp, H, panels, edges):
+    """H (n x panels·NR) = the gathered batch (xb: n rows of d, read in place, at
+    least MR - 1 rows of slack after them) times W1's panels (Wp: panels of d x NR),
+    the tasks split over panels. The last rows, fewer than MR, go through
+    ``edges[t]`` (their slack rows' products are dropped)."""
+    for t in prange(panels):
+        b0 = t * d * MNR
+        for i0 in range(0, n, MMR):
+            if i0 + MMR <= n:
+                fma_strided_rows(xb, i0 * d, 1, d, Wp, b0, MNR, d, H, i0, t * MNR, False, MMR, MNR)
+            else:
+                fma_strided_rows(xb, i0 * d, 1, d, Wp, b0, MNR, d, edges[t], 0, 0, False, MMR, MNR)
+                _edge_rows(edges[t], H, i0, t * MNR, n - i0)
+
+
+_batch_times_panels_serial, _batch_times_panels_parallel = serial_and_parallel(_batch_times_panels)
+
+
+def _batch_t_times(xb, n, d, D, G, panels, edges):
+    """W1's gradient in panels: G's rows t·d .. t·d + d - 1 (NR wide) = xbᵀ · D's
+    columns t·NR onwards, the batch as the depth: the panel's MR features of each
+    sample are MR consecutive floats of its row in xb (Aᵀ read in place, one more
+    slack row after the n), D's row (panels·NR floats, contiguous) is B's row. No
+    packing of either operand; the tasks split over panels."""
+    hp = panels * MNR
+    for t in prange(panels):
+        for f0 in range(0, d, MMR):
+            if f0 + MMR <= d:
+                fma_strided_rows(xb, f0, d, 1, D, t * MNR, hp, n, G, t * d + f0, 0, False, MMR, MNR)
+            else:
+                fma_strided_rows(xb, f0, d, 1, D, t * MNR, hp, n, edges[t], 0, 0, False, MMR, MNR)
+                _edge_rows(edges[t], G, t * d + f0, 0, d - f0)
+
+
+_batch_t_times_serial, _batch_t_times_parallel = serial_and_parallel(_batch_t_times)
 
 
 @njit
@@ -583,9 +593,8 @@ def two_layer_epoch(X, targets, order, starts, contiguous, flat, gflat, s1, s2, 
     m = 0
     for bi in range(nb):
         m = max(m, starts[bi + 1] - starts[bi])
-    ap = np.empty((m + MMR - 1) // MMR * MMR * d, X.dtype)   # the batch as A panels (m x d)
-    atp = np.empty(((d + MMR - 1) // MMR * MMR) * m, X.dtype)   # its transpose (d x m)
-    dhp = np.empty(panels * m * MNR, X.dtype)      # dH as B panels (m x NR each)
+    # the gathered batch, MR rows of slack: the edge tiles read (and drop) them
+    xb = np.zeros(((m + MMR - 1) // MMR + 1) * MMR * d, X.dtype)
     edges = np.empty((panels, MMR, MNR), X.dtype)
     # the hidden layer at the padded width hp, on contiguous arrays: the padding's
     # weights (W1's panel columns, b1's and W2's rows) are zero, so its units
@@ -600,9 +609,12 @@ def two_layer_epoch(X, targets, order, starts, contiguous, flat, gflat, s1, s2, 
         lo, hi = starts[bi], starts[bi + 1]
         n = hi - lo
         if par:
-            _pack_batch_parallel(X, order, lo, n, ap, atp)
+            _gather_rows_parallel(X, order, lo, n, xb)
         else:
-            _pack_batch_serial(X, order, lo, n, ap, atp)
+            _gather_rows_serial(X, order, lo, n, xb)
+        if bi + 1 < nb:
+            for r in range(hi, starts[bi + 2]):
+                prefetch_row(X, order[r])
         yb = targets[order[lo:hi]]
         h, out, dz2, dz1 = h_buf[:n], out_buf[:n], dz_buf[:n], dh_buf[:n]
         for p in range(hidden):
@@ -610,9 +622,9 @@ def two_layer_epoch(X, targets, order, starts, contiguous, flat, gflat, s1, s2, 
             for j in range(c):
                 w2t[j, p] = w2[p, j]
         if par:
-            _panel_products_parallel(ap, w1p, h, n, d, panels, d * MNR, edges, False)
+            _batch_times_panels_parallel(xb, n, d, w1p, h, panels, edges)
         else:
-            _panel_products_serial(ap, w1p, h, n, d, panels, d * MNR, edges, False)
+            _batch_times_panels_serial(xb, n, d, w1p, h, panels, edges)
         bias_act_serial(h, b1p, act)
         total += _xent_output(h, w2t, b2, yb, out, dz2)
         # the output layer's weight gradient as in nielsen_epoch; the two epochs stay
@@ -625,12 +637,10 @@ def two_layer_epoch(X, targets, order, starts, contiguous, flat, gflat, s1, s2, 
                 gw2[p, j] = gw2t[j, p]
         bias_grad_serial(dz2, gb2)
         _hidden_backward_rows(dz2, w2t, h, act, dz1)
-        for t in range(panels):
-            pack_b(dz1, False, 0, n, t * MNR, MNR, dhp[t * n * MNR:(t + 1) * n * MNR])
         if par:
-            _panel_products_parallel(atp, dhp, gw1_panels, d, n, panels, n * MNR, edges, True)
+            _batch_t_times_parallel(xb, n, d, dz1.ravel(), gw1_panels, panels, edges)
         else:
-            _panel_products_serial(atp, dhp, gw1_panels, d, n, panels, n * MNR, edges, True)
+            _batch_t_times_serial(xb, n, d, dz1.ravel(), gw1_panels, panels, edges)
         bias_grad_serial(dz1, gb1p)
         for p in range(hidden):
             gb1[p] = gb1p[p]

@@ -93,41 +93,40 @@ def numpy_and_fused(net, config, n, rtol, epochs=2):
     return (trainers[0].params(), net.init_params(0)), trainers[1].params(), (x, trainers)
 
 
-# The mlp epoch's kernels: the batch packed straight from X (both ways), the panel
-# products forward (C plain) and backward (C packed), and the 10-wide second layer
-# against W2 held transposed.
-PANEL_SHAPES = [(1, 1, 1), (7, 33, 5), (13, 784, 32), (33, 257, 7), (17, 9, 65), (96, 784, 128)]
+# The mlp epoch's kernels: the batch gathered from X, its products with W1's panels
+# forward (the batch read along its rows) and backward (down its columns, dH's rows
+# as B), no operand packed but W1; the edge tiles on every shape below.
+PANEL_SHAPES = [(1, 1, 1), (7, 33, 5), (13, 784, 32), (33, 257, 7), (17, 9, 65), (96, 784, 128),
+                (128, 784, 128)]
 
 
 @pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
 @pytest.mark.parametrize("n,d,h", PANEL_SHAPES)
-def test_packed_batch_panel_products_match_numpy(n, d, h, parallel):
-    from mnist_numba_bench.kernels.matmul import pack_b
+def test_batch_panel_products_match_numpy(n, d, h, parallel):
     mr, nr = fe.MMR, fe.MNR
     rng = np.random.default_rng(n * 1000 + d + h)
     x = rng.standard_normal((n + 5, d)).astype(np.float32)
     order = rng.permutation(n + 5).astype(np.int64)
     lo = 3  # the batch starts part-way into the order
     rows = order[lo:lo + n]
-    ap = np.full(-(-n // mr) * mr * d, np.nan, np.float32)
-    atp = np.full(-(-d // mr) * mr * n, np.nan, np.float32)
-    (fe._pack_batch_parallel if parallel else fe._pack_batch_serial)(x, order, lo, n, ap, atp)
+    # the slack rows hold NaN: a product that used them would show it
+    xb = np.full((-(-n // mr) + 1) * mr * d, np.nan, np.float32)
+    (fe._gather_rows_parallel if parallel else fe._gather_rows_serial)(x, order, lo, n, xb)
+    np.testing.assert_array_equal(xb[:n * d].reshape(n, d), x[rows])
     panels = -(-h // nr)
     w = rng.standard_normal((d, h)).astype(np.float32)
     wp = np.empty(panels * d * nr, np.float32)
     fe._to_panels(w.ravel().copy(), d, h, wp, False)
     edges = np.empty((panels, mr, nr), np.float32)
-    products = fe._panel_products_parallel if parallel else fe._panel_products_serial
+    forward = fe._batch_times_panels_parallel if parallel else fe._batch_times_panels_serial
     hid = np.full((n, panels * nr), np.nan, np.float32)
-    products(ap, wp, hid, n, d, panels, d * nr, edges, False)
+    forward(xb, n, d, wp, hid, panels, edges)
     np.testing.assert_allclose(hid[:, :h], x[rows] @ w, rtol=1e-4, atol=1e-4 * np.sqrt(d))
     np.testing.assert_array_equal(hid[:, h:], 0)  # zero panel columns give zero units
     dh = rng.standard_normal((n, panels * nr)).astype(np.float32)
-    dhp = np.empty(panels * n * nr, np.float32)
-    for t in range(panels):
-        pack_b(dh, False, 0, n, t * nr, nr, dhp[t * n * nr:(t + 1) * n * nr])
     gp = np.full((panels * d, nr), np.nan, np.float32)
-    products(atp, dhp, gp, d, n, panels, n * nr, edges, True)
+    backward = fe._batch_t_times_parallel if parallel else fe._batch_t_times_serial
+    backward(xb, n, d, dh.ravel(), gp, panels, edges)
     g = np.empty(d * h, np.float32)
     fe._to_panels(g, d, h, gp.ravel(), True)
     np.testing.assert_allclose(g.reshape(d, h), x[rows].T @ dh[:, :h], rtol=1e-4, atol=1e-4 * np.sqrt(n))
