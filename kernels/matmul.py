@@ -98,10 +98,17 @@ def _blocked(A, B, C, parallel):
 def _pack_b(B, tb, p0, kc, j0, nc, Bp):
     """op(B)[p0:p0+kc, j0:j0+nc] -> consecutive kc x NR panels (zero-padded) in Bp,
     op(B) = Bᵀ when ``tb``. The loop runs along B's stored rows either way."""
+    p0, kc, j0, nc = max(p0, 0), max(kc, 0), max(j0, 0), max(nc, 0)  # see the module's note on indices
     for jp in range(0, nc, NR):
         base = (jp // NR) * kc * NR
         w = min(NR, nc - jp)
-        if not tb:
+        if not tb and w == NR:  # a whole panel: NR-float row copies, a constant trip count
+            for p in range(kc):
+                row = base + p * NR
+                src = B[p0 + p]
+                for j in range(NR):
+                    Bp[row + j] = src[j0 + jp + j]
+        elif not tb:
             for p in range(kc):
                 row = base + p * NR
                 for j in range(w):
@@ -121,6 +128,7 @@ def _pack_a(A, ta, i0, mc, p0, kc, Ap):
     """op(A)[i0:i0+mc, p0:p0+kc] -> consecutive MR x kc panels in Ap, each kc groups
     of MR values (rows past mc are 0), op(A) = Aᵀ when ``ta``; read along A's
     stored rows."""
+    i0, mc, p0, kc = max(i0, 0), max(mc, 0), max(p0, 0), max(kc, 0)  # see the module's note on indices
     for ip in range(0, mc, MR):
         base = (ip // MR) * kc * MR
         h = min(MR, mc - ip)
@@ -128,6 +136,11 @@ def _pack_a(A, ta, i0, mc, p0, kc, Ap):
             for r in range(h):
                 for p in range(kc):
                     Ap[base + p * MR + r] = A[i0 + ip + r, p0 + p]
+        elif h == MR:  # a whole panel: MR-float row copies, a constant trip count
+            for p in range(kc):
+                src = A[p0 + p]
+                for r in range(MR):
+                    Ap[base + p * MR + r] = src[i0 + ip + r]
         else:
             for p in range(kc):
                 for r in range(h):
