@@ -16,6 +16,13 @@
   ``<NUMBA_CACHE_DIR or the suite's cache>/numba/<target and tile key>-<kernel source hash>``.
 - ``fastmath`` without ``nnan``/``ninf``: reassociation and FMA contraction
   let LLVM vectorise reductions, while NaN/inf checks keep their meaning.
+- The thread pool is started on import. A parallel kernel loaded from the
+  cache starts it itself, but a serial caller compiled against such a cached
+  kernel does not record that it must (Numba keeps that duty only with
+  libraries it compiled in the same process), so the caller, once cached too,
+  would call through the pool's null entry points: a segfault on every later
+  run (the fused mlp epoch did, after its parallel pieces had been compiled by
+  another process).
 """
 import hashlib
 import os
@@ -55,6 +62,8 @@ import numba  # noqa: E402  (after the settings above)
 from numba import types as _types  # noqa: E402
 from numba.core import cgutils  # noqa: E402
 from numba.extending import intrinsic  # noqa: E402
+
+numba.get_num_threads()  # starts the thread pool: see the note above
 
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 # Every CPU kernel: cached on disk so later processes skip compilation.
@@ -157,9 +166,7 @@ def prefetch_row(typingctx, arr, row):
         base = builder.add(builder.ptrtoint(a.data, intp), builder.mul(args[1], stride))
         with cgutils.for_range(builder, builder.udiv(builder.add(stride, intp(63)), intp(64))) as loop:
             ptr = builder.inttoptr(builder.add(base, builder.mul(loop.index, intp(64))), i8p)
-            builder.call(fn, [ptr, i32(0), i32(PREFETCH_LOCALITY), i32(1)])
+            # locality 1: into the outer caches only; the rows are needed a step later
+            builder.call(fn, [ptr, i32(0), i32(1), i32(1)])
         return context.get_dummy_value()
     return _types.none(arr, _types.intp), codegen
-
-
-PREFETCH_LOCALITY = 1

@@ -206,3 +206,48 @@ def test_every_route_from_python_and_from_compiled_code(m, k, n, ta, tb, expecte
     compiled = np.full((m, n), np.nan, np.float32)
     matmul.gemm(a, ta, b, tb, compiled, parallel)
     np.testing.assert_allclose(compiled, want, rtol=1e-4, atol=1e-3 * np.sqrt(k))
+
+
+CACHED_CALLER = '''
+import sys
+import numpy as np
+from numba import prange
+from mnist_numba_bench.kernels._numba import njit, njit_parallel
+
+
+@njit_parallel
+def double(x):
+    for i in prange(x.size):
+        x[i] *= 2.0
+
+
+@njit
+def caller(x):
+    double(x)
+    return x.sum()
+
+
+x = np.ones(1000)
+if sys.argv[1] == "parallel-only":
+    double(x)
+else:
+    print(caller(x), sum(caller.stats.cache_hits.values()))
+'''
+
+
+def test_serial_caller_of_a_cached_parallel_kernel_loads_from_cache(tmp_path):
+    """A parallel kernel compiled (and cached) on its own by one process, a serial
+    caller compiled against the cached kernel by the next, the caller loaded from
+    the cache by a third: Numba alone segfaults there (the caller calls the
+    thread pool before anything starts it); importing the kernels starts it."""
+    script = tmp_path / "cached_caller.py"
+    script.write_text(CACHED_CALLER)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    runs = [subprocess.run([sys.executable, str(script), arg], env=env, capture_output=True, text=True,
+                           timeout=300, cwd=tmp_path)
+            for arg in ("parallel-only", "caller", "caller")]
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-2000:]
+    total, hits = runs[2].stdout.split()
+    assert float(total) == 2000.0
+    assert int(hits) >= 1  # the third process did load the caller from the cache
