@@ -506,18 +506,18 @@ def _to_panels(buf, rows, cols, panels_buf, inverse):
                     panels_buf[(t * rows + p) * MNR + j] = a[p * cols + col]
 
 
+@njit
 def _gather_rows(X, order, lo, n, xb):
     """xb's first n rows = X[order[lo:lo + n]] (xb is a flat buffer of rows as long
-    as X's; the rows past n are left as they are)."""
+    as X's; the rows past n are left as they are). One thread: split over two,
+    the gather took longer (the rows come from memory either way, prefetched a
+    step ahead)."""
     d = X.shape[1]
-    for r in prange(n):
+    for r in range(n):
         row = X[order[lo + r]]
         o = r * d
         for p in range(d):
             xb[o + p] = row[p]
-
-
-_gather_rows_serial, _gather_rows_parallel = serial_and_parallel(_gather_rows)
 
 
 @njit
@@ -608,10 +608,7 @@ def two_layer_epoch(X, targets, order, starts, contiguous, flat, gflat, s1, s2, 
     for bi in range(nb):
         lo, hi = starts[bi], starts[bi + 1]
         n = hi - lo
-        if par:
-            _gather_rows_parallel(X, order, lo, n, xb)
-        else:
-            _gather_rows_serial(X, order, lo, n, xb)
+        _gather_rows(X, order, lo, n, xb)
         if bi + 1 < nb:
             for r in range(hi, starts[bi + 2]):
                 prefetch_row(X, order[r])
