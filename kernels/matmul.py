@@ -97,31 +97,36 @@ def _blocked(A, B, C, parallel):
 # -- v3: packing and the micro-kernel ------------------------------------------------
 def _pack_b(B, tb, p0, kc, j0, nc, Bp):
     """op(B)[p0:p0+kc, j0:j0+nc] -> consecutive kc x NR panels (zero-padded) in Bp,
-    op(B) = Bᵀ when ``tb``. The loop runs along B's stored rows either way."""
+    op(B) = Bᵀ when ``tb``. The loop runs along B's stored rows either way: for
+    B, each row's stretch across all the panels at once (one pass down B, not one
+    per panel: a panel's NR floats of every row touch a page per row)."""
     p0, kc, j0, nc = max(p0, 0), max(kc, 0), max(j0, 0), max(nc, 0)  # see the module's note on indices
+    if not tb:
+        full = nc // NR
+        for p in range(kc):
+            src = B[p0 + p]
+            for t in range(full):
+                row = t * kc * NR + p * NR
+                for j in range(NR):  # a constant trip count: vector copies
+                    Bp[row + j] = src[j0 + t * NR + j]
+        w = nc - full * NR
+        if w > 0:
+            for p in range(kc):
+                row = full * kc * NR + p * NR
+                for j in range(w):
+                    Bp[row + j] = B[p0 + p, j0 + full * NR + j]
+                for j in range(w, NR):
+                    Bp[row + j] = 0
+        return
     for jp in range(0, nc, NR):
         base = (jp // NR) * kc * NR
         w = min(NR, nc - jp)
-        if not tb and w == NR:  # a whole panel: NR-float row copies, a constant trip count
+        for j in range(w):
             for p in range(kc):
-                row = base + p * NR
-                src = B[p0 + p]
-                for j in range(NR):
-                    Bp[row + j] = src[j0 + jp + j]
-        elif not tb:
+                Bp[base + p * NR + j] = B[j0 + jp + j, p0 + p]
+        for j in range(w, NR):
             for p in range(kc):
-                row = base + p * NR
-                for j in range(w):
-                    Bp[row + j] = B[p0 + p, j0 + jp + j]
-                for j in range(w, NR):
-                    Bp[row + j] = 0
-        else:
-            for j in range(w):
-                for p in range(kc):
-                    Bp[base + p * NR + j] = B[j0 + jp + j, p0 + p]
-            for j in range(w, NR):
-                for p in range(kc):
-                    Bp[base + p * NR + j] = 0
+                Bp[base + p * NR + j] = 0
 
 
 def _pack_a(A, ta, i0, mc, p0, kc, Ap):
@@ -215,9 +220,13 @@ def _packed(A, ta, B, tb, C):
         nc = min(NC, n - j0)
         for p0 in range(0, k, KC):
             kc = min(KC, k - p0)
-            for t in prange((nc + NR - 1) // NR):
-                jt = t * NR
-                _pack_b(B, tb, p0, kc, j0 + jt, min(NR, nc - jt), Bp[t * kc * NR:(t + 1) * kc * NR])
+            # the panels in MIN_ROW_BLOCKS runs, one task each
+            panels = (nc + NR - 1) // NR
+            per_task = (panels + MIN_ROW_BLOCKS - 1) // MIN_ROW_BLOCKS
+            for task in prange((panels + per_task - 1) // per_task):
+                t0 = task * per_task
+                t1 = min(panels, t0 + per_task)
+                _pack_b(B, tb, p0, kc, j0 + t0 * NR, min(nc, t1 * NR) - t0 * NR, Bp[t0 * kc * NR:t1 * kc * NR])
             for ib in prange(n_ib):
                 i0 = ib * mc
                 rows = min(mc, m - i0)
@@ -246,8 +255,7 @@ def _packed_columns(A, ta, B, tb, C):
             nc = min(width, n - j0)
             Bp = np.empty(kc * ((nc + NR - 1) // NR * NR), C.dtype)
             edge = np.empty((MR, NR), C.dtype)
-            for jp in range(0, nc, NR):
-                _pack_b(B, tb, p0, kc, j0 + jp, min(NR, nc - jp), Bp[(jp // NR) * kc * NR:(jp // NR + 1) * kc * NR])
+            _pack_b(B, tb, p0, kc, j0, nc, Bp)
             _block(Ap, Bp, C, 0, m, j0, nc, kc, p0 > 0, edge)
 
 
@@ -483,9 +491,6 @@ def build(tile, suffix, cache=True):
 _f32 = build(TILE, "_f32")
 _packed_serial, _packed_parallel = _f32["serial"], _f32["parallel"]
 gemm_serial, gemm_parallel = _f32["gemm_serial"], _f32["gemm_parallel"]
-# the float32 packing and macro-kernel, for compiled callers that keep an operand
-# packed across calls (the fused mlp epoch)
-pack_a, pack_b, block = (_f32["pieces"][k] for k in ("_pack_a", "_pack_b", "_block"))
 TILE_F64 = dict(TILE, NR=max(4, TILE["NR"] // 2))
 _f64 = build(TILE_F64, "_f64")
 
