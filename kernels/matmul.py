@@ -211,11 +211,13 @@ def _packed(A, ta, B, tb, C):
         return
     kc_max = min(KC, k)
     Bp = np.empty(kc_max * ((min(NC, n) + NR - 1) // NR * NR), C.dtype)
-    # a multiple of MIN_ROW_BLOCKS row blocks of at most MC rows, as even as MR
-    # allows: every thread count that divides MIN_ROW_BLOCKS gets the same share
+    # a multiple of MIN_ROW_BLOCKS row blocks of about MC rows, the row panels
+    # (MR rows) dealt out evenly: every thread count that divides
+    # MIN_ROW_BLOCKS gets the same share (a short last block would idle the
+    # threads that do not take it)
+    row_panels = (m + MR - 1) // MR
     n_ib = MIN_ROW_BLOCKS * ((m + MIN_ROW_BLOCKS * MC - 1) // (MIN_ROW_BLOCKS * MC))
-    mc = max(MR, ((m + n_ib - 1) // n_ib + MR - 1) // MR * MR)
-    n_ib = (m + mc - 1) // mc
+    n_ib = min(n_ib, row_panels)
     for j0 in range(0, n, NC):
         nc = min(NC, n - j0)
         for p0 in range(0, k, KC):
@@ -228,8 +230,8 @@ def _packed(A, ta, B, tb, C):
                 t1 = min(panels, t0 + per_task)
                 _pack_b(B, tb, p0, kc, j0 + t0 * NR, min(nc, t1 * NR) - t0 * NR, Bp[t0 * kc * NR:t1 * kc * NR])
             for ib in prange(n_ib):
-                i0 = ib * mc
-                rows = min(mc, m - i0)
+                i0 = ib * row_panels // n_ib * MR
+                rows = min(m, (ib + 1) * row_panels // n_ib * MR) - i0
                 Ap = np.empty(kc * ((rows + MR - 1) // MR * MR), C.dtype)
                 edge = np.empty((MR, NR), C.dtype)
                 _pack_a(A, ta, i0, rows, p0, kc, Ap)
