@@ -58,24 +58,39 @@ conv2d_direct_serial, conv2d_direct_parallel = serial_and_parallel(_conv2d_direc
 
 
 # -- im2col + GEMM over the whole batch ---------------------------------------------------
+MIN_TASKS = 16
 # The batch's patches become one (C·KH·KW) x (N·OH·OW) matrix, so a layer is ONE
 # packed GEMM with the weights (F x C·KH·KW) -- long enough in every dimension
 # for the micro-kernel -- instead of N small ones that repack the weights each
 # time. The backward reuses the forward's columns for the weight gradient and
 # scatters the input gradient back (col2im).
+@njit
+def _sample_runs(n_, c_):
+    """Runs of samples per channel, so that channels x runs make at least
+    MIN_TASKS tasks (a one-channel input still spreads over the threads)."""
+    return max(1, min(n_, (MIN_TASKS + c_ - 1) // c_))
+
+
 def _im2col(x, kh_, kw_, cols):
-    """cols[(c·KH + kh)·KW + kw, n·P + i·OW + j] = x[n, c, i + kh, j + kw]."""
+    """cols[(c·KH + kh)·KW + kw, n·P + i·OW + j] = x[n, c, i + kh, j + kw]; a task
+    per input channel and run of samples, the samples in order: each plane
+    x[n, c] is read once while its KH·KW rows of cols are written front to back
+    (a task per row of cols read the whole channel KH·KW times over)."""
     n_, c_ = x.shape[0], x.shape[1]
     oh_, ow_ = x.shape[2] - kh_ + 1, x.shape[3] - kw_ + 1
     p_ = oh_ * ow_
-    for r in prange(c_ * kh_ * kw_):
-        c, rest = r // (kh_ * kw_), r % (kh_ * kw_)
-        kh, kw = rest // kw_, rest % kw_
-        for n in range(n_):
-            for i in range(oh_):
-                base = n * p_ + i * ow_
-                for j in range(ow_):
-                    cols[r, base + j] = x[n, c, i + kh, j + kw]
+    runs = _sample_runs(n_, c_)
+    for t in prange(c_ * runs):
+        c, run = t // runs, t % runs
+        for n in range(run * n_ // runs, (run + 1) * n_ // runs):
+            plane = x[n, c]
+            for kh in range(kh_):
+                for kw in range(kw_):
+                    r = (c * kh_ + kh) * kw_ + kw
+                    for i in range(oh_):
+                        base = n * p_ + i * ow_
+                        for j in range(ow_):
+                            cols[r, base + j] = plane[i + kh, j + kw]
 
 
 def _from_columns(y2, b, y):
@@ -108,21 +123,26 @@ def _to_columns(dy, dy2, db):
 
 def _col2im(dcols, kh_, kw_, dx):
     """dx[n, c, i + kh, j + kw] += dcols[(c·KH + kh)·KW + kw, n·P + i·OW + j]; one
-    task per (n, c) plane, so no two tasks add into the same element."""
+    task per input channel and run of samples (no two tasks add into the same
+    element), the samples in order, so each of the channel's KH·KW rows of
+    dcols is read front to back once (a task per (n, c) plane read them in
+    pieces scattered over the whole matrix)."""
     n_, c_ = dx.shape[0], dx.shape[1]
     oh_, ow_ = dx.shape[2] - kh_ + 1, dx.shape[3] - kw_ + 1
     p_ = oh_ * ow_
-    for t in prange(n_ * c_):
-        n, c = t // c_, t % c_
-        plane = dx[n, c]
-        plane[:] = 0
-        for kh in range(kh_):
-            for kw in range(kw_):
-                r = (c * kh_ + kh) * kw_ + kw
-                for i in range(oh_):
-                    base = n * p_ + i * ow_
-                    for j in range(ow_):
-                        plane[i + kh, j + kw] += dcols[r, base + j]
+    runs = _sample_runs(n_, c_)
+    for t in prange(c_ * runs):
+        c, run = t // runs, t % runs
+        for n in range(run * n_ // runs, (run + 1) * n_ // runs):
+            plane = dx[n, c]
+            plane[:] = 0
+            for kh in range(kh_):
+                for kw in range(kw_):
+                    r = (c * kh_ + kh) * kw_ + kw
+                    for i in range(oh_):
+                        base = n * p_ + i * ow_
+                        for j in range(ow_):
+                            plane[i + kh, j + kw] += dcols[r, base + j]
 
 
 im2col_serial, im2col_parallel = serial_and_parallel(_im2col)
@@ -157,7 +177,15 @@ def conv2d_gemm_backward(x, w, dy, dw_out, db_out, need_dx=True, parallel=False,
     cols = im2col(x, kh, kw, parallel) if cols is None else cols
     dy2 = np.empty((f, cols.shape[1]), dy.dtype)
     (to_columns_parallel if parallel else to_columns_serial)(dy, dy2, db_out)
-    gemm_views(dy2, cols.T, dw_out.reshape(f, c * kh * kw), parallel)
+    if c * kh * kw > f:
+        # computed as dwᵀ = cols·dYᵀ: the long, deep patch matrix is then the A
+        # operand, packed in row blocks by the tasks that use them (as colsᵀ,
+        # the B operand, it was transposed into panels: slower, measured)
+        dwt = np.empty((c * kh * kw, f), dy.dtype)
+        gemm_views(cols, dy2.T, dwt, parallel)
+        dw_out.reshape(f, c * kh * kw)[:] = dwt.T
+    else:
+        gemm_views(dy2, cols.T, dw_out.reshape(f, c * kh * kw), parallel)
     if not need_dx:
         return None
     w2 = w.reshape(f, c * kh * kw)
