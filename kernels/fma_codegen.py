@@ -10,7 +10,7 @@ from numba.extending import intrinsic
 from ._numba import TARGET
 
 
-def panel_codegen(dtype, MR_, NR_, lanes, to_rows, strided_a=False):
+def panel_codegen(dtype, MR_, NR_, lanes, to_rows, strided_a=False, pack_a=False):
     """LLVM IR of the depth loop over one A and one B panel; the MR x NR/L
     accumulators are vector SSA values (phi nodes) carried through the loop.
     Depth step p reads B's row at Bp[b0 + p·ldb:] (ldb = NR for a packed panel,
@@ -18,13 +18,18 @@ def panel_codegen(dtype, MR_, NR_, lanes, to_rows, strided_a=False):
     (a packed panel) or, ``strided_a``, at Ap[a0 + p·a_step + r·a_row] (rows or
     columns of a matrix in place: no packing). ``to_rows``: the result goes into
     C's rows (C[ci + r, cj:cj + NR], contiguous) with vector loads, adds and
-    stores; else into a tile of MR x NR values."""
+    stores; else into a tile of MR x NR values. ``pack_a`` (with ``strided_a``):
+    each A value read is also stored at Pa[pa0 + p·MR + r], so the panel comes
+    out packed for the calls after this one."""
     V = NR_ // lanes
 
     def codegen(context, builder, signature, args):
         sig = signature.args
         if strided_a:  # (Ap, a0, a_step, a_row, Bp, ...): the A strides out of the way
             a_step_v, a_row_v = args[2], args[3]
+            args, sig = args[:2] + args[4:], sig[:2] + sig[4:]
+        if pack_a:  # (Ap, a0, Pa, pa0, Bp, ...): the packed copy's array and offset likewise
+            pa_arr, pa0_v, paty = args[2], args[3], sig[2]
             args, sig = args[:2] + args[4:], sig[:2] + sig[4:]
         ap_arr, a0_v, bp_arr, b0_v, ldb_v, kc_v, c_arr = args[:7]
         aty, _, bty, _, _, _, cty = sig[:7]
@@ -77,9 +82,14 @@ def panel_codegen(dtype, MR_, NR_, lanes, to_rows, strided_a=False):
             a_rows = [ir.Constant(intp, r) for r in range(MR_)]
         bvecs = [builder.load(builder.bitcast(builder.gep(bp, [builder.add(b_base, ir.Constant(intp, v * lanes))]),
                                               vec.as_pointer()), align=4) for v in range(V)]
+        if pack_a:
+            pa = context.make_array(paty)(context, builder, pa_arr).data
+            pa_base = builder.add(pa0_v, builder.mul(p, ir.Constant(intp, MR_)))
         new = []
         for r in range(MR_):
             a = builder.load(builder.gep(ap, [builder.add(a_base, a_rows[r])]))
+            if pack_a:
+                builder.store(a, builder.gep(pa, [builder.add(pa_base, ir.Constant(intp, r))]))
             splat = builder.shuffle_vector(builder.insert_element(undef, a, ir.Constant(ir.IntType(32), 0)),
                                            undef, mask)
             new += [builder.call(fma, [splat, bvecs[v], accs[r * V + v]]) for v in range(V)]
@@ -175,3 +185,18 @@ def fma_strided_rows(typingctx, A, a0, a_step, a_row, Bp, b0, ldb, kc, C, ci, cj
         return None
     return (types.none(A, a0, a_step, a_row, Bp, b0, ldb, kc, C, ci, cj, accumulate, mr, nr),
             panel_codegen(A.dtype, mr.literal_value, nr.literal_value, lanes, True, strided_a=True))
+
+
+@intrinsic
+def fma_strided_rows_packing(typingctx, A, a0, a_step, a_row, Pa, pa0, Bp, b0, ldb, kc, C, ci, cj, accumulate,
+                             mr, nr):
+    """fma_strided_rows that also writes the A panel it reads, packed (kc groups
+    of mr values), to Pa[pa0:]: a block's first product packs A on the way, and
+    the block's other products read the packed panel."""
+    if not (isinstance(mr, types.IntegerLiteral) and isinstance(nr, types.IntegerLiteral)):
+        return None
+    lanes = lanes_for(A.dtype, nr.literal_value)
+    if lanes is None:
+        return None
+    return (types.none(A, a0, a_step, a_row, Pa, pa0, Bp, b0, ldb, kc, C, ci, cj, accumulate, mr, nr),
+            panel_codegen(A.dtype, mr.literal_value, nr.literal_value, lanes, True, strided_a=True, pack_a=True))

@@ -45,7 +45,7 @@ from numba import prange
 
 from ._numba import TILE, njit, serial_and_parallel, specialize, stack_array
 from .family import KernelFamily, operands
-from .fma_codegen import fma_panel, fma_panel_rows
+from .fma_codegen import fma_panel, fma_panel_rows, fma_strided_rows_packing
 
 # The geometry of this process (float32). float64 compiles the same bodies with
 # half of NR (the same registers hold half the lanes).
@@ -195,6 +195,31 @@ def _block(Ap, Bp, C, i0, mc, j0, nc, kc, accumulate, edge):
                         C[i0 + ip + r, j0 + jp + j] = edge[r, j]
 
 
+def _pack_a_block(A, ta, Ap, Bp, C, i0, mc, p0, j0, nc, kc, accumulate, edge):
+    """_pack_a then _block, with A packed during its first use: the block's
+    products with the first B panel read A's rows in place (its stored rows
+    or, ``ta``, columns) and write the packed panels as they go, so A is read
+    from memory once and no packing pass of its own runs."""
+    if nc < NR or C.strides[1] != C.itemsize:
+        _pack_a(A, ta, i0, mc, p0, kc, Ap)
+        _block(Ap, Bp, C, i0, mc, j0, nc, kc, accumulate, edge)
+        return
+    i0, mc, p0, j0, kc = max(i0, 0), max(mc, 0), max(p0, 0), max(j0, 0), max(kc, 0)
+    lda = A.shape[1]
+    af = A.reshape(A.size)
+    step, row = (lda, 1) if ta else (1, lda)
+    full = mc // MR * MR
+    for ip in range(0, full, MR):
+        fma_strided_rows_packing(af, (i0 + ip) * row + p0 * step, step, row, Ap, (ip // MR) * kc * MR,
+                                 Bp, 0, NR, kc, C, i0 + ip, j0, accumulate, MR, NR)
+    if full < mc:  # the last rows, fewer than MR: packed (zero rows below), then as _block's edges
+        a0 = (full // MR) * kc * MR
+        _pack_a(A, ta, i0 + full, mc - full, p0, kc, Ap[a0:])
+        _block(Ap[a0:], Bp, C, i0 + full, mc - full, j0, NR, kc, accumulate, edge)
+    if nc > NR:
+        _block(Ap, Bp[kc * NR:], C, i0, mc, j0 + NR, nc - NR, kc, accumulate, edge)
+
+
 def _packed(A, ta, B, tb, C):
     """C = op(A)·op(B) (see _pack_a, _pack_b), GotoBLAS loop order: NC columns of B, KC deep, packed once and
     shared; blocks of rows of A packed by the task that multiplies them (the
@@ -234,8 +259,7 @@ def _packed(A, ta, B, tb, C):
                 rows = min(m, (ib + 1) * row_panels // n_ib * MR) - i0
                 Ap = np.empty(kc * ((rows + MR - 1) // MR * MR), C.dtype)
                 edge = np.empty((MR, NR), C.dtype)
-                _pack_a(A, ta, i0, rows, p0, kc, Ap)
-                _block(Ap, Bp, C, i0, rows, j0, nc, kc, p0 > 0, edge)
+                _pack_a_block(A, ta, Ap, Bp, C, i0, rows, p0, j0, nc, kc, p0 > 0, edge)
 
 
 def _packed_columns(A, ta, B, tb, C):
@@ -439,7 +463,7 @@ def _python_dispatch(kc, packed_serial, packed_parallel):
     return dispatch
 
 
-PACKED_BODIES = (_pack_b, _pack_a, _micro, _block, _packed_columns)
+PACKED_BODIES = (_pack_b, _pack_a, _micro, _block, _pack_a_block, _packed_columns)
 _NARROW_TWINS = {"_narrow_tn_parallel": _narrow_tn_serial, "_narrow_axpy_parallel": _narrow_axpy_serial,
                  "_narrow_dot_parallel": _narrow_dot_serial}
 
