@@ -177,7 +177,11 @@ class CompileTimes:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         with open(self.path + ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            self.records = dict(self._read(), **{k: v for k, v in self.records.items()}, **{key: record})
+            # the file as it is now, this record on top: a key this run or another
+            # stored before (--measure-compile measures stored figures again) is
+            # replaced, every other run's figures are kept
+            self.records = self._read()
+            self.records[key] = record
             write_atomic(self.path, json.dumps(self.records, indent=1, sort_keys=True))
 
 

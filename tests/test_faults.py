@@ -380,6 +380,18 @@ def test_a_corrupt_compile_times_file_is_moved_aside(home, capsys, content):
     assert CompileTimes(str(path)).get("k") == {"cold_s": 1.0}
 
 
+def test_compile_times_measured_again_replace_the_stored_figures(tmp_path):
+    """--measure-compile measures a stored key again: the new figure replaces it
+    (putting a key the store already held raised TypeError after the probes)."""
+    from mnist_numba_bench.bench.compile_times import CompileTimes
+    path = str(tmp_path / "compile_times.json")
+    times = CompileTimes(path)
+    times.put("k", {"cold_s": 1.0})
+    times.put("k", {"cold_s": 2.0})
+    CompileTimes(path).put("k", {"cold_s": 3.0})
+    assert CompileTimes(path).get("k") == {"cold_s": 3.0}
+
+
 def test_two_runs_sharing_compile_times_keep_both_figures(tmp_path):
     from mnist_numba_bench.bench.compile_times import CompileTimes
     path = str(tmp_path / "compile-times.json")
