@@ -71,6 +71,10 @@ LIN_TASKS = 8    # fixed work split: serial and parallel runs add the partial su
 _LANES = TARGET["vector_bits"] // 32
 NARROW_COLS = _LANES
 WIDE = _LANES * max(1, (TARGET["vector_registers"] - 2) // 10)
+# With 32 vector registers the ten-row weight-gradient tile runs WIDE columns
+# at once; with 16, two five-row halves against PAIR_COLS columns each.
+WIDE_REGISTERS = TARGET["vector_registers"] >= 32
+PAIR_COLS = 2 * NARROW_COLS
 
 
 @njit
@@ -352,15 +356,23 @@ def _ten_rows_times_batch(ap, a0, xb, C, row0, accumulate):
     """C[row0:row0+10] = (or, with ``accumulate``, +=) the ten-row A panel at ap[a0:]
     (one group of ten values per row of xb: the batch is the depth) times xb's
     rows, through the micro-kernel's depth loop (fma_panel_rows): 10 x 48 tiles of
-    30 vector accumulators stored straight into C's rows, then 10 x 16, then the
-    columns left over one at a time. The weight gradients of the fused linear and
+    30 vector accumulators stored straight into C's rows (with 16 registers: two
+    5 x 16 halves), then 10 x one vector, then the columns left over one at a time. The weight gradients of the fused linear and
     nielsen epochs."""
     m, d = xb.shape
     xf = xb.ravel()
     j0 = 0
-    while j0 + WIDE <= d:
+    while WIDE_REGISTERS and j0 + WIDE <= d:
         fma_panel_rows(ap, a0, xf, j0, d, m, C, row0, j0, accumulate, 10, WIDE)
         j0 += WIDE
+    # with 16 registers: the panel's halves (five rows each, its values ten apart
+    # along the depth) against two vectors of columns, 10 accumulators and 7
+    # loads a step, where the ten rows against one vector took 11 loads for 10
+    while not WIDE_REGISTERS and j0 + PAIR_COLS <= d:
+        for half in range(2):
+            fma_strided_rows(ap, a0 + 5 * half, 10, 1, xf, j0, d, m, C, row0 + 5 * half, j0, accumulate,
+                             5, PAIR_COLS)
+        j0 += PAIR_COLS
     while j0 + NARROW_COLS <= d:
         fma_panel_rows(ap, a0, xf, j0, d, m, C, row0, j0, accumulate, 10, NARROW_COLS)
         j0 += NARROW_COLS

@@ -221,3 +221,40 @@ def test_weight_grad_panels_match_numpy(m, d, h, accumulate):
     fe._weight_grad_panels(dz, xb, gt, np.empty(m * h, np.float32), scale, accumulate)
     want = scale * (xb.T.astype(np.float64) @ dz).T + (before if accumulate else 0)
     np.testing.assert_allclose(gt, want, rtol=1e-4, atol=1e-4 * np.sqrt(m))
+
+
+TEN_ROWS_ON_AVX2 = '''
+import json
+import numpy as np
+from mnist_numba_bench.kernels import fused_epoch as fe
+from mnist_numba_bench.kernels._numba import TARGET
+worst = 0.0
+for m, d in [(1, 1), (7, 33), (10, 784), (64, 784), (13, 100)]:
+    rng = np.random.default_rng(m * 1000 + d)
+    xb = rng.standard_normal((m, d)).astype(np.float32)
+    dl = rng.standard_normal((m, 10)).astype(np.float32)
+    c = rng.standard_normal((10, d)).astype(np.float32)
+    want = c + dl.T.astype(np.float64) @ xb
+    fe._ten_rows_times_batch(dl.ravel(), 0, xb, c, 0, True)
+    worst = max(worst, float(np.abs(c - want).max() / (1 + np.abs(want).max())))
+print(json.dumps({"isa": TARGET["isa"], "wide": bool(fe.WIDE_REGISTERS), "worst": worst}))
+'''
+
+
+def test_ten_row_gradient_tile_on_the_avx2_path(tmp_path):
+    """The fused linear and nielsen weight-gradient tile as compiled for AVX2 (its
+    five-row halves, 16 registers), in a process compiling for Haswell, against
+    NumPy on odd shapes."""
+    import json
+    import os
+    import subprocess
+    import sys
+    script = tmp_path / "ten_rows.py"
+    script.write_text(TEN_ROWS_ON_AVX2)
+    env = dict(os.environ, NUMBA_CPU_NAME="haswell", MNIST_BENCH_CACHE=str(tmp_path))
+    env.pop("NUMBA_CPU_FEATURES", None)
+    run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got["isa"] == "avx2" and not got["wide"]
+    assert got["worst"] < 1e-5
