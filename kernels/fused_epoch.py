@@ -72,7 +72,8 @@ _LANES = TARGET["vector_bits"] // 32
 NARROW_COLS = _LANES
 WIDE = _LANES * max(1, (TARGET["vector_registers"] - 2) // 10)
 # With 32 vector registers the ten-row weight-gradient tile runs WIDE columns
-# at once; with 16, two five-row halves against PAIR_COLS columns each.
+# at once and the linear logits five rows x five classes; with 16, two
+# five-row halves against PAIR_COLS columns each, and two rows x five classes.
 WIDE_REGISTERS = TARGET["vector_registers"] >= 32
 PAIR_COLS = 2 * NARROW_COLS
 
@@ -122,9 +123,32 @@ def _dot5x5(x0, x1, x2, x3, x4, w0, w1, w2, w3, w4):
 
 
 @njit
+def _dot2x5(x0, x1, w0, w1, w2, w3, w4):
+    """_dot5x5 for two rows: ten accumulators, for ISAs with 16 vector registers
+    (_dot5x5's 25 accumulators and their operands spill there)."""
+    z = x0.dtype.type(0)
+    a0 = a1 = a2 = a3 = a4 = b0 = b1 = b2 = b3 = b4 = z
+    for p in range(x0.size):
+        u0, u1, u2, u3, u4 = w0[p], w1[p], w2[p], w3[p], w4[p]
+        v = x0[p]
+        a0 += v * u0
+        a1 += v * u1
+        a2 += v * u2
+        a3 += v * u3
+        a4 += v * u4
+        v = x1[p]
+        b0 += v * u0
+        b1 += v * u1
+        b2 += v * u2
+        b3 += v * u3
+        b4 += v * u4
+    return (a0, a1, a2, a3, a4, b0, b1, b2, b3, b4)
+
+
+@njit
 def _store5x5(out, i, j, sums):
-    """out[i:i+5, j:j+5] = _dot5x5's sums."""
-    for r in range(5):
+    """out[i:i+R, j:j+5] = _dot5x5's (R = 5) or _dot2x5's (R = 2) sums."""
+    for r in range(len(sums) // 5):
         for q in range(5):
             out[i + r, j + q] = sums[5 * r + q]
 
@@ -143,11 +167,15 @@ def _linear_rows(X, r0, r1, Wt, b, labels, scale, G, gb):
     xb = X[r0:r1]
     logits = np.empty((n, c), X.dtype)
     i = 0
-    while i + 5 <= n:  # five rows x five classes a pass
+    while WIDE_REGISTERS and i + 5 <= n:  # five rows x five classes a pass
         for j in range(0, c, 5):
             _store5x5(logits, i, j, _dot5x5(xb[i], xb[i + 1], xb[i + 2], xb[i + 3], xb[i + 4],
                                             Wt[j], Wt[j + 1], Wt[j + 2], Wt[j + 3], Wt[j + 4]))
         i += 5
+    while not WIDE_REGISTERS and i + 2 <= n:  # with 16 registers: two rows x five classes
+        for j in range(0, c, 5):
+            _store5x5(logits, i, j, _dot2x5(xb[i], xb[i + 1], Wt[j], Wt[j + 1], Wt[j + 2], Wt[j + 3], Wt[j + 4]))
+        i += 2
     while i < n:
         dot_rows(xb, Wt, logits, i)
         i += 1
