@@ -237,14 +237,31 @@ for m, d in [(1, 1), (7, 33), (10, 784), (64, 784), (13, 100)]:
     want = c + dl.T.astype(np.float64) @ xb
     fe._ten_rows_times_batch(dl.ravel(), 0, xb, c, 0, True)
     worst = max(worst, float(np.abs(c - want).max() / (1 + np.abs(want).max())))
+for rows in (1, 2, 7, 64):  # the logits' two-row blocks and a row left over
+    rng = np.random.default_rng(rows)
+    x = rng.standard_normal((rows + 3, 37)).astype(np.float32)
+    wt = (rng.standard_normal((10, 37)) * 0.3).astype(np.float32)
+    b = rng.standard_normal(10).astype(np.float32)
+    labels = rng.integers(0, 10, rows + 3)
+    g, gb = np.zeros((10, 37), np.float32), np.zeros(10, np.float32)
+    loss = fe._linear_rows(x, 2, 2 + rows, wt, b, labels, np.float32(1.0 / rows), g, gb)
+    xb, yb = x[2:2 + rows].astype(np.float64), labels[2:2 + rows]
+    z = xb @ wt.T.astype(np.float64) + b
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    dl = p.copy()
+    dl[np.arange(rows), yb] -= 1
+    dl /= rows
+    worst = max(worst, abs(loss + np.log(p[np.arange(rows), yb]).sum()) / rows,
+                float(np.abs(g - dl.T @ xb).max()), float(np.abs(gb - dl.sum(0)).max()))
 print(json.dumps({"isa": TARGET["isa"], "wide": bool(fe.WIDE_REGISTERS), "worst": worst}))
 '''
 
 
-def test_ten_row_gradient_tile_on_the_avx2_path(tmp_path):
-    """The fused linear and nielsen weight-gradient tile as compiled for AVX2 (its
-    five-row halves, 16 registers), in a process compiling for Haswell, against
-    NumPy on odd shapes."""
+def test_ten_row_gradient_tile_and_linear_rows_on_the_avx2_path(tmp_path):
+    """The fused linear and nielsen weight-gradient tile and the linear block (its
+    loss, logits two rows x five classes, gradients) as compiled for AVX2 (16
+    registers), in a process compiling for Haswell, against NumPy on odd shapes."""
     import json
     import os
     import subprocess
