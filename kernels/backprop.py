@@ -21,7 +21,7 @@ from numba import prange
 
 from ..models.ops import dropout_keep_mask
 from ..models.reference import NumpyOps
-from ._numba import njit, serial_and_parallel
+from ._numba import njit, serial_and_parallel, stack_array
 from .family import KernelFamily
 
 ACT = {"none": 0, "sigmoid": 1, "relu": 2}
@@ -87,16 +87,30 @@ def _act_backward(a, da, out, act):
 
 def _bias_grad(dz, out):
     """out[j] = sum_i dz[i, j]. Each task sums a strip of columns over every row:
-    no two tasks write the same element, and rows are read contiguously."""
+    no two tasks write the same element, and rows are read contiguously. A whole
+    strip adds into a stack tile (registers: it aliases nothing), then into out."""
     m, n = dz.shape
-    strip = 64
-    for s in prange((n + strip - 1) // strip):
-        j0, j1 = s * strip, min(n, (s + 1) * strip)
+    for s in prange((n + BIAS_STRIP - 1) // BIAS_STRIP):
+        j0, j1 = s * BIAS_STRIP, min(n, (s + 1) * BIAS_STRIP)
+        if j1 - j0 == BIAS_STRIP:
+            acc = stack_array(BIAS_STRIP, dz.dtype)
+            for j in range(BIAS_STRIP):
+                acc[j] = 0
+            for i in range(m):
+                row = dz[i]
+                for j in range(BIAS_STRIP):
+                    acc[j] += row[j0 + j]
+            for j in range(BIAS_STRIP):
+                out[j0 + j] = acc[j]
+            continue
         for j in range(j0, j1):
             out[j] = 0
         for i in range(m):
             for j in range(j0, j1):
                 out[j] += dz[i, j]
+
+
+BIAS_STRIP = 64
 
 
 @njit

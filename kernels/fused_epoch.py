@@ -664,11 +664,11 @@ def two_layer_epoch(X, targets, order, starts, contiguous, flat, gflat, s1, s2, 
             _batch_times_panels_serial(xb, n, d, w1p, h, panels, edges)
         bias_act_serial(h, b1p, act)
         total += _xent_output(h, w2t, b2, yb, out, dz2)
-        # the output layer's weight gradient as in nielsen_epoch; the two epochs stay
-        # apart because their first layers differ (packed panels here, a transposed
-        # W1 and dot products there), each one compiled loop
-        for j in range(c):
-            axpy_columns(h, dz2, gw2t, j)
+        # the output layer's weight gradient (transposed): the ten classes of dL/dz2
+        # are the ten-row A panel, h's rows the B rows (the linear epoch's tile).
+        # The two-layer epochs stay apart because their first layers differ
+        # (panels here, a transposed W1 and dot products in nielsen_epoch).
+        _ten_rows_times_batch(dz2.ravel(), 0, h, gw2t, 0, False)
         for p in range(hidden):
             for j in range(c):
                 gw2[p, j] = gw2t[j, p]
