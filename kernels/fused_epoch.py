@@ -519,6 +519,33 @@ def nielsen_epoch(X, onehot, order, starts, contiguous, flat, gflat, s1, s2, hid
 # twice per step cost more than both products.) The 10-wide second layer runs on
 # W2 held transposed (10 x hidden): dot products and axpys along the hidden units.
 @njit
+def _hidden_backward_panels(dz2f, n, w2t, a, act, C, edge):
+    """C (n x hp) = dL/dz1 = (dL/dz2 · W2ᵀ) · act'(a), mlp's hidden layer: the
+    product through the micro-kernel (dL/dz2's rows read in place as its A rows,
+    the ten classes as the depth; W2ᵀ's rows as its B rows), then act' in one
+    pass. dz2f: dL/dz2's rows (10 floats each) with MR - 1 rows of slack after
+    the n, which the edge tile reads and drops."""
+    c, hp = w2t.shape
+    wf = w2t.ravel()
+    for j0 in range(0, hp, MNR):
+        for i0 in range(0, n, MMR):
+            if i0 + MMR <= n:
+                fma_strided_rows(dz2f, i0 * c, 1, c, wf, j0, hp, c, C, i0, j0, False, MMR, MNR)
+            else:
+                fma_strided_rows(dz2f, i0 * c, 1, c, wf, j0, hp, c, edge, 0, 0, False, MMR, MNR)
+                _edge_rows(edge, C, i0, j0, n - i0)
+    for i in range(n):
+        ci, ai = C[i], a[i]
+        if act == SIGMOID:
+            for p in range(hp):
+                ci[p] *= ai[p] * (1 - ai[p])
+        else:
+            for p in range(hp):
+                if ai[p] <= 0:
+                    ci[p] = 0
+
+
+@njit
 def _two_layer_params(flat, d, h, c):
     w1 = _view2(flat, 0, d, h)
     b1 = flat[d * h:d * h + h]
@@ -640,7 +667,8 @@ def two_layer_epoch(X, targets, order, starts, contiguous, flat, gflat, s1, s2, 
     # weights (W1's panel columns, b1's and W2's rows) are zero, so its units
     # contribute exactly nothing forward and get no gradient
     h_buf, out_buf = np.empty((m, hp), X.dtype), np.empty((m, c), X.dtype)
-    dz_buf, dh_buf = np.empty((m, c), X.dtype), np.zeros((m, hp), X.dtype)
+    # dL/dz2 with MR rows of slack: _hidden_backward_panels' edge tile reads them
+    dz_buf, dh_buf = np.zeros((m + MMR, c), X.dtype), np.zeros((m, hp), X.dtype)
     w2t, gw2t = np.zeros((c, hp), X.dtype), np.empty((c, hp), X.dtype)
     b1p, gb1p = np.zeros(hp, X.dtype), np.empty(hp, X.dtype)
     par = parallel and m * d * hp >= PARALLEL_MIN_WORK
@@ -673,7 +701,7 @@ def two_layer_epoch(X, targets, order, starts, contiguous, flat, gflat, s1, s2, 
             for j in range(c):
                 gw2[p, j] = gw2t[j, p]
         bias_grad_serial(dz2, gb2)
-        _hidden_backward_rows(dz2, w2t, h, act, dz1)
+        _hidden_backward_panels(dz_buf.ravel(), n, w2t, h, act, dz1, edges[0])
         if par:
             _batch_t_times_parallel(xb, n, d, dz1.ravel(), gw1_panels, panels, edges)
         else:

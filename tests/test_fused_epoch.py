@@ -275,3 +275,24 @@ def test_ten_row_gradient_tile_and_linear_rows_on_the_avx2_path(tmp_path):
     got = json.loads(run.stdout.strip().splitlines()[-1])
     assert got["isa"] == "avx2" and not got["wide"]
     assert got["worst"] < 1e-5
+
+
+@pytest.mark.parametrize("n", [1, 5, 7, 128])
+@pytest.mark.parametrize("act", ["sigmoid", "relu"])
+def test_hidden_backward_panels_match_numpy(n, act):
+    """mlp's dL/dz1 through the micro-kernel (dL/dz2's rows in place, edge rows
+    through the tile; the slack rows hold NaN, which an edge that kept them would
+    show) against NumPy, with either activation's derivative."""
+    mr, nr = fe.MMR, fe.MNR
+    hp = 2 * nr
+    rng = np.random.default_rng(n)
+    dz = np.full((n + mr, 10), np.nan, np.float32)
+    dz[:n] = rng.standard_normal((n, 10))
+    w2t = rng.standard_normal((10, hp)).astype(np.float32)
+    a = rng.random((n, hp), dtype=np.float32) - (0.5 if act == "relu" else 0.0)
+    out = np.full((n, hp), np.nan, np.float32)
+    code = fe.SIGMOID if act == "sigmoid" else fe.RELU
+    fe._hidden_backward_panels(dz.ravel(), n, w2t, a, code, out, np.empty((mr, nr), np.float32))
+    grad = dz[:n].astype(np.float64) @ w2t
+    want = grad * a * (1 - a) if act == "sigmoid" else grad * (a > 0)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
