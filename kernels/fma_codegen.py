@@ -131,9 +131,14 @@ def panel_codegen(dtype, MR_, NR_, lanes, to_rows, strided_a=False, pack_a=False
     return codegen
 
 
-def lanes_for(dtype, nr):
-    lanes = max(1, TARGET["vector_bits"] // (8 * (8 if dtype == types.float64 else 4)))
-    lanes = min(lanes, nr)
+def tile_lanes(dtype, mr, nr):
+    """The vector lanes of an mr x nr tile of ``dtype`` (the target's vector
+    width, at most nr), or None where the tile is not compile-time constants or
+    nr is not a whole number of vectors (the intrinsic then does not match)."""
+    if not (isinstance(mr, types.IntegerLiteral) and isinstance(nr, types.IntegerLiteral)):
+        return None
+    nr = nr.literal_value
+    lanes = min(max(1, TARGET["vector_bits"] // (8 * (8 if dtype == types.float64 else 4))), nr)
     return lanes if nr % lanes == 0 else None
 
 
@@ -148,9 +153,7 @@ def fma_panel(typingctx, Ap, a0, Bp, b0, ldb, kc, tile, mr, nr):
     a loop change with the tile, the ISA and the LLVM version. Each depth step is
     nr/L vector loads of B, mr broadcasts of A and mr·nr/L fused multiply-adds;
     LLVM legalises <L x float> to zmm, ymm or NEON q registers."""
-    if not (isinstance(mr, types.IntegerLiteral) and isinstance(nr, types.IntegerLiteral)):
-        return None
-    lanes = lanes_for(Ap.dtype, nr.literal_value)
+    lanes = tile_lanes(Ap.dtype, mr, nr)
     if lanes is None:
         return None
     return (types.none(Ap, a0, Bp, b0, ldb, kc, tile, mr, nr),
@@ -162,9 +165,7 @@ def fma_panel_rows(typingctx, Ap, a0, Bp, b0, ldb, kc, C, ci, cj, accumulate, mr
     """fma_panel, the result stored (or, with ``accumulate``, added) straight into
     C[ci:ci+mr, cj:cj+nr], whose rows must be contiguous: vector loads and
     stores instead of mr·nr scalar ones through a tile."""
-    if not (isinstance(mr, types.IntegerLiteral) and isinstance(nr, types.IntegerLiteral)):
-        return None
-    lanes = lanes_for(Ap.dtype, nr.literal_value)
+    lanes = tile_lanes(Ap.dtype, mr, nr)
     if lanes is None:
         return None
     return (types.none(Ap, a0, Bp, b0, ldb, kc, C, ci, cj, accumulate, mr, nr),
@@ -178,9 +179,7 @@ def fma_strided_rows(typingctx, A, a0, a_step, a_row, Bp, b0, ldb, kc, C, ci, cj
     rows; a_step = the row length, a_row = 1: its columns, i.e. Aᵀ), so a
     gathered batch multiplies without being packed first. The caller keeps every
     such index inside A."""
-    if not (isinstance(mr, types.IntegerLiteral) and isinstance(nr, types.IntegerLiteral)):
-        return None
-    lanes = lanes_for(A.dtype, nr.literal_value)
+    lanes = tile_lanes(A.dtype, mr, nr)
     if lanes is None:
         return None
     return (types.none(A, a0, a_step, a_row, Bp, b0, ldb, kc, C, ci, cj, accumulate, mr, nr),
@@ -193,9 +192,7 @@ def fma_strided_rows_packing(typingctx, A, a0, a_step, a_row, Pa, pa0, Bp, b0, l
     """fma_strided_rows that also writes the A panel it reads, packed (kc groups
     of mr values), to Pa[pa0:]: a block's first product packs A on the way, and
     the block's other products read the packed panel."""
-    if not (isinstance(mr, types.IntegerLiteral) and isinstance(nr, types.IntegerLiteral)):
-        return None
-    lanes = lanes_for(A.dtype, nr.literal_value)
+    lanes = tile_lanes(A.dtype, mr, nr)
     if lanes is None:
         return None
     return (types.none(A, a0, a_step, a_row, Pa, pa0, Bp, b0, ldb, kc, C, ci, cj, accumulate, mr, nr),
