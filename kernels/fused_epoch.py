@@ -52,7 +52,11 @@ def _batch_rows(X, order, lo, hi, contiguous, buf):
         return X[lo:hi]
     xb = buf[:hi - lo]
     for r in range(hi - lo):
-        xb[r] = X[order[lo + r]]
+        # element by element: a row assignment (xb[r] = ...) goes through Numba's
+        # overlap-safe array copy, which is much slower
+        src, dst = X[order[lo + r]], xb[r]
+        for p in range(src.size):
+            dst[p] = src[p]
     return xb
 
 
@@ -529,11 +533,7 @@ def _hidden_backward_panels(dz2f, n, w2t, a, act, C, edge):
     wf = w2t.ravel()
     for j0 in range(0, hp, MNR):
         for i0 in range(0, n, MMR):
-            if i0 + MMR <= n:
-                fma_strided_rows(dz2f, i0 * c, 1, c, wf, j0, hp, c, C, i0, j0, False, MMR, MNR)
-            else:
-                fma_strided_rows(dz2f, i0 * c, 1, c, wf, j0, hp, c, edge, 0, 0, False, MMR, MNR)
-                _edge_rows(edge, C, i0, j0, n - i0)
+            _strided_tile(dz2f, i0 * c, 1, c, wf, j0, hp, c, C, i0, j0, n - i0, edge)
     for i in range(n):
         ci, ai = C[i], a[i]
         if act == SIGMOID:
@@ -574,21 +574,14 @@ def _to_panels(buf, rows, cols, panels_buf, inverse):
 
 
 @njit
-def _gather_rows(X, order, lo, n, xb):
-    """xb's first n rows = X[order[lo:lo + n]] (xb is a flat buffer of rows as long
-    as X's; the rows past n are left as they are). One thread: split over two,
-    the gather took longer (the rows come from memory either way, prefetched a
-    step ahead)."""
-    d = X.shape[1]
-    for r in range(n):
-        row = X[order[lo + r]]
-        o = r * d
-        for p in range(d):
-            xb[o + p] = row[p]
-
-
-@njit
-def _edge_rows(edge, C, ci, cj, rows):
+def _strided_tile(A, a0, a_step, a_row, B, b0, ldb, kc, C, ci, cj, rows, edge):
+    """C[ci:ci+rows, cj:cj+NR] = the MR x NR micro-kernel product with A read in
+    place (fma_strided_rows); fewer than MR rows go through ``edge``, the tile's
+    other rows (A's slack, which the caller keeps inside A) dropped."""
+    if rows >= MMR:
+        fma_strided_rows(A, a0, a_step, a_row, B, b0, ldb, kc, C, ci, cj, False, MMR, MNR)
+        return
+    fma_strided_rows(A, a0, a_step, a_row, B, b0, ldb, kc, edge, 0, 0, False, MMR, MNR)
     for r in range(rows):
         for j in range(MNR):
             C[ci + r, cj + j] = edge[r, j]
@@ -602,11 +595,7 @@ def _batch_times_panels(xb, n, d, Wp, H, panels, edges):
     for t in prange(panels):
         b0 = t * d * MNR
         for i0 in range(0, n, MMR):
-            if i0 + MMR <= n:
-                fma_strided_rows(xb, i0 * d, 1, d, Wp, b0, MNR, d, H, i0, t * MNR, False, MMR, MNR)
-            else:
-                fma_strided_rows(xb, i0 * d, 1, d, Wp, b0, MNR, d, edges[t], 0, 0, False, MMR, MNR)
-                _edge_rows(edges[t], H, i0, t * MNR, n - i0)
+            _strided_tile(xb, i0 * d, 1, d, Wp, b0, MNR, d, H, i0, t * MNR, n - i0, edges[t])
 
 
 _batch_times_panels_serial, _batch_times_panels_parallel = serial_and_parallel(_batch_times_panels)
@@ -621,11 +610,7 @@ def _batch_t_times(xb, n, d, D, G, panels, edges):
     hp = panels * MNR
     for t in prange(panels):
         for f0 in range(0, d, MMR):
-            if f0 + MMR <= d:
-                fma_strided_rows(xb, f0, d, 1, D, t * MNR, hp, n, G, t * d + f0, 0, False, MMR, MNR)
-            else:
-                fma_strided_rows(xb, f0, d, 1, D, t * MNR, hp, n, edges[t], 0, 0, False, MMR, MNR)
-                _edge_rows(edges[t], G, t * d + f0, 0, d - f0)
+            _strided_tile(xb, f0, d, 1, D, t * MNR, hp, n, G, t * d + f0, 0, d - f0, edges[t])
 
 
 _batch_t_times_serial, _batch_t_times_parallel = serial_and_parallel(_batch_t_times)
@@ -660,8 +645,10 @@ def two_layer_epoch(X, targets, order, starts, contiguous, flat, gflat, s1, s2, 
     m = 0
     for bi in range(nb):
         m = max(m, starts[bi + 1] - starts[bi])
-    # the gathered batch, MR rows of slack: the edge tiles read (and drop) them
-    xb = np.zeros(((m + MMR - 1) // MMR + 1) * MMR * d, X.dtype)
+    # the gathered batch, MR rows of slack: the edge tiles read (and drop) them;
+    # the products take it flat
+    x_buf = np.zeros((((m + MMR - 1) // MMR + 1) * MMR, d), X.dtype)
+    xb = x_buf.reshape(x_buf.size)
     edges = np.empty((panels, MMR, MNR), X.dtype)
     # the hidden layer at the padded width hp, on contiguous arrays: the padding's
     # weights (W1's panel columns, b1's and W2's rows) are zero, so its units
@@ -676,7 +663,9 @@ def two_layer_epoch(X, targets, order, starts, contiguous, flat, gflat, s1, s2, 
     for bi in range(nb):
         lo, hi = starts[bi], starts[bi + 1]
         n = hi - lo
-        _gather_rows(X, order, lo, n, xb)
+        # gathered on one thread (split over two, it took longer: the rows come
+        # from memory either way, prefetched a step ahead)
+        _batch_rows(X, order, lo, hi, False, x_buf)
         if bi + 1 < nb:
             for r in range(hi, starts[bi + 2]):
                 prefetch_row(X, order[r])

@@ -110,9 +110,10 @@ def test_batch_panel_products_match_numpy(n, d, h, parallel):
     lo = 3  # the batch starts part-way into the order
     rows = order[lo:lo + n]
     # the slack rows hold NaN: a product that used them would show it
-    xb = np.full((-(-n // mr) + 1) * mr * d, np.nan, np.float32)
-    fe._gather_rows(x, order, lo, n, xb)
-    np.testing.assert_array_equal(xb[:n * d].reshape(n, d), x[rows])
+    x_buf = np.full(((-(-n // mr) + 1) * mr, d), np.nan, np.float32)
+    fe._batch_rows(x, order, lo, lo + n, False, x_buf)
+    np.testing.assert_array_equal(x_buf[:n], x[rows])
+    xb = x_buf.ravel()
     panels = -(-h // nr)
     w = rng.standard_normal((d, h)).astype(np.float32)
     wp = np.empty(panels * d * nr, np.float32)
