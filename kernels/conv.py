@@ -2,23 +2,32 @@
 
     mnist-bench kernels --families conv2d_forward,conv2d_backward,maxpool2
 
-Two designs are kept as versions so the choice stays measured:
+Three designs are kept as versions so the choice stays measured:
+  implicit  implicit GEMM: the micro-kernel reads the patches straight from the
+          input through two tables of offsets (output pixel, filter tap), so no
+          patch matrix is built; the output and the gradients go through tiles
+          that stay in cache: a task's block of output pixels (then written
+          NCHW), a block of pixels of dy (transposed on the way) for the weight
+          gradient, one sample's columns Wᵀ·dy for the input gradient (then
+          scattered back at once); the backends' default;
   gemm    the batch's patches copied into one (C·KH·KW) x (N·OH·OW) matrix,
           then one packed GEMM with the weights (kernels.matmul) for the
           forward pass, the weight gradient and the input gradient (scattered
-          back by col2im); the backend's default;
+          back by col2im);
   direct  loops n, f, c, kh, kw over whole output rows: the innermost loop
           runs along an output row, contiguous in x and y; samples spread over
           threads, the weight gradient over output channels.
 Every loop body is written once and compiled serial and parallel.
 """
+import numba
 import numpy as np
 from numba import prange
 
 from ..models.reference import NumpyOps
-from ._numba import njit, serial_and_parallel
+from ._numba import TILE, njit, serial_and_parallel, specialize
 from .family import KernelFamily
-from .matmul import gemm_views
+from .fma_codegen import fma_panel_rows, fma_table_rows
+from .matmul import TILE_F64, gemm_views
 
 
 def _check_conv(x, w):
@@ -121,6 +130,22 @@ def _to_columns(dy, dy2, db):
         db[f] = total
 
 
+@njit
+def add_patches(plane, cols, c, kh_, kw_, col0):
+    """plane (one channel of one sample of dx) = the sum of its patches' columns:
+    plane[i + kh, j + kw] += cols[(c·KH + kh)·KW + kw, col0 + i·OW + j]."""
+    ow_ = plane.shape[1] - kw_ + 1
+    oh_ = plane.shape[0] - kh_ + 1
+    plane[:] = 0
+    for kh in range(kh_):
+        for kw in range(kw_):
+            r = (c * kh_ + kh) * kw_ + kw
+            for i in range(oh_):
+                base = col0 + i * ow_
+                for j in range(ow_):
+                    plane[i + kh, j + kw] += cols[r, base + j]
+
+
 def _col2im(dcols, kh_, kw_, dx):
     """dx[n, c, i + kh, j + kw] += dcols[(c·KH + kh)·KW + kw, n·P + i·OW + j]; one
     task per input channel and run of samples (no two tasks add into the same
@@ -134,15 +159,7 @@ def _col2im(dcols, kh_, kw_, dx):
     for t in prange(c_ * runs):
         c, run = t // runs, t % runs
         for n in range(run * n_ // runs, (run + 1) * n_ // runs):
-            plane = dx[n, c]
-            plane[:] = 0
-            for kh in range(kh_):
-                for kw in range(kw_):
-                    r = (c * kh_ + kh) * kw_ + kw
-                    for i in range(oh_):
-                        base = n * p_ + i * ow_
-                        for j in range(ow_):
-                            plane[i + kh, j + kw] += dcols[r, base + j]
+            add_patches(dx[n, c], dcols, c, kh_, kw_, n * p_)
 
 
 im2col_serial, im2col_parallel = serial_and_parallel(_im2col)
@@ -196,12 +213,213 @@ def conv2d_gemm_backward(x, w, dy, dw_out, db_out, need_dx=True, parallel=False,
     return dx
 
 
-METHODS = ("gemm", "direct")
+# -- implicit GEMM --------------------------------------------------------------------
+# The tile of the packed GEMM (float32; float64 compiles the same bodies with its
+# own). Rows and columns are zero-padded to whole tiles, so no edge code runs.
+MR, NR = TILE["MR"], TILE["NR"]
+DW_DEPTH = 512   # output pixels per block of the weight gradient: dy's block stays in L2
 
 
-def conv2d(x, w, b, parallel=False, method="gemm"):
+@njit
+def _padded(n, multiple):
+    return (n + multiple - 1) // multiple * multiple
+
+
+def _tap_offsets(c_, h_, w_, kh_, kw_, multiple):
+    """Each filter tap's offset in a sample (C, H, W), in the weights' (c, kh, kw)
+    order; zeros past the last one, to a whole number of ``multiple``."""
+    out = np.zeros(_padded(c_ * kh_ * kw_, multiple), np.int64)
+    for c in range(c_):
+        for kh in range(kh_):
+            for kw in range(kw_):
+                out[(c * kh_ + kh) * kw_ + kw] = (c * h_ + kh) * w_ + kw
+    return out
+
+
+def _pixel_offsets(x_shape, oh_, ow_, pad):
+    """Each output pixel's patch corner in x (N, C, H, W), pixels n-major; ``pad``
+    zeros after the last one (the rows of a padded tile read valid memory)."""
+    n_, c_, h_, w_ = x_shape
+    out = np.zeros(n_ * oh_ * ow_ + pad, np.int64)
+    for n in range(n_):
+        for i in range(oh_):
+            for j in range(ow_):
+                out[(n * oh_ + i) * ow_ + j] = (n * c_ * h_ + i) * w_ + j
+    return out
+
+
+def _column_panels(m, width, padded):
+    """The columns of m (depth x cols) as panels of ``width`` columns, each its
+    depth rows of ``width`` values one after another (zeros past the last column,
+    to ``padded`` columns): the weights as B panels (m = Wᵀ, NR wide) or Wᵀ as
+    A panels (m = W, MR wide)."""
+    depth, cols = m.shape
+    out = np.zeros(padded * depth, m.dtype)
+    for d in range(depth):
+        for col in range(cols):
+            out[((col // width) * depth + d) * width + col % width] = m[d, col]
+    return out
+
+
+def _implicit_forward(x, wp, b, y, taps, pixels, tasks):
+    """y = conv(x, w) + b: each task multiplies its samples' output pixels
+    (rows) by the weights into a tile buffer, then writes them NCHW with the
+    bias."""
+    n_, f_, oh_, ow_ = y.shape
+    p_ = oh_ * ow_
+    k_ = x.shape[1] * (x.shape[2] - oh_ + 1) * (x.shape[3] - ow_ + 1)
+    fpad = wp.size // k_
+    xf = x.reshape(x.size)
+    for t in prange(tasks):
+        s0, s1 = t * n_ // tasks, (t + 1) * n_ // tasks
+        per = max(1, min(s1 - s0, 1024 // p_ + 1))  # samples per tile buffer: it stays in L2
+        out = np.empty((_padded(per * p_, MR), fpad), y.dtype)
+        for n0 in range(s0, s1, per):
+            n1 = min(s1, n0 + per)
+            rows = _padded((n1 - n0) * p_, MR)
+            for j in range(fpad // NR):
+                for r in range(0, rows, MR):
+                    fma_table_rows(xf, pixels, n0 * p_ + r, taps, 0, wp, j * k_ * NR, NR, k_,
+                                   out, r, j * NR, False, MR, NR)
+            for n in range(n0, n1):
+                for f in range(f_):
+                    yf = y[n, f].reshape(p_)
+                    bias = b[f]
+                    for q in range(p_):
+                        yf[q] = out[(n - n0) * p_ + q, f] + bias
+
+
+def _implicit_weight_grad(x, dy, taps, pixels, part, part_db):
+    """part[t] = task t's share of dWᵀ (patchesᵀ·dy over its output pixels),
+    part_db[t] = its share of db: dy's pixels in blocks, each transposed into a
+    buffer (pixels x filters, zero columns to a whole panel) that is the B
+    operand while it is in cache; the patches are A's rows, read through the
+    tables (taps as rows, pixels as depth)."""
+    n_, f_, oh_, ow_ = dy.shape
+    p_ = oh_ * ow_
+    m_ = n_ * p_
+    tasks, kpad, fpad = part.shape
+    xf = x.reshape(x.size)
+    dyf = dy.reshape(dy.size)
+    for t in prange(tasks):
+        m0, m1 = t * m_ // tasks, (t + 1) * m_ // tasks
+        block = np.zeros((DW_DEPTH, fpad), dy.dtype)
+        sums = np.zeros(f_, np.float64)
+        for d0 in range(m0, m1, DW_DEPTH):
+            kc = min(DW_DEPTH, m1 - d0)
+            m = d0
+            while m < d0 + kc:  # the block's pixels, a run per sample
+                n, q0 = m // p_, m % p_
+                q1 = min(p_, q0 + d0 + kc - m)
+                base = n * f_ * p_
+                # a pixel at a time, its filters gathered: the block's row is
+                # written whole (a filter at a time wrote a line per pixel)
+                for q in range(q0, q1):
+                    row = block[m - d0 + q - q0]
+                    for f in range(f_):
+                        v = dyf[base + f * p_ + q]
+                        row[f] = v
+                        sums[f] += v
+                m += q1 - q0
+            for j in range(fpad // NR):
+                for r in range(0, kpad, MR):
+                    fma_table_rows(xf, taps, r, pixels, d0, block.reshape(block.size), j * NR, fpad, kc,
+                                   part[t], r, j * NR, d0 > m0, MR, NR)
+        if m1 == m0:
+            part[t] = 0
+        for f in range(f_):
+            part_db[t, f] = sums[f]
+
+
+def _implicit_input_grad(wa, dy, kh_, kw_, dx, tasks):
+    """dx = the transposed convolution of dy: per sample, its columns Wᵀ·dy[n]
+    (taps x pixels) in a buffer, scattered into dx[n] at once (col2im)."""
+    n_, f_, oh_, ow_ = dy.shape
+    c_ = dx.shape[1]
+    p_ = oh_ * ow_
+    ppad = _padded(p_, NR)
+    kpad = wa.size // f_
+    for t in prange(tasks):
+        b = np.zeros((f_, ppad), dy.dtype)
+        cols = np.empty((kpad, ppad), dy.dtype)
+        bf = b.reshape(b.size)
+        for n in range(t * n_ // tasks, (t + 1) * n_ // tasks):
+            for f in range(f_):
+                d = dy[n, f].reshape(p_)
+                for q in range(p_):
+                    b[f, q] = d[q]
+            for j in range(ppad // NR):
+                for r in range(0, kpad, MR):
+                    fma_panel_rows(wa, (r // MR) * f_ * MR, bf, j * NR, ppad, f_, cols, r, j * NR, False, MR, NR)
+            for c in range(c_):
+                add_patches(dx[n, c], cols, c, kh_, kw_, 0)
+
+
+_IMPLICIT_BODIES = (_implicit_forward, _implicit_weight_grad, _implicit_input_grad)
+_IMPLICIT_HELPERS = (_tap_offsets, _pixel_offsets, _column_panels)
+
+
+def _build_implicit(tile, suffix):
+    constants = dict(MR=tile["MR"], NR=tile["NR"])
+    names = [f.__name__ for f in _IMPLICIT_BODIES]
+    return (specialize(list(_IMPLICIT_HELPERS + _IMPLICIT_BODIES), suffix, constants),
+            specialize(list(_IMPLICIT_HELPERS + _IMPLICIT_BODIES), suffix + "_parallel", constants,
+                       parallel=names))
+
+
+_IMPLICIT = {np.dtype(np.float32): (TILE, _build_implicit(TILE, "_f32")),
+             np.dtype(np.float64): (TILE_F64, _build_implicit(TILE_F64, "_f64"))}
+
+
+def _implicit(dtype, parallel):
+    """(tile, kernels) for a dtype, and the number of tasks for the threads."""
+    tile, (serial, par) = _IMPLICIT[np.dtype(dtype)]
+    return tile, (par if parallel else serial), (numba.get_num_threads() if parallel else 1)
+
+
+def conv2d_implicit(x, w, b, parallel=False):
+    n, c, h, wd = x.shape
+    f, _, kh, kw = w.shape
+    oh, ow = h - kh + 1, wd - kw + 1
+    tile, k, tasks = _implicit(x.dtype, parallel)
+    wp = k["_column_panels"](w.reshape(f, c * kh * kw).T, tile["NR"], -(-f // tile["NR"]) * tile["NR"])
+    y = np.empty((n, f, oh, ow), x.dtype)
+    tasks = min(tasks, n)
+    k["_implicit_forward"](x, wp, b, y, k["_tap_offsets"](c, h, wd, kh, kw, 1),
+                           k["_pixel_offsets"](x.shape, oh, ow, tile["MR"]), tasks)
+    return y
+
+
+def conv2d_implicit_backward(x, w, dy, dw_out, db_out, need_dx=True, parallel=False):
+    n, c, h, wd = x.shape
+    f, _, kh, kw = w.shape
+    oh, ow = h - kh + 1, wd - kw + 1
+    tile, k, tasks = _implicit(x.dtype, parallel)
+    kdepth = c * kh * kw
+    taps = k["_tap_offsets"](c, h, wd, kh, kw, tile["MR"])
+    part = np.empty((max(1, min(tasks, n * oh * ow // DW_DEPTH)), taps.size, -(-f // tile["NR"]) * tile["NR"]),
+                    x.dtype)
+    part_db = np.empty((part.shape[0], f), np.float64)
+    k["_implicit_weight_grad"](x, dy, taps, k["_pixel_offsets"](x.shape, oh, ow, 0), part, part_db)
+    dw_out.reshape(f, kdepth)[:] = part.sum(axis=0)[:kdepth, :f].T
+    db_out[:] = part_db.sum(axis=0)
+    if not need_dx:
+        return None
+    dx = np.empty(x.shape, dy.dtype)
+    k["_implicit_input_grad"](k["_column_panels"](w.reshape(f, kdepth), tile["MR"], taps.size), dy, kh, kw, dx,
+                              min(tasks, n))
+    return dx
+
+
+METHODS = ("implicit", "gemm", "direct")
+DEFAULT_METHOD = "implicit"
+
+
+def conv2d(x, w, b, parallel=False, method=DEFAULT_METHOD):
     """(N,C,H,W) * (F,C,KH,KW) + b -> (N,F,H-KH+1,W-KW+1)."""
     _check_conv(x, w)
+    if method == "implicit":
+        return conv2d_implicit(x, w, b, parallel)
     if method == "gemm":
         return conv2d_gemm(x, w, b, parallel)[0]
     if method != "direct":
@@ -268,13 +486,15 @@ def _conv2d_backward(x, w, dy, dw, db, dx, need_dx):
 conv2d_backward_serial, conv2d_backward_parallel = serial_and_parallel(_conv2d_backward)
 
 
-def conv2d_backward(x, w, dy, dw_out, db_out, need_dx=True, parallel=False, method="gemm",
+def conv2d_backward(x, w, dy, dw_out, db_out, need_dx=True, parallel=False, method=DEFAULT_METHOD,
                     cols=None):
     """Writes dL/dw, dL/db into dw_out, db_out; returns dL/dx or None."""
     _check_conv(x, w)
     expected = (x.shape[0], w.shape[0], x.shape[2] - w.shape[2] + 1, x.shape[3] - w.shape[3] + 1)
     if dy.shape != expected:
         raise ValueError(f"conv2d_backward: dy has shape {dy.shape}, expected {expected}")
+    if method == "implicit":
+        return conv2d_implicit_backward(x, w, dy, dw_out, db_out, need_dx, parallel)
     if method == "gemm":
         return conv2d_gemm_backward(x, w, dy, dw_out, db_out, need_dx, parallel, cols)
     dx = np.empty(x.shape, x.dtype) if need_dx else np.empty((1, 1, 1, 1), x.dtype)
@@ -364,7 +584,9 @@ def _conv_flops(shape):
 
 # shape = (N, C, H(=W), F, K): the cnn's two layers at batch 256, plus odd sizes.
 CONV_SWEEP = [(256, 1, 28, 32, 5), (256, 32, 12, 64, 5)]
-CONV_CHECK = [(1, 1, 5, 1, 5), (2, 3, 7, 4, 3), (3, 2, 9, 5, 5), (1, 1, 33, 2, 1)]
+# (the last two: more filters than one tile's columns, and an odd number of pixels)
+CONV_CHECK = [(1, 1, 5, 1, 5), (2, 3, 7, 4, 3), (3, 2, 9, 5, 5), (1, 1, 33, 2, 1), (3, 5, 11, 33, 3),
+              (2, 3, 8, 70, 2)]
 
 
 def _forward_family():

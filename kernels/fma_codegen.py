@@ -10,7 +10,7 @@ from numba.extending import intrinsic
 from ._numba import TARGET
 
 
-def panel_codegen(dtype, MR_, NR_, lanes, to_rows, strided_a=False, pack_a=False):
+def panel_codegen(dtype, MR_, NR_, lanes, to_rows, strided_a=False, pack_a=False, table_a=False):
     """LLVM IR of the depth loop over one A and one B panel; the MR x NR/L
     accumulators are vector SSA values (phi nodes) carried through the loop.
     Depth step p reads B's row at Bp[b0 + p·ldb:] (ldb = NR for a packed panel,
@@ -20,7 +20,10 @@ def panel_codegen(dtype, MR_, NR_, lanes, to_rows, strided_a=False, pack_a=False
     C's rows (C[ci + r, cj:cj + NR], contiguous) with vector loads, adds and
     stores; else into a tile of MR x NR values. ``pack_a`` (with ``strided_a``):
     each A value read is also stored at Pa[pa0 + p·MR + r], so the panel comes
-    out packed for the calls after this one."""
+    out packed for the calls after this one. ``table_a``: row r of A at depth p
+    is Ap[rows[r0 + r] + deps[d0 + p]], two tables of offsets (an implicit
+    GEMM: a convolution's patches read straight from its input, a row per
+    output pixel and a depth step per filter tap, or the other way round)."""
     V = NR_ // lanes
 
     def codegen(context, builder, signature, args):
@@ -28,6 +31,10 @@ def panel_codegen(dtype, MR_, NR_, lanes, to_rows, strided_a=False, pack_a=False
         if strided_a:  # (Ap, a0, a_step, a_row, Bp, ...): the A strides out of the way
             a_step_v, a_row_v = args[2], args[3]
             args, sig = args[:2] + args[4:], sig[:2] + sig[4:]
+        if table_a:  # (Ap, rows, r0, deps, d0, Bp, ...): the tables out of the way, a0 = r0 unused
+            rows_arr, r0_v, deps_arr, d0_v = args[1:5]
+            rows_ty, deps_ty = sig[1], sig[3]
+            args, sig = args[:1] + args[2:3] + args[5:], sig[:1] + sig[2:3] + sig[5:]
         if pack_a:  # (Ap, a0, Pa, pa0, Bp, ...): the packed copy's array and offset likewise
             pa_arr, pa0_v, paty = args[2], args[3], sig[2]
             args, sig = args[:2] + args[4:], sig[:2] + sig[4:]
@@ -66,6 +73,14 @@ def panel_codegen(dtype, MR_, NR_, lanes, to_rows, strided_a=False, pack_a=False
                     ptr = builder.inttoptr(builder.add(row, ir.Constant(intp, line)), i8p)
                     builder.call(prefetch, [ptr, ir.Constant(i32, 1), ir.Constant(i32, 3),
                                             ir.Constant(i32, 1)])
+        if table_a:
+            rows_p = context.make_array(rows_ty)(context, builder, rows_arr).data
+            deps_p = context.make_array(deps_ty)(context, builder, deps_arr).data
+
+            def offset(ptr, i):
+                return builder.sext(builder.load(builder.gep(ptr, [i])), intp) \
+                    if ptr.type.pointee.width < intp.width else builder.load(builder.gep(ptr, [i]))
+            row_offsets = [offset(rows_p, builder.add(r0_v, ir.Constant(intp, r))) for r in range(MR_)]
         entry = builder.basic_block
         loop = builder.append_basic_block("fma_panel.loop")
         done = builder.append_basic_block("fma_panel.done")
@@ -74,7 +89,10 @@ def panel_codegen(dtype, MR_, NR_, lanes, to_rows, strided_a=False, pack_a=False
         p = builder.phi(intp)
         accs = [builder.phi(vec) for _ in range(MR_ * V)]
         b_base = builder.add(b0_v, builder.mul(p, ldb_v))
-        if strided_a:
+        if table_a:
+            a_base = offset(deps_p, builder.add(d0_v, p))
+            a_rows = row_offsets
+        elif strided_a:
             a_base = builder.add(a0_v, builder.mul(p, a_step_v))
             a_rows = [builder.mul(ir.Constant(intp, r), a_row_v) for r in range(MR_)]
         else:
@@ -197,3 +215,19 @@ def fma_strided_rows_packing(typingctx, A, a0, a_step, a_row, Pa, pa0, Bp, b0, l
         return None
     return (types.none(A, a0, a_step, a_row, Pa, pa0, Bp, b0, ldb, kc, C, ci, cj, accumulate, mr, nr),
             panel_codegen(A.dtype, mr.literal_value, nr.literal_value, lanes, True, strided_a=True, pack_a=True))
+
+
+@intrinsic
+def fma_table_rows(typingctx, A, rows, r0, deps, d0, Bp, b0, ldb, kc, C, ci, cj, accumulate, mr, nr):
+    """fma_panel_rows with A read through two tables of offsets: row r of the
+    panel at depth p is A[rows[r0 + r] + deps[d0 + p]] (integer tables). A
+    convolution's input with rows = the output pixels' offsets and deps = the
+    filter taps' offsets is its patch matrix, never built (implicit GEMM); the
+    tables swapped give the patch matrix transposed. The caller keeps every
+    such index inside A."""
+    lanes = tile_lanes(A.dtype, mr, nr)
+    if lanes is None or not (isinstance(rows, types.Array) and isinstance(rows.dtype, types.Integer)
+                             and isinstance(deps, types.Array) and isinstance(deps.dtype, types.Integer)):
+        return None
+    return (types.none(A, rows, r0, deps, d0, Bp, b0, ldb, kc, C, ci, cj, accumulate, mr, nr),
+            panel_codegen(A.dtype, mr.literal_value, nr.literal_value, lanes, True, table_a=True))

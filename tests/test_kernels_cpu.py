@@ -151,6 +151,44 @@ def test_conv_weight_gradient_stays_accurate_over_a_full_batch(parallel):
     assert np.max(np.abs(db - want_db)) / np.max(np.abs(want_db)) < 1e-6
 
 
+@pytest.mark.parametrize("tile", [dict(MR=4, NR=16), dict(MR=7, NR=48), dict(MR=13, NR=32), dict(MR=6, NR=64)],
+                         ids=lambda t: f"{t['MR']}x{t['NR']}")
+def test_implicit_conv_matches_reference_for_every_tile_the_tuner_may_pick(tile):
+    # the implicit GEMM pads rows to MR and filters to NR: each geometry pads
+    # differently (F = 33 and 70 straddle tiles; 3·9·9 pixels are not whole tiles)
+    serial, _ = conv._build_implicit(tile, f"_test_{tile['MR']}x{tile['NR']}")
+    kernels = {name.rsplit("_test", 1)[0]: k for name, k in serial.items()}
+    rng = np.random.default_rng(1)
+    for n, c, h, f, k in [(3, 5, 11, 33, 3), (2, 3, 8, 70, 2), (1, 1, 6, 1, 6)]:
+        x = rng.standard_normal((n, c, h, h))
+        w = rng.standard_normal((f, c, k, k))
+        b = rng.standard_normal(f)
+        oh = h - k + 1
+        windows = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(2, 3))
+        want_y = np.einsum("ncijuv,fcuv->nfij", windows, w) + b[None, :, None, None]
+        dy = rng.standard_normal(want_y.shape)
+        want_dw = np.einsum("nfij,ncijuv->fcuv", dy, windows)
+        taps = kernels["_tap_offsets"](c, h, h, k, k, tile["MR"])
+        y = np.empty_like(want_y)
+        kernels["_implicit_forward"](x, kernels["_column_panels"](w.reshape(f, -1).T, tile["NR"],
+                                                                           -(-f // tile["NR"]) * tile["NR"]),
+                                     b, y, kernels["_tap_offsets"](c, h, h, k, k, 1),
+                                     kernels["_pixel_offsets"](x.shape, oh, oh, tile["MR"]), 1)
+        part = np.empty((2, taps.size, -(-f // tile["NR"]) * tile["NR"]))
+        part_db = np.empty((2, f))
+        kernels["_implicit_weight_grad"](x, dy, taps, kernels["_pixel_offsets"](x.shape, oh, oh, 0), part, part_db)
+        dx = np.empty_like(x)
+        kernels["_implicit_input_grad"](kernels["_column_panels"](w.reshape(f, -1), tile["MR"], taps.size), dy, k, k, dx, 1)
+        want_dx = np.zeros_like(x)
+        for i in range(k):
+            for j in range(k):
+                want_dx[:, :, i:i + oh, j:j + oh] += np.einsum("nfuv,fc->ncuv", dy, w[:, :, i, j])
+        np.testing.assert_allclose(y, want_y, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(part.sum(axis=0)[:c * k * k, :f].T.reshape(w.shape), want_dw, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(part_db.sum(axis=0), dy.sum(axis=(0, 2, 3)), rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(dx, want_dx, rtol=1e-10, atol=1e-10)
+
+
 MICRO_KERNEL_ASM = os.path.join(os.path.dirname(__file__), "helpers", "micro_kernel_asm.py")
 
 

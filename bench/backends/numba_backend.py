@@ -15,6 +15,7 @@ import numpy as np
 
 from ...kernels import backprop as bp
 from ...kernels import conv, update
+from ...kernels.conv import DEFAULT_METHOD as DEFAULT_CONV
 from ...kernels.conv import METHODS as CONV_METHODS
 from ...kernels.matmul import DEFAULT_VERSION, VERSIONS, matmul, matmul_nt, matmul_tn
 from ...models.ops import Ops
@@ -27,7 +28,7 @@ PARALLEL_MIN_ELEMENTS = 1 << 15
 
 
 class NumbaOps(HostArrays, Ops):
-    def __init__(self, parallel=False, matmul_version=DEFAULT_VERSION, conv_method="gemm"):
+    def __init__(self, parallel=False, matmul_version=DEFAULT_VERSION, conv_method=DEFAULT_CONV):
         self.parallel, self.matmul_version, self.conv_method = parallel, matmul_version, conv_method
         self.name = "numba-parallel" if parallel else "numba"
         # the patch columns of the last convolutions' inputs, for their backward
@@ -143,7 +144,7 @@ class NumbaBackend(Backend):
     parallel = False
     compile_caches = {"NUMBA_CACHE_DIR": "numba"}
 
-    def __init__(self, matmul=DEFAULT_VERSION, conv="gemm"):
+    def __init__(self, matmul=DEFAULT_VERSION, conv=DEFAULT_CONV):
         if matmul not in VERSIONS:
             raise ValueError(f"{self.name}: unknown matmul version {matmul!r}; choose from "
                              f"{', '.join(VERSIONS)}")
