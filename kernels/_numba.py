@@ -170,3 +170,20 @@ def prefetch_row(typingctx, arr, row):
             builder.call(fn, [ptr, i32(0), i32(1), i32(1)])
         return context.get_dummy_value()
     return _types.none(arr, _types.intp), codegen
+
+
+@intrinsic
+def pow2_float32(typingctx, n):
+    """2.0**n as float32 for an integer n in [-126, 127]: the exponent bits set
+    directly ((n + 127) << 23, bitcast), plain integer IR that LLVM vectorises
+    (a call to exp does not vectorise without a vector math library)."""
+    if not isinstance(n, _types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        import llvmlite.ir as ir
+        i32 = ir.IntType(32)
+        v = context.cast(builder, args[0], signature.args[0], _types.int32)
+        bits = builder.shl(builder.add(v, i32(127)), i32(23))
+        return builder.bitcast(bits, ir.FloatType())
+    return _types.float32(n), codegen

@@ -17,11 +17,12 @@ Every loop body is written once and compiled serial and parallel (prange);
 activations are integer codes (ACT) because they are compiled arguments.
 """
 import numpy as np
-from numba import prange
+from numba import prange, types
+from numba.extending import overload
 
 from ..models.ops import dropout_keep_mask
 from ..models.reference import NumpyOps
-from ._numba import njit, serial_and_parallel, stack_array
+from ._numba import JIT, njit, pow2_float32, serial_and_parallel, stack_array
 from .family import KernelFamily
 
 ACT = {"none": 0, "sigmoid": 1, "relu": 2}
@@ -35,13 +36,42 @@ def act_code(activation: str) -> int:
         raise ValueError(f"unknown activation {activation!r}; choose from {', '.join(ACT)}") from None
 
 
+def exp_nonpositive(x):
+    """exp(x) for x <= 0 (np.exp in float64)."""
+    return np.exp(x)
+
+
+@overload(exp_nonpositive, jit_options=JIT)
+def _exp_nonpositive(x):
+    if x != types.float32:
+        return lambda x: np.exp(x)
+
+    def exp_float32(x):
+        # Cephes' expf: x = n·ln 2 + r, n = round(x·log2 e), r (|r| <= ln2/2) by
+        # two constants so that it stays exact; exp(r) by a degree-7 polynomial;
+        # 2**n in the exponent bits. Plain arithmetic, so a loop of sigmoids
+        # vectorises (np.exp is a scalar call); below -87 the result is 0.
+        n = np.floor(x * np.float32(1.4426950408889634) + np.float32(0.5))
+        n = max(n, np.float32(-126.0))
+        r = x - n * np.float32(0.693359375) - n * np.float32(-2.12194440e-4)
+        p = np.float32(1.9875691500e-4)
+        p = p * r + np.float32(1.3981999507e-3)
+        p = p * r + np.float32(8.3334519073e-3)
+        p = p * r + np.float32(4.1665795894e-2)
+        p = p * r + np.float32(1.6666665459e-1)
+        p = p * r + np.float32(5.0000001201e-1)
+        e = (p * r * r + r + np.float32(1)) * pow2_float32(np.int32(n))
+        return np.float32(0) if x < np.float32(-87.0) else e  # NaN stays NaN
+    return exp_float32
+
+
 @njit
 def sigmoid(z):
-    # exp of a non-positive argument only: no overflow for large |z|.
-    if z >= 0:
-        return 1 / (1 + np.exp(-z))
-    e = np.exp(z)
-    return e / (1 + e)
+    # exp of a non-positive argument only: no overflow for large |z|; no branch
+    # around it, so a loop of sigmoids vectorises
+    e = exp_nonpositive(-abs(z))
+    s = 1 / (1 + e)
+    return s if z >= 0 else e * s
 
 
 @njit
@@ -122,7 +152,7 @@ def xent_row(logits, labels, grad, i, scale):
         mx = max(mx, logits[i, j])
     s = logits[i, 0] * 0
     for j in range(n):
-        e = np.exp(logits[i, j] - mx)
+        e = exp_nonpositive(logits[i, j] - mx)
         grad[i, j] = e
         s += e
     inv = scale / s

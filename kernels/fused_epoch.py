@@ -312,17 +312,6 @@ def _hidden_backward_rows(D, BT, A, act, C):
 # state) is permuted into it at the start of the epoch and back at the end, so
 # the elementwise update kernels apply unchanged.
 @njit
-def _swap_first_block(src, dst, rows, cols):
-    """dst = src with its leading rows x cols matrix transposed (the rest copied)."""
-    a = src[:rows * cols].reshape((rows, cols))
-    t = dst[:rows * cols].reshape((cols, rows))
-    for r in range(rows):
-        for c in range(cols):
-            t[c, r] = a[r, c]
-    dst[rows * cols:] = src[rows * cols:]
-
-
-@njit
 def _dot_rows_t(X, rows, WT, Z):
     """Z[i, j] = X[rows[i]] · WT[j], the batch's rows read in place (no gathered
     copy): five samples x five weight rows a pass (_dot5x5), so WT (94 KB at 30 x
@@ -434,11 +423,14 @@ def _weight_grad_panels(D, xb, GT, dp, scale, accumulate):
 
 
 @njit
-def _transpose_first_block(buf, rows, cols, tmp):
-    """In place: buf's leading rows x cols matrix becomes its cols x rows transpose."""
+def _transpose_block(buf, offset, rows, cols):
+    """In place: the rows x cols matrix at buf[offset:] becomes its cols x rows transpose."""
     if buf.size:
-        _swap_first_block(buf, tmp, rows, cols)
-        buf[:] = tmp
+        a = buf[offset:offset + rows * cols].copy().reshape((rows, cols))
+        t = buf[offset:offset + rows * cols].reshape((cols, rows))
+        for r in range(rows):
+            for c in range(cols):
+                t[c, r] = a[r, c]
 
 
 @njit
@@ -448,20 +440,24 @@ def nielsen_epoch(X, onehot, order, starts, contiguous, flat, gflat, s1, s2, hid
     signature every fused epoch shares (numba-fused calls them alike) and unused:
     a step of nielsen's 10-image batches is too small to split between threads."""
     d, c = X.shape[1], onehot.shape[1]
-    tmp = np.empty(flat.size, flat.dtype)
+    # both weight matrices held transposed for the epoch (W1ᵀ's rows are the
+    # forward's dot products, W2ᵀ's the output layer's), with their gradients
+    # and optimizer state: the elementwise updates do not mind the layout
+    w2_at = hidden * d + hidden
     for buf in (flat, gflat, s1, s2):
-        _transpose_first_block(buf, d, hidden, tmp)
+        _transpose_block(buf, 0, d, hidden)
+        _transpose_block(buf, w2_at, hidden, c)
     w1t, gw1t = _view2(flat, 0, hidden, d), _view2(gflat, 0, hidden, d)
+    w2t, gw2t = _view2(flat, w2_at, c, hidden), _view2(gflat, w2_at, c, hidden)
     first = hidden * d
-    _, b1, w2, b2 = _two_layer_params(flat, d, hidden, c)
-    _, gb1, gw2, gb2 = _two_layer_params(gflat, d, hidden, c)
+    _, b1, _, b2 = _two_layer_params(flat, d, hidden, c)
+    _, gb1, _, gb2 = _two_layer_params(gflat, d, hidden, c)
     nb = starts.size - 1
     m = 0
     for bi in range(nb):
         m = max(m, starts[bi + 1] - starts[bi])
     a1_buf, a2_buf = np.empty((m, hidden), X.dtype), np.empty((m, c), X.dtype)
     y_buf, d2_buf, d1_buf = np.empty((m, c), X.dtype), np.empty((m, c), X.dtype), np.empty((m, hidden), X.dtype)
-    w2t, gw2t = np.empty((c, hidden), X.dtype), np.empty((c, hidden), X.dtype)  # the 10-wide layer transposed
     panels = hidden % 10 == 0
     x_buf = np.empty((0 if contiguous else m, d), X.dtype)
     dp = np.empty(m * hidden, X.dtype)
@@ -474,9 +470,6 @@ def nielsen_epoch(X, onehot, order, starts, contiguous, flat, gflat, s1, s2, hid
         a1, a2, dz2, dz1 = a1_buf[:n], a2_buf[:n], d2_buf[:n], d1_buf[:n]
         _dot_rows_t(X, rows, w1t, a1)
         bias_act_serial(a1, b1, SIGMOID)
-        for p in range(hidden):
-            for j in range(c):
-                w2t[j, p] = w2[p, j]
         _dot_rows_nt(a1, w2t, a2)
         bias_act_serial(a2, b2, SIGMOID)
         total += quadratic(a2, yb, dz2)
@@ -485,9 +478,6 @@ def nielsen_epoch(X, onehot, order, starts, contiguous, flat, gflat, s1, s2, hid
                 dz2[i, j] *= a2[i, j] * (1 - a2[i, j])
         for j in range(c):
             axpy_columns(a1, dz2, gw2t, j)
-        for p in range(hidden):
-            for j in range(c):
-                gw2[p, j] = gw2t[j, p]
         bias_grad_serial(dz2, gb2)
         _hidden_backward_rows(dz2, w2t, a1, SIGMOID, dz1)
         # plain SGD takes W1ᵀ's step in the gradient pass (its gradient is then not
@@ -508,7 +498,8 @@ def nielsen_epoch(X, onehot, order, starts, contiguous, flat, gflat, s1, s2, hid
         else:
             _update(flat, gflat, s1, s2, opt, step, lr, beta, beta1, beta2, eps)
     for buf in (flat, gflat, s1, s2):
-        _transpose_first_block(buf, hidden, d, tmp)
+        _transpose_block(buf, 0, hidden, d)
+        _transpose_block(buf, w2_at, c, hidden)
     return total, step
 
 

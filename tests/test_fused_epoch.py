@@ -37,14 +37,15 @@ def test_axpy_rows_t_matches_numpy(m, k, h, lr):
     np.testing.assert_allclose(wt, before - np.float32(lr) * want, rtol=1e-4, atol=1e-4 * np.sqrt(m))
 
 
-def test_transpose_first_block_round_trip():
+def test_transpose_block_round_trip():
     rng = np.random.default_rng(0)
-    buf = rng.standard_normal(7 * 3 + 5).astype(np.float32)
-    orig, tmp = buf.copy(), np.empty_like(buf)
-    fe._transpose_first_block(buf, 7, 3, tmp)
-    np.testing.assert_array_equal(buf[:21].reshape(3, 7), orig[:21].reshape(7, 3).T)
-    np.testing.assert_array_equal(buf[21:], orig[21:])
-    fe._transpose_first_block(buf, 3, 7, tmp)
+    buf = rng.standard_normal(4 + 7 * 3 + 5).astype(np.float32)
+    orig = buf.copy()
+    fe._transpose_block(buf, 4, 7, 3)
+    np.testing.assert_array_equal(buf[4:25].reshape(3, 7), orig[4:25].reshape(7, 3).T)
+    np.testing.assert_array_equal(buf[:4], orig[:4])
+    np.testing.assert_array_equal(buf[25:], orig[25:])
+    fe._transpose_block(buf, 4, 3, 7)
     np.testing.assert_array_equal(buf, orig)
 
 
