@@ -289,3 +289,23 @@ def test_serial_caller_of_a_cached_parallel_kernel_loads_from_cache(tmp_path):
     total, hits = runs[2].stdout.split()
     assert float(total) == 2000.0
     assert int(hits) >= 1  # the third process did load the caller from the cache
+
+
+def test_float32_exp_is_accurate_and_keeps_nan():
+    # the sigmoid's and the softmax's exp (a polynomial, so their loops vectorise)
+    from mnist_numba_bench.kernels._numba import njit
+
+    @njit
+    def exps(x, out):
+        for i in range(x.size):
+            out[i] = backprop.exp_nonpositive(x[i])
+
+    x = np.concatenate([np.linspace(-87, 0, 200_001), [np.nan, -np.inf, -90.0]]).astype(np.float32)
+    got = np.empty_like(x)
+    exps(x, got)
+    want = np.exp(x[:-3].astype(np.float64))
+    assert np.max(np.abs(got[:-3] - want) / want) < 1e-6
+    assert np.isnan(got[-3]) and got[-2] == 0 and got[-1] == 0
+    z = np.array([[np.nan, 50.0, -50.0, 0.0]], np.float32)
+    backprop.bias_act_serial(z, np.zeros(4, np.float32), backprop.ACT["sigmoid"])
+    assert np.isnan(z[0, 0]) and z[0, 1] == 1 and 0 < z[0, 2] < 1e-21 and z[0, 3] == 0.5
