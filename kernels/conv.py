@@ -27,7 +27,7 @@ from ..models.reference import NumpyOps
 from ._numba import TILE, njit, serial_and_parallel, specialize
 from .family import KernelFamily
 from .fma_codegen import fma_panel_rows, fma_table_rows
-from .matmul import TILE_F64, gemm_views
+from .matmul import PACKING, TILE_F64, gemm_views
 
 
 def _check_conv(x, w):
@@ -225,6 +225,7 @@ def _padded(n, multiple):
     return (n + multiple - 1) // multiple * multiple
 
 
+@njit
 def _tap_offsets(c_, h_, w_, kh_, kw_, multiple):
     """Each filter tap's offset in a sample (C, H, W), in the weights' (c, kh, kw)
     order; zeros past the last one, to a whole number of ``multiple``."""
@@ -236,6 +237,7 @@ def _tap_offsets(c_, h_, w_, kh_, kw_, multiple):
     return out
 
 
+@njit
 def _pixel_offsets(x_shape, oh_, ow_, pad):
     """Each output pixel's patch corner in x (N, C, H, W), pixels n-major; ``pad``
     zeros after the last one (the rows of a padded tile read valid memory)."""
@@ -245,19 +247,6 @@ def _pixel_offsets(x_shape, oh_, ow_, pad):
         for i in range(oh_):
             for j in range(ow_):
                 out[(n * oh_ + i) * ow_ + j] = (n * c_ * h_ + i) * w_ + j
-    return out
-
-
-def _column_panels(m, width, padded):
-    """The columns of m (depth x cols) as panels of ``width`` columns, each its
-    depth rows of ``width`` values one after another (zeros past the last column,
-    to ``padded`` columns): the weights as B panels (m = Wᵀ, NR wide) or Wᵀ as
-    A panels (m = W, MR wide)."""
-    depth, cols = m.shape
-    out = np.zeros(padded * depth, m.dtype)
-    for d in range(depth):
-        for col in range(cols):
-            out[((col // width) * depth + d) * width + col % width] = m[d, col]
     return out
 
 
@@ -356,15 +345,14 @@ def _implicit_input_grad(wa, dy, kh_, kw_, dx, tasks):
 
 
 _IMPLICIT_BODIES = (_implicit_forward, _implicit_weight_grad, _implicit_input_grad)
-_IMPLICIT_HELPERS = (_tap_offsets, _pixel_offsets, _column_panels)
 
 
 def _build_implicit(tile, suffix):
+    """(serial, parallel) {name: dispatcher} of the implicit-GEMM bodies for a tile."""
     constants = dict(MR=tile["MR"], NR=tile["NR"])
     names = [f.__name__ for f in _IMPLICIT_BODIES]
-    return (specialize(list(_IMPLICIT_HELPERS + _IMPLICIT_BODIES), suffix, constants),
-            specialize(list(_IMPLICIT_HELPERS + _IMPLICIT_BODIES), suffix + "_parallel", constants,
-                       parallel=names))
+    return (specialize(list(_IMPLICIT_BODIES), suffix, constants),
+            specialize(list(_IMPLICIT_BODIES), suffix + "_parallel", constants, parallel=names))
 
 
 _IMPLICIT = {np.dtype(np.float32): (TILE, _build_implicit(TILE, "_f32")),
@@ -372,21 +360,41 @@ _IMPLICIT = {np.dtype(np.float32): (TILE, _build_implicit(TILE, "_f32")),
 
 
 def _implicit(dtype, parallel):
-    """(tile, kernels) for a dtype, and the number of tasks for the threads."""
+    """(tile, kernels, the matmul's packing routines of that tile) for a dtype,
+    and the number of tasks for the threads."""
     tile, (serial, par) = _IMPLICIT[np.dtype(dtype)]
-    return tile, (par if parallel else serial), (numba.get_num_threads() if parallel else 1)
+    return (tile, (par if parallel else serial), PACKING[np.dtype(dtype)],
+            numba.get_num_threads() if parallel else 1)
+
+
+def _pack_weights(w2, nr, pack):
+    """The weights (F, K) as the B panels of patches·Wᵀ: K rows of nr filters a
+    panel, zero columns to a whole panel (the matmul's packing of Bᵀ)."""
+    f, k = w2.shape
+    wp = np.empty(_padded(f, nr) * k, w2.dtype)
+    pack["_pack_b"](w2, True, 0, k, 0, f, wp)
+    return wp
+
+
+def _pack_weights_t(w2, kpad, pack):
+    """Wᵀ (K, F) as the A panels of Wᵀ·dy: F groups of MR taps a panel, zero taps
+    to ``kpad`` (the matmul's packing of Aᵀ)."""
+    f, k = w2.shape
+    wa = np.empty(kpad * f, w2.dtype)
+    pack["_pack_a"](w2, True, 0, k, 0, f, wa)
+    return wa
 
 
 def conv2d_implicit(x, w, b, parallel=False):
     n, c, h, wd = x.shape
     f, _, kh, kw = w.shape
     oh, ow = h - kh + 1, wd - kw + 1
-    tile, k, tasks = _implicit(x.dtype, parallel)
-    wp = k["_column_panels"](w.reshape(f, c * kh * kw).T, tile["NR"], -(-f // tile["NR"]) * tile["NR"])
+    tile, k, pack, tasks = _implicit(x.dtype, parallel)
+    wp = _pack_weights(w.reshape(f, c * kh * kw), tile["NR"], pack)
     y = np.empty((n, f, oh, ow), x.dtype)
     tasks = min(tasks, n)
-    k["_implicit_forward"](x, wp, b, y, k["_tap_offsets"](c, h, wd, kh, kw, 1),
-                           k["_pixel_offsets"](x.shape, oh, ow, tile["MR"]), tasks)
+    k["_implicit_forward"](x, wp, b, y, _tap_offsets(c, h, wd, kh, kw, 1),
+                           _pixel_offsets(x.shape, oh, ow, tile["MR"]), tasks)
     return y
 
 
@@ -394,19 +402,18 @@ def conv2d_implicit_backward(x, w, dy, dw_out, db_out, need_dx=True, parallel=Fa
     n, c, h, wd = x.shape
     f, _, kh, kw = w.shape
     oh, ow = h - kh + 1, wd - kw + 1
-    tile, k, tasks = _implicit(x.dtype, parallel)
+    tile, k, pack, tasks = _implicit(x.dtype, parallel)
     kdepth = c * kh * kw
-    taps = k["_tap_offsets"](c, h, wd, kh, kw, tile["MR"])
-    part = np.empty((max(1, min(tasks, n * oh * ow // DW_DEPTH)), taps.size, -(-f // tile["NR"]) * tile["NR"]),
-                    x.dtype)
+    taps = _tap_offsets(c, h, wd, kh, kw, tile["MR"])
+    part = np.empty((max(1, min(tasks, n * oh * ow // DW_DEPTH)), taps.size, _padded(f, tile["NR"])), x.dtype)
     part_db = np.empty((part.shape[0], f), np.float64)
-    k["_implicit_weight_grad"](x, dy, taps, k["_pixel_offsets"](x.shape, oh, ow, 0), part, part_db)
+    k["_implicit_weight_grad"](x, dy, taps, _pixel_offsets(x.shape, oh, ow, 0), part, part_db)
     dw_out.reshape(f, kdepth)[:] = part.sum(axis=0)[:kdepth, :f].T
     db_out[:] = part_db.sum(axis=0)
     if not need_dx:
         return None
     dx = np.empty(x.shape, dy.dtype)
-    k["_implicit_input_grad"](k["_column_panels"](w.reshape(f, kdepth), tile["MR"], taps.size), dy, kh, kw, dx,
+    k["_implicit_input_grad"](_pack_weights_t(w.reshape(f, kdepth), taps.size, pack), dy, kh, kw, dx,
                               min(tasks, n))
     return dx
 

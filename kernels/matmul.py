@@ -519,6 +519,9 @@ _packed_serial, _packed_parallel = _f32["serial"], _f32["parallel"]
 gemm_serial, gemm_parallel = _f32["gemm_serial"], _f32["gemm_parallel"]
 TILE_F64 = dict(TILE, NR=max(4, TILE["NR"] // 2))
 _f64 = build(TILE_F64, "_f64")
+# each dtype's packing routines (_pack_a, _pack_b, ...) for its geometry, for
+# kernels that run their own products on the micro-kernel (kernels/conv.py)
+PACKING = {np.dtype(np.float32): _f32["pieces"], np.dtype(np.float64): _f64["pieces"]}
 
 
 @njit

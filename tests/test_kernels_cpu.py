@@ -156,8 +156,9 @@ def test_conv_weight_gradient_stays_accurate_over_a_full_batch(parallel):
 def test_implicit_conv_matches_reference_for_every_tile_the_tuner_may_pick(tile):
     # the implicit GEMM pads rows to MR and filters to NR: each geometry pads
     # differently (F = 33 and 70 straddle tiles; 3·9·9 pixels are not whole tiles)
-    serial, _ = conv._build_implicit(tile, f"_test_{tile['MR']}x{tile['NR']}")
-    kernels = {name.rsplit("_test", 1)[0]: k for name, k in serial.items()}
+    suffix = f"_test_{tile['MR']}x{tile['NR']}"
+    kernels, _ = conv._build_implicit(tile, suffix)
+    pack = matmul.build(dict(matmul.TILE, **tile), suffix)["pieces"]  # its packing only reads MR, NR
     rng = np.random.default_rng(1)
     for n, c, h, f, k in [(3, 5, 11, 33, 3), (2, 3, 8, 70, 2), (1, 1, 6, 1, 6)]:
         x = rng.standard_normal((n, c, h, h))
@@ -168,17 +169,16 @@ def test_implicit_conv_matches_reference_for_every_tile_the_tuner_may_pick(tile)
         want_y = np.einsum("ncijuv,fcuv->nfij", windows, w) + b[None, :, None, None]
         dy = rng.standard_normal(want_y.shape)
         want_dw = np.einsum("nfij,ncijuv->fcuv", dy, windows)
-        taps = kernels["_tap_offsets"](c, h, h, k, k, tile["MR"])
+        taps = conv._tap_offsets(c, h, h, k, k, tile["MR"])
         y = np.empty_like(want_y)
-        kernels["_implicit_forward"](x, kernels["_column_panels"](w.reshape(f, -1).T, tile["NR"],
-                                                                           -(-f // tile["NR"]) * tile["NR"]),
-                                     b, y, kernels["_tap_offsets"](c, h, h, k, k, 1),
-                                     kernels["_pixel_offsets"](x.shape, oh, oh, tile["MR"]), 1)
-        part = np.empty((2, taps.size, -(-f // tile["NR"]) * tile["NR"]))
+        kernels["_implicit_forward"](x, conv._pack_weights(w.reshape(f, -1), tile["NR"], pack), b, y,
+                                     conv._tap_offsets(c, h, h, k, k, 1),
+                                     conv._pixel_offsets(x.shape, oh, oh, tile["MR"]), 1)
+        part = np.empty((2, taps.size, conv._padded(f, tile["NR"])))
         part_db = np.empty((2, f))
-        kernels["_implicit_weight_grad"](x, dy, taps, kernels["_pixel_offsets"](x.shape, oh, oh, 0), part, part_db)
+        kernels["_implicit_weight_grad"](x, dy, taps, conv._pixel_offsets(x.shape, oh, oh, 0), part, part_db)
         dx = np.empty_like(x)
-        kernels["_implicit_input_grad"](kernels["_column_panels"](w.reshape(f, -1), tile["MR"], taps.size), dy, k, k, dx, 1)
+        kernels["_implicit_input_grad"](conv._pack_weights_t(w.reshape(f, -1), taps.size, pack), dy, k, k, dx, 1)
         want_dx = np.zeros_like(x)
         for i in range(k):
             for j in range(k):
