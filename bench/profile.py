@@ -19,6 +19,7 @@ their own, where py-spy sees the main thread waiting: for them the child also
 trains one more epoch under the library's own profiler and writes its per-op
 table.
 """
+import itertools
 import json
 import math
 import os
@@ -117,10 +118,10 @@ def run_child(args):
     start = time.perf_counter()
     warmup_epoch(trainer, epoch_batches(len(x), config["batch_size"], args.seed, 1))
     calibration_s = time.perf_counter() - start
-    # enough epochs for --min-samples at --rate, with a margin for sampling jitter
-    # epochs until the profiled time gives --min-samples at --rate (and a margin
-    # for sampling jitter); their batch orders made beforehand, twice as many as
-    # the calibration epoch says, for epochs that run faster than it did
+    # epochs until the profiled time gives --min-samples at --rate, with a margin
+    # for sampling jitter; their batch orders are made beforehand (twice as many as
+    # the calibration epoch says) and reused in turn if the epochs run faster than
+    # it did, so the profiled region holds training only
     wanted_s = 1.2 * args.min_samples / args.rate
     planned = max(1, min(MAX_EPOCHS, 2 * math.ceil(wanted_s / max(calibration_s, 1e-6))))
     epochs = [epoch_batches(len(x), config["batch_size"], args.seed, 2 + i) for i in range(planned)]
@@ -150,10 +151,11 @@ def warmup_epoch(trainer, batches):
 
 def profiled_epochs(trainer, epochs, seconds=0.0):
     """The profiled region: every sample under this frame is the timed work.
-    Trains ``epochs`` in turn until ``seconds`` have passed (at least one);
+    Trains the batch orders ``epochs`` in turn, from the first again when they run
+    out, until ``seconds`` have passed (at least one epoch, at most MAX_EPOCHS);
     returns (the last loss, epochs trained)."""
     loss, start, done = None, time.perf_counter(), 0
-    for batches in epochs:
+    for batches in itertools.islice(itertools.cycle(epochs), MAX_EPOCHS):
         loss = trainer.train_epoch(batches)
         trainer.synchronize()
         done += 1

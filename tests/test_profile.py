@@ -3,6 +3,7 @@ short real run (skipped with the reason where py-spy is missing or cannot attach
 import argparse
 import json
 import os
+import time
 
 import pytest
 
@@ -72,6 +73,26 @@ def test_flamegraph_holds_only_the_given_stacks_each_with_its_share():
     assert "NumpyOps.add (numpy_backend.py): 25.0% (python)" in svg
     assert "profiled_epochs (profile.py): 100.0%" in svg
     assert svg.count("<rect") == 4
+
+
+def test_profiled_epochs_reuse_the_batch_orders_until_the_time_is_reached():
+    class SleepyTrainer:
+        def __init__(self):
+            self.seen = []
+
+        def train_epoch(self, batches):
+            self.seen.append(batches)
+            time.sleep(0.01)
+            return float(len(self.seen))
+
+        def synchronize(self):
+            pass
+
+    trainer = SleepyTrainer()
+    loss, done = profile.profiled_epochs(trainer, ["a", "b"], seconds=0.055)
+    # the two planned orders ran out before the time: they are trained again in turn
+    assert done >= 6 and loss == done and trainer.seen[:4] == ["a", "b", "a", "b"]
+    assert profile.profiled_epochs(SleepyTrainer(), ["a"], seconds=0.0) == (1.0, 1)
 
 
 def test_few_samples_are_said_in_the_table():
