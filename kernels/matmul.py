@@ -186,7 +186,8 @@ def _block(Ap, Bp, C, i0, mc, j0, nc, kc, accumulate, edge):
             if h == MR and w == NR:
                 _micro(Ap, a0, Bp, b0, kc, C, i0 + ip, j0 + jp, accumulate)
                 continue
-            _micro(Ap, a0, Bp, b0, kc, edge, 0, 0, False)
+            # non-literal arguments: one compiled signature of _micro, not two
+            _micro(Ap, a0, Bp, b0, kc, edge, np.intp(0), np.intp(0), np.bool_(False))
             for r in range(h):
                 for j in range(w):
                     if accumulate:
@@ -215,26 +216,83 @@ def _pack_a_block(A, ta, Ap, Bp, C, i0, mc, p0, j0, nc, kc, accumulate, edge):
     if full < mc:  # the last rows, fewer than MR: packed (zero rows below), then as _block's edges
         a0 = (full // MR) * kc * MR
         _pack_a(A, ta, i0 + full, mc - full, p0, kc, Ap[a0:])
-        _block(Ap[a0:], Bp, C, i0 + full, mc - full, j0, NR, kc, accumulate, edge)
+        _block(Ap[a0:], Bp, C, i0 + full, mc - full, j0, min(NR, nc), kc, accumulate, edge)
     if nc > NR:
         _block(Ap, Bp[kc * NR:], C, i0, mc, j0 + NR, nc - NR, kc, accumulate, edge)
 
 
-def _packed(A, ta, B, tb, C):
-    """C = op(A)·op(B) (see _pack_a, _pack_b), GotoBLAS loop order: NC columns of B, KC deep, packed once and
-    shared; blocks of rows of A packed by the task that multiplies them (the
-    parallel axis: no two tasks write one row of C). A product with too few rows
-    for that (the convolutions' F x C·K·K times C·K·K x N·P) splits its columns
-    instead (_packed_columns)."""
+# the three kinds of task the packed GEMM hands to the thread pool (_task); passed
+# as np.intp so that each is not a compile-time literal, which would compile
+# _tasks and _task once per kind
+PACK_B, ROW_BLOCK, COLUMN_SLICE = range(3)
+
+
+def _task(kind, t, tasks, split, A, ta, B, tb, C, packed, p0, kc, j0, nc):
+    """Task ``t`` of ``tasks`` of one parallel step of _packed, for depth p0:p0+kc:
+    PACK_B packs B's panels t*split.. (of columns j0:j0+nc) into the shared
+    ``packed``; ROW_BLOCK packs its rows of A (the row panels dealt out evenly)
+    and multiplies them by those panels, no two tasks writing one row of C;
+    COLUMN_SLICE packs its ``split`` columns of B and multiplies them by all of
+    A, packed in ``packed`` (no two tasks writing one column of C)."""
+    m = A.shape[1] if ta else A.shape[0]
+    if kind == PACK_B:
+        panels = (nc + NR - 1) // NR
+        t0, t1 = t * split, min(panels, (t + 1) * split)
+        _pack_b(B, tb, p0, kc, j0 + t0 * NR, min(nc, t1 * NR) - t0 * NR, packed[t0 * kc * NR:t1 * kc * NR])
+        return
+    edge = np.empty((MR, NR), C.dtype)
+    if kind == ROW_BLOCK:
+        row_panels = (m + MR - 1) // MR
+        i0 = t * row_panels // tasks * MR
+        rows = min(m, (t + 1) * row_panels // tasks * MR) - i0
+        Ap = np.empty(kc * ((rows + MR - 1) // MR * MR), C.dtype)
+        _pack_a_block(A, ta, Ap, packed, C, i0, rows, p0, j0, nc, kc, p0 > 0, edge)
+        return
+    n = B.shape[0] if tb else B.shape[1]
+    c0 = t * split
+    width = min(split, n - c0)
+    own = np.empty(kc * ((width + NR - 1) // NR * NR), C.dtype)
+    _pack_b(B, tb, p0, kc, c0, width, own)
+    _block(packed, own, C, np.intp(0), m, c0, width, kc, p0 > 0, edge)
+
+
+def _tasks(threads, kind, tasks, split, A, ta, B, tb, C, packed, p0, kc, j0, nc):
+    """_task for t in range(tasks), on the thread pool if ``threads`` (in the
+    parallel build). Every step of the GEMM goes through these two loops, so the
+    pool's loop body -- a compile of its own, with all the code it calls -- is
+    compiled once, and a product too small for the pool needs no serial driver
+    of its own."""
+    if threads:
+        for t in prange(tasks):
+            _task(kind, np.intp(t), tasks, split, A, ta, B, tb, C, packed, p0, kc, j0, nc)
+    else:
+        for t in range(tasks):
+            _task(kind, t, tasks, split, A, ta, B, tb, C, packed, p0, kc, j0, nc)
+
+
+def _packed(A, ta, B, tb, C, threads):
+    """C = op(A)·op(B) (see _pack_a, _pack_b), GotoBLAS loop order: NC columns of
+    B, KC deep, packed once and shared; blocks of rows of A packed by the task
+    that multiplies them (the parallel axis). A product with too few rows for
+    that (the convolutions' F x C·K·K times C·K·K x N·P) packs all of A once and
+    splits B's columns instead. The tasks run through _tasks, on the thread pool
+    if ``threads``."""
     m, k = (A.shape[1], A.shape[0]) if ta else (A.shape[0], A.shape[1])
     n = B.shape[0] if tb else B.shape[1]
     if k == 0:
         C[:] = 0
         return
-    if m < 2 * MIN_ROW_BLOCKS * MR and n >= 2 * MIN_ROW_BLOCKS * NR:
-        _packed_columns(A, ta, B, tb, C)
-        return
     kc_max = min(KC, k)
+    if m < 2 * MIN_ROW_BLOCKS * MR and n >= 2 * MIN_ROW_BLOCKS * NR:
+        tasks = MIN_ROW_BLOCKS * ((n + MIN_ROW_BLOCKS * NC - 1) // (MIN_ROW_BLOCKS * NC))
+        width = ((n + tasks - 1) // tasks + NR - 1) // NR * NR
+        tasks = (n + width - 1) // width
+        Ap = np.empty(kc_max * ((m + MR - 1) // MR * MR), C.dtype)
+        for p0 in range(0, k, KC):
+            kc = min(KC, k - p0)
+            _pack_a(A, ta, np.intp(0), m, p0, kc, Ap)
+            _tasks(threads, np.intp(COLUMN_SLICE), tasks, width, A, ta, B, tb, C, Ap, p0, kc, np.intp(0), n)
+        return
     Bp = np.empty(kc_max * ((min(NC, n) + NR - 1) // NR * NR), C.dtype)
     # a multiple of MIN_ROW_BLOCKS row blocks of about MC rows, the row panels
     # (MR rows) dealt out evenly: every thread count that divides
@@ -247,42 +305,11 @@ def _packed(A, ta, B, tb, C):
         nc = min(NC, n - j0)
         for p0 in range(0, k, KC):
             kc = min(KC, k - p0)
-            # the panels in MIN_ROW_BLOCKS runs, one task each
+            # B's panels in MIN_ROW_BLOCKS runs, one task each
             panels = (nc + NR - 1) // NR
             per_task = (panels + MIN_ROW_BLOCKS - 1) // MIN_ROW_BLOCKS
-            for task in prange((panels + per_task - 1) // per_task):
-                t0 = task * per_task
-                t1 = min(panels, t0 + per_task)
-                _pack_b(B, tb, p0, kc, j0 + t0 * NR, min(nc, t1 * NR) - t0 * NR, Bp[t0 * kc * NR:t1 * kc * NR])
-            for ib in prange(n_ib):
-                i0 = ib * row_panels // n_ib * MR
-                rows = min(m, (ib + 1) * row_panels // n_ib * MR) - i0
-                Ap = np.empty(kc * ((rows + MR - 1) // MR * MR), C.dtype)
-                edge = np.empty((MR, NR), C.dtype)
-                _pack_a_block(A, ta, Ap, Bp, C, i0, rows, p0, j0, nc, kc, p0 > 0, edge)
-
-
-def _packed_columns(A, ta, B, tb, C):
-    """C = op(A)·op(B) for few rows and many columns: every row of A packed once and shared,
-    the columns split into a multiple of MIN_ROW_BLOCKS tasks, each packing and
-    multiplying its own slice of B (no two tasks write one column of C)."""
-    m, k = (A.shape[1], A.shape[0]) if ta else (A.shape[0], A.shape[1])
-    n = B.shape[0] if tb else B.shape[1]
-    tasks = MIN_ROW_BLOCKS * ((n + MIN_ROW_BLOCKS * NC - 1) // (MIN_ROW_BLOCKS * NC))
-    width = ((n + tasks - 1) // tasks + NR - 1) // NR * NR
-    tasks = (n + width - 1) // width
-    kc_max = min(KC, k)
-    Ap = np.empty(kc_max * ((m + MR - 1) // MR * MR), C.dtype)
-    for p0 in range(0, k, KC):
-        kc = min(KC, k - p0)
-        _pack_a(A, ta, 0, m, p0, kc, Ap)
-        for t in prange(tasks):
-            j0 = t * width
-            nc = min(width, n - j0)
-            Bp = np.empty(kc * ((nc + NR - 1) // NR * NR), C.dtype)
-            edge = np.empty((MR, NR), C.dtype)
-            _pack_b(B, tb, p0, kc, j0, nc, Bp)
-            _block(Ap, Bp, C, 0, m, j0, nc, kc, p0 > 0, edge)
+            _tasks(threads, np.intp(PACK_B), (panels + per_task - 1) // per_task, per_task, A, ta, B, tb, C, Bp, p0, kc, j0, nc)
+            _tasks(threads, np.intp(ROW_BLOCK), n_ib, n_ib, A, ta, B, tb, C, Bp, p0, kc, j0, nc)
 
 
 # -- narrow outputs: dot products and axpys along contiguous rows -------------------
@@ -426,15 +453,9 @@ def _gemm(a, ta, b, tb, C):
         else:
             _narrow_dot_serial(a, Bt, C)
     elif kernel == PACKED_SWAPPED:
-        if par:
-            _packed_parallel(b, not tb, a, not ta, C.T[:, :])
-        else:
-            _packed_serial(b, not tb, a, not ta, C.T[:, :])
+        _packed(b, not tb, a, not ta, C.T[:, :], par)
     elif kernel == PACKED:
-        if par:
-            _packed_parallel(a, ta, b, tb, C[:, :])
-        else:
-            _packed_serial(a, ta, b, tb, C[:, :])
+        _packed(a, ta, b, tb, C[:, :], par)
 
 
 def _python_dispatch(kc, packed_serial, packed_parallel):
@@ -447,6 +468,8 @@ def _python_dispatch(kc, packed_serial, packed_parallel):
         n = b.shape[0] if tb else b.shape[1]
         par = parallel and m * k * n >= PARALLEL_MIN_WORK
         kernel = route(m, k, n, ta, tb, kc)
+        # the serial build links no parallel code; the parallel one runs small products serially
+        packed = packed_parallel if parallel else packed_serial
         # every kernel gets C-contiguous arrays, so each compiles for one layout
         if kernel == NARROW_TN:  # b is narrow (n < NARROW columns): a copy is small
             (_narrow_tn_parallel if par else _narrow_tn_serial)(a, np.ascontiguousarray(b.T) if tb else b, C)
@@ -456,14 +479,14 @@ def _python_dispatch(kc, packed_serial, packed_parallel):
             (_narrow_dot_parallel if par else _narrow_dot_serial)(a, b if tb else np.ascontiguousarray(b.T), C)
         elif kernel == PACKED_SWAPPED:  # Cᵀ, narrow, into its own buffer
             ct = np.empty((n, m), C.dtype)
-            (packed_parallel if par else packed_serial)(b, not tb, a, not ta, ct)
+            packed(b, not tb, a, not ta, ct, par)
             C[:] = ct.T
         elif kernel == PACKED:
-            (packed_parallel if par else packed_serial)(a, ta, b, tb, C)
+            packed(a, ta, b, tb, C, par)
     return dispatch
 
 
-PACKED_BODIES = (_pack_b, _pack_a, _micro, _block, _pack_a_block, _packed_columns)
+PACKED_BODIES = (_pack_b, _pack_a, _micro, _block, _pack_a_block, _task)
 _NARROW_TWINS = {"_narrow_tn_parallel": _narrow_tn_serial, "_narrow_axpy_parallel": _narrow_axpy_serial,
                  "_narrow_dot_parallel": _narrow_dot_serial}
 
@@ -480,25 +503,23 @@ def _stored(x):
 
 def build(tile, suffix, cache=True):
     """The packed GEMM compiled for one geometry: {"serial", "parallel"} (the
-    packed drivers), {"gemm_serial", "gemm_parallel"} (the dispatch, (a, ta, b,
+    packed drivers, (A, ta, B, tb, C, threads)), {"gemm_serial", "gemm_parallel"} (the dispatch, (a, ta, b,
     tb, C)), "gemm" (from Python, on logical operands: (A, B, C, parallel)) and
     "pieces". Used for float64 (half of NR) and by `mnist-bench tune` for its
     candidates. "gemm" routes in Python, so a run compiles only the kernels its
     shapes take; the compiled serial dispatch links no parallel code."""
     constants = dict(MR=tile["MR"], NR=tile["NR"], KC=tile["KC"], MC=tile["MC"], NC=tile["NC"],
                      TILE_ELEMS=tile["MR"] * tile["NR"])
-    serial = specialize(list(PACKED_BODIES) + [_packed], suffix, constants, cache=cache)
-    # the parallel drivers call the serial packing and macro-kernel: one copy of each
-    parallel = specialize([_packed_columns, _packed], suffix + "_parallel",
-                          dict(constants, **{f.__name__: serial[f.__name__] for f in PACKED_BODIES[:-1]}),
-                          parallel=("_packed", "_packed_columns"), cache=cache)
+    serial = specialize(list(PACKED_BODIES) + [_tasks, _packed], suffix, constants, cache=cache)
+    # the parallel driver's tasks are the serial ones: one copy of each
+    parallel = specialize([_tasks, _packed], suffix + "_parallel",
+                          dict(constants, **{f.__name__: serial[f.__name__] for f in PACKED_BODIES}),
+                          parallel=("_tasks",), cache=cache)
     dispatch_serial = specialize([_gemm], suffix, dict(constants, **_NARROW_TWINS, PARALLEL=False,
-                                                       _packed_serial=serial["_packed"],
-                                                       _packed_parallel=serial["_packed"]),
-                                 cache=cache)["_gemm"]
+                                                       _packed=serial["_packed"]), cache=cache)["_gemm"]
     dispatch_parallel = specialize([_gemm], suffix + "_parallel",
-                                   dict(constants, PARALLEL=True, _packed_serial=serial["_packed"],
-                                        _packed_parallel=parallel["_packed"]), cache=cache)["_gemm"]
+                                   dict(constants, PARALLEL=True, _packed=parallel["_packed"]),
+                                   cache=cache)["_gemm"]
 
     dispatch_python = _python_dispatch(constants["KC"], serial["_packed"], parallel["_packed"])
 
@@ -515,7 +536,6 @@ def build(tile, suffix, cache=True):
 
 
 _f32 = build(TILE, "_f32")
-_packed_serial, _packed_parallel = _f32["serial"], _f32["parallel"]
 gemm_serial, gemm_parallel = _f32["gemm_serial"], _f32["gemm_parallel"]
 TILE_F64 = dict(TILE, NR=max(4, TILE["NR"] // 2))
 _f64 = build(TILE_F64, "_f64")
