@@ -185,14 +185,15 @@ class CompileTimes:
             write_atomic(self.path, json.dumps(self.records, indent=1, sort_keys=True))
 
 
-def figures(pairs, machine, run_id, worker_env_of, force=False, log=print, lanes=None,
+def figures(pairs, machine, run_id, worker_env_of, force=False, log=print, lanes=1,
             overrides=None) -> dict:
     """{(backend, model): compile record} for every pair whose backend compiles:
     stored figures of this code version on this machine, or new measurements.
 
-    The probes run ``lanes`` at a time (default: one per core): a compiler is
-    single-threaded, so probes on different cores do not wait on each other;
-    the figures say how many ran at once."""
+    The probes run ``lanes`` at a time (`mnist-bench run --compile-probes`,
+    default one: two probes at once on two cores slow each other, through the
+    shared caches and memory, though each compiler is single-threaded); the
+    figures say how many ran at once."""
     from concurrent.futures import ThreadPoolExecutor
     from .backends import get_backend
     version = code_version()
@@ -210,7 +211,7 @@ def figures(pairs, machine, run_id, worker_env_of, force=False, log=print, lanes
             out[backend_name, model] = dict(record, source="stored")
         else:
             todo.append((key, backend, backend_name, model, batch_size, threads))
-    lanes = max(1, min(lanes or os.cpu_count() or 1, len(todo) or 1))
+    lanes = max(1, min(lanes, len(todo) or 1))
 
     def one(job):
         key, backend, backend_name, model, batch_size, threads = job

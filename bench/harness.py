@@ -66,7 +66,7 @@ def run_sweep(options) -> int:
         figures = compile_times.figures(pairs, writer.header["machine"], writer.run_id,
                                         lambda b, t: env_of((b, t)), sweep["measure_compile"],
                                         log=lambda m: print(m, file=sys.stderr),
-                                        overrides=sweep["overrides"])
+                                        lanes=sweep["compile_probes"], overrides=sweep["overrides"])
 
         def store(cell):
             writer.put({k: v for k, v in cell.items() if k not in INTERNAL})

@@ -22,7 +22,7 @@ BATCH_INDEPENDENT = {"numpy-loop"}
 DEFAULTS = dict(models="nielsen,mlp", backends="numpy,numpy-loop", batch_sizes=None, threads=None,
                 dataset="auto", data_dir=None, mode="throughput", epochs=None, rounds=9,
                 processes=3, seeds=None, target_accuracy=0.90, train_limit=None, set=[],
-                results_dir="results", machine=None, measure_compile=False, quick=False,
+                results_dir="results", machine=None, measure_compile=False, compile_probes=1, quick=False,
                 report=None, replay_budget=5.0, oversubscribe=False, format="table", no_download=False)
 
 
@@ -73,6 +73,9 @@ def add_arguments(parser):
                              "still runs)")
     parser.add_argument("--measure-compile", action="store_true",
                         help="measure compile times anew instead of reusing the stored ones")
+    parser.add_argument("--compile-probes", type=int, default=1, metavar="N",
+                        help="compile probes run at once (default 1: probes at once share the "
+                             "cores' caches and memory, and each slows the other)")
     parser.add_argument("--quick", action="store_true",
                         help=f"the README's main job: {QUICK['models']} at batch sizes "
                              f"{QUICK['batch_sizes']} on every available CPU backend, "
@@ -182,6 +185,8 @@ def plan(options) -> dict:
         raise ValueError("--rounds must be at least 1")
     if args.processes < 1:
         raise ValueError("--processes must be at least 1")
+    if args.compile_probes < 1:
+        raise ValueError("--compile-probes must be at least 1")
     if args.epochs is not None and args.epochs < 1:
         raise ValueError("--epochs must be at least 1")
     if args.train_limit is not None and args.train_limit < 1:
@@ -225,6 +230,7 @@ def plan(options) -> dict:
             "rounds": args.rounds if args.mode == "throughput" else len(seeds), "seeds": seeds,
             "target_accuracy": args.target_accuracy, "train_limit": args.train_limit,
             "overrides": overrides, "measure_compile": args.measure_compile,
+            "compile_probes": args.compile_probes,
             "machine": args.machine, "report": args.report, "results_dir": args.results_dir,
             "replay_budget_s": args.replay_budget, "format": args.format,
             "processes": min(args.processes, args.rounds) if args.mode == "throughput" else 1,

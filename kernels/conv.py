@@ -528,9 +528,11 @@ def _pool_sample(x, y, arg, n):
                 arg[n, c, i, j] = k
 
 
+# the sample index as np.intp: the thread pool's loop index is unsigned, and a
+# second integer type would compile the sample's function a second time
 def _maxpool2(x, y, arg):
     for n in prange(x.shape[0]):
-        _pool_sample(x, y, arg, n)
+        _pool_sample(x, y, arg, np.intp(n))
 
 
 maxpool2_serial, maxpool2_parallel = serial_and_parallel(_maxpool2)
@@ -548,7 +550,7 @@ def _unpool_sample(dy, arg, dx, n):
 
 def _maxpool2_backward(dy, arg, dx):
     for n in prange(dy.shape[0]):
-        _unpool_sample(dy, arg, dx, n)
+        _unpool_sample(dy, arg, dx, np.intp(n))
 
 
 maxpool2_backward_serial, maxpool2_backward_parallel = serial_and_parallel(_maxpool2_backward)

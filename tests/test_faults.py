@@ -80,6 +80,7 @@ RUN_CASES = [
     (["--threads", "64"], "this machine has"),
     (["--rounds", "0"], "--rounds must be at least 1"),
     (["--processes", "0"], "--processes must be at least 1"),
+    (["--compile-probes", "0"], "--compile-probes must be at least 1"),
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--train-limit", "0"], "--train-limit must be at least 1"),
     (["--target-accuracy", "2"], "--target-accuracy"),
