@@ -592,16 +592,31 @@ def _batch_times_panels(xb, n, d, Wp, H, panels, edges):
 _batch_times_panels_serial, _batch_times_panels_parallel = serial_and_parallel(_batch_times_panels)
 
 
-def _batch_t_times(xb, n, d, D, G, panels, edges):
-    """W1's gradient in panels: G's rows t·d .. t·d + d - 1 (NR wide) = xbᵀ · D's
-    columns t·NR onwards, the batch as the depth: the panel's MR features of each
-    sample are MR consecutive floats of its row in xb (Aᵀ read in place, one more
-    slack row after the n), D's row (panels·NR floats, contiguous) is B's row. No
-    packing of either operand; the tasks split over panels."""
+def _batch_t_times(xb, n, d, D, G, panels, edges, W, S1, S2, opt, step, lr, beta, beta1, beta2, eps):
+    """W1's gradient in panels, and W1's optimizer step: G's rows t·d .. t·d + d - 1
+    (NR wide) = xbᵀ · D's columns t·NR onwards, the batch as the depth: the
+    panel's MR features of each sample are MR consecutive floats of its row in xb
+    (Aᵀ read in place, one more slack row after the n), D's row (panels·NR
+    floats, contiguous) is B's row. No packing of either operand. The tasks
+    split the features (blocks of MR), each running every panel for a block in
+    turn, so the block's lines of xb are read from L2 once and reused from L1
+    by the other panels (all of D stays in L2); each task then steps its rows of
+    every panel of W (and of the optimizer's state S1, S2) while their gradient
+    is in cache, with no pass of its own. ``edges`` has a tile per task."""
     hp = panels * MNR
-    for t in prange(panels):
-        for f0 in range(0, d, MMR):
-            _strided_tile(xb, f0, d, 1, D, t * MNR, hp, n, G, t * d + f0, 0, d - f0, edges[t])
+    g = G.reshape(G.size)
+    blocks = (d + MMR - 1) // MMR
+    tasks = min(blocks, edges.shape[0])
+    for task in prange(tasks):
+        f_lo = task * blocks // tasks * MMR
+        f_hi = min(d, (task + 1) * blocks // tasks * MMR)
+        for f0 in range(f_lo, f_hi, MMR):
+            for t in range(panels):
+                _strided_tile(xb, f0, d, 1, D, t * MNR, hp, n, G, t * d + f0, 0, d - f0, edges[task])
+        for t in range(panels):
+            lo, hi = (t * d + f_lo) * MNR, (t * d + f_hi) * MNR
+            _update(W[lo:hi], g[lo:hi], S1[lo:hi] if S1.size else S1, S2[lo:hi] if S2.size else S2,
+                    opt, step, lr, beta, beta1, beta2, eps, False)
 
 
 _batch_t_times_serial, _batch_t_times_parallel = serial_and_parallel(_batch_t_times)
@@ -682,15 +697,16 @@ def two_layer_epoch(X, targets, order, starts, contiguous, flat, gflat, s1, s2, 
                 gw2[p, j] = gw2t[j, p]
         bias_grad_serial(dz2, gb2)
         _hidden_backward_panels(dz_buf.ravel(), n, w2t, h, act, dz1, edges[0])
+        step += 1
         if par:
-            _batch_t_times_parallel(xb, n, d, dz1.ravel(), gw1_panels, panels, edges)
+            _batch_t_times_parallel(xb, n, d, dz1.ravel(), gw1_panels, panels, edges, w1p, s1p, s2p,
+                                    opt, step, lr, beta, beta1, beta2, eps)
         else:
-            _batch_t_times_serial(xb, n, d, dz1.ravel(), gw1_panels, panels, edges)
+            _batch_t_times_serial(xb, n, d, dz1.ravel(), gw1_panels, panels, edges, w1p, s1p, s2p,
+                                  opt, step, lr, beta, beta1, beta2, eps)
         bias_grad_serial(dz1, gb1p)
         for p in range(hidden):
             gb1[p] = gb1p[p]
-        step += 1
-        _update(w1p, gw1p, s1p, s2p, opt, step, lr, beta, beta1, beta2, eps, par)
         _update(flat[dh:], gflat[dh:], s1[dh:], s2[dh:], opt, step, lr, beta, beta1, beta2, eps, False)
     for buf, pbuf in ((flat, w1p), (gflat, gw1p), (s1, s1p), (s2, s2p)):
         if buf.size:

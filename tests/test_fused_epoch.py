@@ -127,11 +127,21 @@ def test_batch_panel_products_match_numpy(n, d, h, parallel):
     np.testing.assert_array_equal(hid[:, h:], 0)  # zero panel columns give zero units
     dh = rng.standard_normal((n, panels * nr)).astype(np.float32)
     gp = np.full((panels * d, nr), np.nan, np.float32)
+    # the gradient pass also takes W's optimizer step (sgd, momentum or adam by the shape)
+    opt = (n + d + h) % 3
+    s1, s2 = (rng.random(wp.size).astype(np.float32) if k < opt else np.empty(0, np.float32)
+              for k in range(2))
+    hyper = (3, 0.1, 0.9, 0.9, 0.999, 1e-8)  # step, lr, beta, beta1, beta2, eps
+    expected = [a.copy() for a in (wp, s1, s2)]
     backward = fe._batch_t_times_parallel if parallel else fe._batch_t_times_serial
-    backward(xb, n, d, dh.ravel(), gp, panels, edges)
+    backward(xb, n, d, dh.ravel(), gp, panels, edges, wp, s1, s2, opt, *hyper)
     g = np.empty(d * h, np.float32)
     fe._to_panels(g, d, h, gp.ravel(), True)
     np.testing.assert_allclose(g.reshape(d, h), x[rows].T @ dh[:, :h], rtol=1e-4, atol=1e-4 * np.sqrt(n))
+    # each panel stepped with its own gradient: the whole-buffer step, element for element
+    fe._update(*expected[:1], gp.ravel(), *expected[1:], opt, *hyper, False)
+    for got, want in zip((wp, s1, s2), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("m,h,c", [(1, 1, 1), (7, 33, 3), (128, 128, 10), (5, 17, 5)])
