@@ -602,11 +602,13 @@ def _batch_t_times(xb, n, d, D, G, panels, edges, W, S1, S2, opt, step, lr, beta
     turn, so the block's lines of xb are read from L2 once and reused from L1
     by the other panels (all of D stays in L2); each task then steps its rows of
     every panel of W (and of the optimizer's state S1, S2) while their gradient
-    is in cache, with no pass of its own. ``edges`` has a tile per task."""
+    is in cache, with no pass of its own."""
     hp = panels * MNR
     g = G.reshape(G.size)
     blocks = (d + MMR - 1) // MMR
-    tasks = min(blocks, edges.shape[0])
+    # as many tasks as the forward pass has (its panels; any split gives the same
+    # sums): finer splits measured slower, the update's share of each task too small
+    tasks = min(blocks, panels)
     for task in prange(tasks):
         f_lo = task * blocks // tasks * MMR
         f_hi = min(d, (task + 1) * blocks // tasks * MMR)
