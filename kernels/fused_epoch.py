@@ -592,7 +592,8 @@ def _batch_times_panels(xb, n, d, Wp, H, panels, edges):
 _batch_times_panels_serial, _batch_times_panels_parallel = serial_and_parallel(_batch_times_panels)
 
 
-def _batch_t_times(xb, n, d, D, G, panels, edges, W, S1, S2, opt, step, lr, beta, beta1, beta2, eps):
+def _batch_t_times(xb, n, d, D, G, panels, edges, W, S1, S2, opt, step, lr, beta, beta1, beta2, eps,
+                   X, order, lo, hi, x_next):
     """W1's gradient in panels, and W1's optimizer step: G's rows t·d .. t·d + d - 1
     (NR wide) = xbᵀ · D's columns t·NR onwards, the batch as the depth: the
     panel's MR features of each sample are MR consecutive floats of its row in xb
@@ -602,7 +603,9 @@ def _batch_t_times(xb, n, d, D, G, panels, edges, W, S1, S2, opt, step, lr, beta
     turn, so the block's lines of xb are read from L2 once and reused from L1
     by the other panels (all of D stays in L2); each task then steps its rows of
     every panel of W (and of the optimizer's state S1, S2) while their gradient
-    is in cache, with no pass of its own."""
+    is in cache, with no pass of its own, and gathers its share of the next
+    batch (rows order[lo:hi] of X) into x_next: the gather, which had run on one
+    thread while the others waited, is spread over the tasks."""
     hp = panels * MNR
     g = G.reshape(G.size)
     blocks = (d + MMR - 1) // MMR
@@ -616,9 +619,11 @@ def _batch_t_times(xb, n, d, D, G, panels, edges, W, S1, S2, opt, step, lr, beta
             for t in range(panels):
                 _strided_tile(xb, f0, d, 1, D, t * MNR, hp, n, G, t * d + f0, 0, d - f0, edges[task])
         for t in range(panels):
-            lo, hi = (t * d + f_lo) * MNR, (t * d + f_hi) * MNR
-            _update(W[lo:hi], g[lo:hi], S1[lo:hi] if S1.size else S1, S2[lo:hi] if S2.size else S2,
+            p0, p1 = (t * d + f_lo) * MNR, (t * d + f_hi) * MNR
+            _update(W[p0:p1], g[p0:p1], S1[p0:p1] if S1.size else S1, S2[p0:p1] if S2.size else S2,
                     opt, step, lr, beta, beta1, beta2, eps, False)
+        r0 = task * (hi - lo) // tasks
+        _batch_rows(X, order, lo + r0, lo + (task + 1) * (hi - lo) // tasks, False, x_next[r0:])
 
 
 _batch_t_times_serial, _batch_t_times_parallel = serial_and_parallel(_batch_t_times)
@@ -655,8 +660,10 @@ def two_layer_epoch(X, targets, order, starts, contiguous, flat, gflat, s1, s2, 
         m = max(m, starts[bi + 1] - starts[bi])
     # the gathered batch, MR rows of slack: the edge tiles read (and drop) them;
     # the products take it flat
-    x_buf = np.zeros((((m + MMR - 1) // MMR + 1) * MMR, d), X.dtype)
-    xb = x_buf.reshape(x_buf.size)
+    # two of them: the gradient pass gathers the next batch into the other one
+    x_bufs = np.zeros((2, ((m + MMR - 1) // MMR + 1) * MMR, d), X.dtype)
+    if nb:
+        _batch_rows(X, order, starts[0], starts[1], False, x_bufs[0])
     edges = np.empty((panels, MMR, MNR), X.dtype)
     # the hidden layer at the padded width hp, on contiguous arrays: the padding's
     # weights (W1's panel columns, b1's and W2's rows) are zero, so its units
@@ -671,12 +678,13 @@ def two_layer_epoch(X, targets, order, starts, contiguous, flat, gflat, s1, s2, 
     for bi in range(nb):
         lo, hi = starts[bi], starts[bi + 1]
         n = hi - lo
-        # gathered on one thread (split over two, it took longer: the rows come
-        # from memory either way, prefetched a step ahead)
-        _batch_rows(X, order, lo, hi, False, x_buf)
-        if bi + 1 < nb:
-            for r in range(hi, starts[bi + 2]):
-                prefetch_row(X, order[r])
+        # this batch was gathered during the last step's gradient pass; the next
+        # one is gathered during this one's, its rows prefetched now
+        xb = x_bufs[bi % 2].reshape(x_bufs[bi % 2].size)
+        x_next = x_bufs[(bi + 1) % 2]
+        next_lo, next_hi = (hi, starts[bi + 2]) if bi + 1 < nb else (hi, hi)
+        for r in range(next_lo, next_hi):
+            prefetch_row(X, order[r])
         yb = targets[order[lo:hi]]
         h, out, dz2, dz1 = h_buf[:n], out_buf[:n], dz_buf[:n], dh_buf[:n]
         for p in range(hidden):
@@ -702,10 +710,12 @@ def two_layer_epoch(X, targets, order, starts, contiguous, flat, gflat, s1, s2, 
         step += 1
         if par:
             _batch_t_times_parallel(xb, n, d, dz1.ravel(), gw1_panels, panels, edges, w1p, s1p, s2p,
-                                    opt, step, lr, beta, beta1, beta2, eps)
+                                    opt, step, lr, beta, beta1, beta2, eps, X, order, next_lo, next_hi,
+                                    x_next)
         else:
             _batch_t_times_serial(xb, n, d, dz1.ravel(), gw1_panels, panels, edges, w1p, s1p, s2p,
-                                  opt, step, lr, beta, beta1, beta2, eps)
+                                  opt, step, lr, beta, beta1, beta2, eps, X, order, next_lo, next_hi,
+                                  x_next)
         bias_grad_serial(dz1, gb1p)
         for p in range(hidden):
             gb1[p] = gb1p[p]

@@ -134,7 +134,11 @@ def test_batch_panel_products_match_numpy(n, d, h, parallel):
     hyper = (3, 0.1, 0.9, 0.9, 0.999, 1e-8)  # step, lr, beta, beta1, beta2, eps
     expected = [a.copy() for a in (wp, s1, s2)]
     backward = fe._batch_t_times_parallel if parallel else fe._batch_t_times_serial
-    backward(xb, n, d, dh.ravel(), gp, panels, edges, wp, s1, s2, opt, *hyper)
+    # ... and gathers the next batch (here rows order[1:n+2], the slack left alone)
+    x_next = np.full_like(x_buf, np.nan)
+    backward(xb, n, d, dh.ravel(), gp, panels, edges, wp, s1, s2, opt, *hyper, x, order, 1, n + 2, x_next)
+    np.testing.assert_array_equal(x_next[:n + 1], x[order[1:n + 2]])
+    assert np.isnan(x_next[n + 1:]).all()
     g = np.empty(d * h, np.float32)
     fe._to_panels(g, d, h, gp.ravel(), True)
     np.testing.assert_allclose(g.reshape(d, h), x[rows].T @ dh[:, :h], rtol=1e-4, atol=1e-4 * np.sqrt(n))
