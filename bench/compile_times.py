@@ -191,9 +191,9 @@ def figures(pairs, machine, run_id, worker_env_of, force=False, log=print, lanes
     stored figures of this code version on this machine, or new measurements.
 
     The probes run ``lanes`` at a time (`mnist-bench run --compile-probes`,
-    default one: two probes at once on two cores slow each other, through the
-    shared caches and memory, though each compiler is single-threaded); the
-    figures say how many ran at once."""
+    default one: each compiler is single-threaded, but a probe's warm-up step
+    runs on as many cores as its cell, so probes side by side would take cores
+    from each other); the figures say how many ran at once."""
     from concurrent.futures import ThreadPoolExecutor
     from .backends import get_backend
     version = code_version()

@@ -74,8 +74,9 @@ def add_arguments(parser):
     parser.add_argument("--measure-compile", action="store_true",
                         help="measure compile times anew instead of reusing the stored ones")
     parser.add_argument("--compile-probes", type=int, default=1, metavar="N",
-                        help="compile probes run at once (default 1: probes at once share the "
-                             "cores' caches and memory, and each slows the other)")
+                        help="compile probes run at once (default 1: a probe's warm-up step "
+                             "runs on as many cores as its cell, so probes side by side would "
+                             "take cores from each other)")
     parser.add_argument("--quick", action="store_true",
                         help=f"the README's main job: {QUICK['models']} at batch sizes "
                              f"{QUICK['batch_sizes']} on every available CPU backend, "
