@@ -16,7 +16,7 @@ import numpy as np
 from numba import prange
 
 from ._numba import TARGET, njit, prefetch_row, serial_and_parallel
-from .backprop import bias_act_serial, bias_grad_serial, quadratic, softmax_xent_serial, xent_row
+from .backprop import bias_act_row, bias_act_serial, bias_grad_serial, check_labels, quadratic, xent_row
 from .matmul import MR as MMR
 from .matmul import NR as MNR
 from .fma_codegen import fma_panel_rows, fma_strided_rows
@@ -578,18 +578,39 @@ def _strided_tile(A, a0, a_step, a_row, B, b0, ldb, kc, C, ci, cj, rows, edge):
             C[ci + r, cj + j] = edge[r, j]
 
 
-def _batch_times_panels(xb, n, d, Wp, H, panels, edges):
-    """H (n x panels·NR) = the gathered batch (xb: n rows of d, read in place, at
-    least MR - 1 rows of slack after them) times W1's panels (Wp: panels of d x NR),
-    the tasks split over panels. The last rows, fewer than MR, go through
-    ``edges[t]`` (their slack rows' products are dropped)."""
-    for t in prange(panels):
-        b0 = t * d * MNR
-        for i0 in range(0, n, MMR):
-            _strided_tile(xb, i0 * d, 1, d, Wp, b0, MNR, d, H, i0, t * MNR, n - i0, edges[t])
+def _forward_rows(xb, n, d, Wp, H, panels, edges, b1, act, w2t, b2, yb, out, dz_buf, dz1):
+    """mlp's step up to dL/dz1, a block of the batch's rows per task, every step of
+    it row by row: H (n x panels·NR) = act(xb · W1 + b1) (the gathered batch, read
+    in place, at least MR - 1 rows of slack after it, times W1's panels Wp: panels
+    of d x NR), the logits out = H · W2 + b2 (w2t holds W2 transposed), softmax
+    cross-entropy against yb with dL/dz2 into dz_buf's first n rows (MR rows of
+    slack after them), then dz1 = dL/dz1. The row blocks are whole tiles (MR
+    rows) but the last, whose edge tiles read (and drop) the slack rows; the
+    small output layer runs in the tasks instead of on one thread after them.
+    Returns the batch's mean loss."""
+    c = w2t.shape[0]
+    tiles = (n + MMR - 1) // MMR
+    tasks = min(tiles, edges.shape[0])
+    scale = H.dtype.type(1.0 / n)
+    dz2, dzf = dz_buf[:n], dz_buf.reshape(dz_buf.size)
+    total = 0.0
+    for task in prange(tasks):
+        r0 = task * tiles // tasks * MMR
+        r1 = min(n, (task + 1) * tiles // tasks * MMR)
+        for t in range(panels):
+            for i0 in range(r0, r1, MMR):
+                _strided_tile(xb, i0 * d, 1, d, Wp, t * d * MNR, MNR, d, H, i0, t * MNR, n - i0, edges[task])
+        for i in range(r0, r1):
+            bias_act_row(H, b1, act, i)
+        _dot_rows_nt(H[r0:r1], w2t, out[r0:r1])
+        for i in range(r0, r1):
+            bias_act_row(out, b2, NONE, i)
+            total += xent_row(out, yb, dz2, i, scale)
+        _hidden_backward_panels(dzf[r0 * c:], r1 - r0, w2t, H[r0:r1], act, dz1[r0:r1], edges[task])
+    return total / n
 
 
-_batch_times_panels_serial, _batch_times_panels_parallel = serial_and_parallel(_batch_times_panels)
+_forward_rows_serial, _forward_rows_parallel = serial_and_parallel(_forward_rows)
 
 
 def _batch_t_times(xb, n, d, D, G, panels, edges, W, S1, S2, opt, step, lr, beta, beta1, beta2, eps,
@@ -630,19 +651,12 @@ _batch_t_times_serial, _batch_t_times_parallel = serial_and_parallel(_batch_t_ti
 
 
 @njit
-def _xent_output(a1, w2t, b2, yb, out, dz2):
-    """mlp's output layer: logits = a1·W2 + b2, softmax cross-entropy; its loss."""
-    _dot_rows_nt(a1, w2t, out)
-    bias_act_serial(out, b2, NONE)
-    return softmax_xent_serial(out, yb, dz2)
-
-
-@njit
 def two_layer_epoch(X, targets, order, starts, contiguous, flat, gflat, s1, s2, hidden, act,
                     opt, step, lr, beta, beta1, beta2, eps, parallel):
     """784 -> hidden -> 10 with hidden activation ``act`` and a softmax output
     under cross-entropy. Returns (sum of batch losses, optimizer steps taken)."""
     d, c = X.shape[1], 10
+    check_labels(targets, targets.shape[0], c)  # once: the steps' rows index by them
     dh = d * hidden
     panels = (hidden + MNR - 1) // MNR
     hp = panels * MNR
@@ -692,11 +706,11 @@ def two_layer_epoch(X, targets, order, starts, contiguous, flat, gflat, s1, s2, 
             for j in range(c):
                 w2t[j, p] = w2[p, j]
         if par:
-            _batch_times_panels_parallel(xb, n, d, w1p, h, panels, edges)
+            total += _forward_rows_parallel(xb, n, d, w1p, h, panels, edges, b1p, act, w2t, b2, yb, out,
+                                            dz_buf, dz1)
         else:
-            _batch_times_panels_serial(xb, n, d, w1p, h, panels, edges)
-        bias_act_serial(h, b1p, act)
-        total += _xent_output(h, w2t, b2, yb, out, dz2)
+            total += _forward_rows_serial(xb, n, d, w1p, h, panels, edges, b1p, act, w2t, b2, yb, out,
+                                          dz_buf, dz1)
         # the output layer's weight gradient (transposed): the ten classes of dL/dz2
         # are the ten-row A panel, h's rows the B rows (the linear epoch's tile).
         # The two-layer epochs stay apart because their first layers differ
@@ -706,7 +720,6 @@ def two_layer_epoch(X, targets, order, starts, contiguous, flat, gflat, s1, s2, 
             for j in range(c):
                 gw2[p, j] = gw2t[j, p]
         bias_grad_serial(dz2, gb2)
-        _hidden_backward_panels(dz_buf.ravel(), n, w2t, h, act, dz1, edges[0])
         step += 1
         if par:
             _batch_t_times_parallel(xb, n, d, dz1.ravel(), gw1_panels, panels, edges, w1p, s1p, s2p,

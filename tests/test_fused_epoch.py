@@ -120,11 +120,32 @@ def test_batch_panel_products_match_numpy(n, d, h, parallel):
     wp = np.empty(panels * d * nr, np.float32)
     fe._to_panels(w.ravel().copy(), d, h, wp, False)
     edges = np.empty((panels, mr, nr), np.float32)
-    forward = fe._batch_times_panels_parallel if parallel else fe._batch_times_panels_serial
-    hid = np.full((n, panels * nr), np.nan, np.float32)
-    forward(xb, n, d, wp, hid, panels, edges)
-    np.testing.assert_allclose(hid[:, :h], x[rows] @ w, rtol=1e-4, atol=1e-4 * np.sqrt(d))
-    np.testing.assert_array_equal(hid[:, h:], 0)  # zero panel columns give zero units
+    # the forward pass and the output layer, a block of rows per task, down to dL/dz1
+    act = fe.RELU if h % 2 else fe.SIGMOID
+    c = 10
+    b1 = np.zeros(panels * nr, np.float32)
+    b1[:h] = rng.standard_normal(h)
+    w2t = np.zeros((c, panels * nr), np.float32)
+    w2t[:, :h] = rng.standard_normal((c, h)) / np.sqrt(h)
+    b2 = rng.standard_normal(c).astype(np.float32)
+    labels = rng.integers(0, c, n)
+    hid, out, dz1 = (np.full(shape, np.nan, np.float32) for shape in ((n, panels * nr), (n, c), (n, panels * nr)))
+    dz_buf = np.zeros((n + mr, c), np.float32)
+    forward = fe._forward_rows_parallel if parallel else fe._forward_rows_serial
+    loss = forward(xb, n, d, wp, hid, panels, edges, b1, act, w2t, b2, labels, out, dz_buf, dz1)
+    z1 = x[rows].astype(np.float64) @ w + b1[:h]
+    a1 = np.maximum(z1, 0) if act == fe.RELU else 1 / (1 + np.exp(-z1))
+    np.testing.assert_allclose(hid[:, :h], a1, rtol=1e-4, atol=1e-4 * np.sqrt(d))
+    np.testing.assert_array_equal(hid[:, h:], 0 if act == fe.RELU else 0.5)  # zero-weight padding units
+    logits = a1 @ w2t[:, :h].T.astype(np.float64) + b2
+    np.testing.assert_allclose(out, logits, rtol=1e-4, atol=1e-4 * np.sqrt(d))
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    assert loss == pytest.approx(-np.log(p[np.arange(n), labels]).mean(), rel=1e-4, abs=1e-5)
+    dz2 = (p - np.eye(c)[labels]) / n
+    np.testing.assert_allclose(dz_buf[:n], dz2, rtol=1e-3, atol=1e-6)
+    deriv = (a1 > 0) if act == fe.RELU else a1 * (1 - a1)
+    np.testing.assert_allclose(dz1[:, :h], dz2 @ w2t[:, :h] * deriv, rtol=1e-3, atol=1e-6)
     dh = rng.standard_normal((n, panels * nr)).astype(np.float32)
     gp = np.full((panels * d, nr), np.nan, np.float32)
     # the gradient pass also takes W's optimizer step (sgd, momentum or adam by the shape)
@@ -312,3 +333,17 @@ def test_hidden_backward_panels_match_numpy(n, act):
     grad = dz[:n].astype(np.float64) @ w2t
     want = grad * a * (1 - a) if act == "sigmoid" else grad * (a > 0)
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+
+
+def test_mlp_fused_epoch_refuses_a_label_outside_the_classes():
+    from mnist_numba_bench.bench.backends import get_backend
+    from mnist_numba_bench.models import config_for, get_network
+    from mnist_numba_bench.models.train import epoch_batches
+    net = get_network("mlp")
+    trainer = get_backend("numba-fused").make_trainer(net, net.init_params(0), config_for(net, {}), 0)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 64)
+    labels[17] = 10  # the kernels index a row of ten by it
+    trainer.set_data(rng.random((64, 784), dtype=np.float32), labels)
+    with pytest.raises(ValueError, match="outside"):
+        trainer.train_epoch(epoch_batches(64, 16, 0, 0))
