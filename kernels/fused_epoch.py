@@ -641,8 +641,8 @@ def _batch_t_times(xb, n, d, D, G, panels, edges, W, S1, S2, opt, step, lr, beta
                 _strided_tile(xb, f0, d, 1, D, t * MNR, hp, n, G, t * d + f0, 0, d - f0, edges[task])
         for t in range(panels):
             p0, p1 = (t * d + f_lo) * MNR, (t * d + f_hi) * MNR
-            _update(W[p0:p1], g[p0:p1], S1[p0:p1] if S1.size else S1, S2[p0:p1] if S2.size else S2,
-                    opt, step, lr, beta, beta1, beta2, eps, False)
+            # (an optimizer's unused state is empty, and so is its slice)
+            _update(W[p0:p1], g[p0:p1], S1[p0:p1], S2[p0:p1], opt, step, lr, beta, beta1, beta2, eps, False)
         r0 = task * (hi - lo) // tasks
         _batch_rows(X, order, lo + r0, lo + (task + 1) * (hi - lo) // tasks, False, x_next[r0:])
 
@@ -672,9 +672,9 @@ def two_layer_epoch(X, targets, order, starts, contiguous, flat, gflat, s1, s2, 
     m = 0
     for bi in range(nb):
         m = max(m, starts[bi + 1] - starts[bi])
-    # the gathered batch, MR rows of slack: the edge tiles read (and drop) them;
-    # the products take it flat
-    # two of them: the gradient pass gathers the next batch into the other one
+    # the gathered batch, MR rows of slack (the edge tiles read and drop them), the
+    # products taking it flat; two of them: the gradient pass gathers the next
+    # batch into the other one
     x_bufs = np.zeros((2, ((m + MMR - 1) // MMR + 1) * MMR, d), X.dtype)
     if nb:
         _batch_rows(X, order, starts[0], starts[1], False, x_bufs[0])
@@ -694,8 +694,8 @@ def two_layer_epoch(X, targets, order, starts, contiguous, flat, gflat, s1, s2, 
         n = hi - lo
         # this batch was gathered during the last step's gradient pass; the next
         # one is gathered during this one's, its rows prefetched now
-        xb = x_bufs[bi % 2].reshape(x_bufs[bi % 2].size)
-        x_next = x_bufs[(bi + 1) % 2]
+        x_now, x_next = x_bufs[bi % 2], x_bufs[(bi + 1) % 2]
+        xb = x_now.reshape(x_now.size)
         next_lo, next_hi = (hi, starts[bi + 2]) if bi + 1 < nb else (hi, hi)
         for r in range(next_lo, next_hi):
             prefetch_row(X, order[r])

@@ -308,7 +308,9 @@ def _packed(A, ta, B, tb, C, threads):
             # B's panels in MIN_ROW_BLOCKS runs, one task each
             panels = (nc + NR - 1) // NR
             per_task = (panels + MIN_ROW_BLOCKS - 1) // MIN_ROW_BLOCKS
-            _tasks(threads, np.intp(PACK_B), (panels + per_task - 1) // per_task, per_task, A, ta, B, tb, C, Bp, p0, kc, j0, nc)
+            _tasks(threads, np.intp(PACK_B), (panels + per_task - 1) // per_task, per_task,
+                   A, ta, B, tb, C, Bp, p0, kc, j0, nc)
+            # (ROW_BLOCK reads no split; n_ib stands in, an int like the others)
             _tasks(threads, np.intp(ROW_BLOCK), n_ib, n_ib, A, ta, B, tb, C, Bp, p0, kc, j0, nc)
 
 
@@ -503,11 +505,12 @@ def _stored(x):
 
 def build(tile, suffix, cache=True):
     """The packed GEMM compiled for one geometry: {"serial", "parallel"} (the
-    packed drivers, (A, ta, B, tb, C, threads)), {"gemm_serial", "gemm_parallel"} (the dispatch, (a, ta, b,
-    tb, C)), "gemm" (from Python, on logical operands: (A, B, C, parallel)) and
-    "pieces". Used for float64 (half of NR) and by `mnist-bench tune` for its
-    candidates. "gemm" routes in Python, so a run compiles only the kernels its
-    shapes take; the compiled serial dispatch links no parallel code."""
+    packed drivers, (A, ta, B, tb, C, threads)), {"gemm_serial", "gemm_parallel"}
+    (the dispatch, (a, ta, b, tb, C)), "gemm" (from Python, on logical operands:
+    (A, B, C, parallel)) and "pieces". Used for float64 (half of NR) and by
+    `mnist-bench tune` for its candidates. "gemm" routes in Python, so a run
+    compiles only the kernels its shapes take; the compiled serial dispatch
+    links no parallel code."""
     constants = dict(MR=tile["MR"], NR=tile["NR"], KC=tile["KC"], MC=tile["MC"], NC=tile["NC"],
                      TILE_ELEMS=tile["MR"] * tile["NR"])
     serial = specialize(list(PACKED_BODIES) + [_tasks, _packed], suffix, constants, cache=cache)
