@@ -66,7 +66,7 @@ def _view2(flat, offset, rows, cols):
 
 
 # -- linear: one pass over X ---------------------------------------------------------------
-LIN_ROWS = 64    # rows per block: the block (64 x 784 floats) stays in L2 from forward to gradient
+LIN_ROWS = 65    # rows per block: 65 x 784 floats stay in L2 from forward to gradient; five-row tiles
 LIN_TASKS = 8    # fixed work split: serial and parallel runs add the partial sums in one order
 # Column chunks of the ten-row weight-gradient tile (_ten_rows_times_batch), from
 # the ISA: ten rows of WIDE / lanes vector accumulators, plus a B row and a
@@ -76,17 +76,18 @@ _LANES = TARGET["vector_bits"] // 32
 NARROW_COLS = _LANES
 WIDE = _LANES * max(1, (TARGET["vector_registers"] - 2) // 10)
 # With 32 vector registers the ten-row weight-gradient tile runs WIDE columns
-# at once and the linear logits five rows x five classes; with 16, two
-# five-row halves against PAIR_COLS columns each, and two rows x five classes.
+# at once and the dot products five rows x five classes (_dot5); with 16, two
+# five-row halves against PAIR_COLS columns each, and five rows x two classes.
 WIDE_REGISTERS = TARGET["vector_registers"] >= 32
 PAIR_COLS = 2 * NARROW_COLS
 
 
 @njit
-def _dot5x5(x0, x1, x2, x3, x4, w0, w1, w2, w3, w4):
-    """The 25 dot products of five rows x with five rows w, in one pass over them:
+def _dot5x5(x0, x1, x2, x3, x4, W, j):
+    """The 25 dot products of five rows x with W's rows j..j+4, in one pass over them:
     25 accumulators from ten loads a step (dot_rows, four columns a pass, loads
     five values per four products). Row-major: x0·w0 .. x0·w4, x1·w0, ..."""
+    w0, w1, w2, w3, w4 = W[j], W[j + 1], W[j + 2], W[j + 3], W[j + 4]
     z = x0.dtype.type(0)
     a0 = a1 = a2 = a3 = a4 = b0 = b1 = b2 = b3 = b4 = c0 = c1 = c2 = c3 = c4 = z
     d0 = d1 = d2 = d3 = d4 = e0 = e1 = e2 = e3 = e4 = z
@@ -127,34 +128,46 @@ def _dot5x5(x0, x1, x2, x3, x4, w0, w1, w2, w3, w4):
 
 
 @njit
-def _dot2x5(x0, x1, w0, w1, w2, w3, w4):
-    """_dot5x5 for two rows: ten accumulators, for ISAs with 16 vector registers
-    (_dot5x5's 25 accumulators and their operands spill there)."""
+def _dot5x2(x0, x1, x2, x3, x4, W, j):
+    """_dot5x5 against two rows of W (j, j+1): ten accumulators, for ISAs with
+    16 vector registers (_dot5x5's 25 accumulators and their operands spill
+    there). Five rows of x still stream at once: two rows x five classes (as
+    many accumulators) left the reads of rows from memory the bottleneck."""
+    w0, w1 = W[j], W[j + 1]
     z = x0.dtype.type(0)
-    a0 = a1 = a2 = a3 = a4 = b0 = b1 = b2 = b3 = b4 = z
+    a0 = a1 = b0 = b1 = c0 = c1 = d0 = d1 = e0 = e1 = z
     for p in range(x0.size):
-        u0, u1, u2, u3, u4 = w0[p], w1[p], w2[p], w3[p], w4[p]
+        u0, u1 = w0[p], w1[p]
         v = x0[p]
         a0 += v * u0
         a1 += v * u1
-        a2 += v * u2
-        a3 += v * u3
-        a4 += v * u4
         v = x1[p]
         b0 += v * u0
         b1 += v * u1
-        b2 += v * u2
-        b3 += v * u3
-        b4 += v * u4
-    return (a0, a1, a2, a3, a4, b0, b1, b2, b3, b4)
+        v = x2[p]
+        c0 += v * u0
+        c1 += v * u1
+        v = x3[p]
+        d0 += v * u0
+        d1 += v * u1
+        v = x4[p]
+        e0 += v * u0
+        e1 += v * u1
+    return (a0, a1, b0, b1, c0, c1, d0, d1, e0, e1)
+
+
+# The dot products of five rows x against DOT_COLS rows of W from j on, in one
+# pass (the tile from the vector registers: 5 x 5 with 32, 5 x 2 with 16).
+DOT_COLS = 5 if WIDE_REGISTERS else 2
+_dot5 = _dot5x5 if WIDE_REGISTERS else _dot5x2
 
 
 @njit
-def _store5x5(out, i, j, sums):
-    """out[i:i+R, j:j+5] = _dot5x5's (R = 5) or _dot2x5's (R = 2) sums."""
-    for r in range(len(sums) // 5):
-        for q in range(5):
-            out[i + r, j + q] = sums[5 * r + q]
+def _store5(out, i, j, sums):
+    """out[i:i+5, j:j+DOT_COLS] = _dot5's sums."""
+    for r in range(5):
+        for q in range(DOT_COLS):
+            out[i + r, j + q] = sums[DOT_COLS * r + q]
 
 
 @njit
@@ -171,15 +184,10 @@ def _linear_rows(X, r0, r1, Wt, b, labels, scale, G, gb):
     xb = X[r0:r1]
     logits = np.empty((n, c), X.dtype)
     i = 0
-    while WIDE_REGISTERS and i + 5 <= n:  # five rows x five classes a pass
-        for j in range(0, c, 5):
-            _store5x5(logits, i, j, _dot5x5(xb[i], xb[i + 1], xb[i + 2], xb[i + 3], xb[i + 4],
-                                            Wt[j], Wt[j + 1], Wt[j + 2], Wt[j + 3], Wt[j + 4]))
+    while i + 5 <= n:
+        for j in range(0, c, DOT_COLS):
+            _store5(logits, i, j, _dot5(xb[i], xb[i + 1], xb[i + 2], xb[i + 3], xb[i + 4], Wt, j))
         i += 5
-    while not WIDE_REGISTERS and i + 2 <= n:  # with 16 registers: two rows x five classes
-        for j in range(0, c, 5):
-            _store5x5(logits, i, j, _dot2x5(xb[i], xb[i + 1], Wt[j], Wt[j + 1], Wt[j + 2], Wt[j + 3], Wt[j + 4]))
-        i += 2
     while i < n:
         dot_rows(xb, Wt, logits, i)
         i += 1
@@ -314,18 +322,18 @@ def _hidden_backward_rows(D, BT, A, act, C):
 @njit
 def _dot_rows_t(X, rows, WT, Z):
     """Z[i, j] = X[rows[i]] · WT[j], the batch's rows read in place (no gathered
-    copy): five samples x five weight rows a pass (_dot5x5), so WT (94 KB at 30 x
-    784, an L2 resident) is read once per five samples rather than once per
+    copy): five samples x DOT_COLS weight rows a pass (_dot5), so WT (94 KB at 30
+    x 784, an L2 resident) is read once per five samples rather than once per
     sample; samples and weight rows left over, one sample at a time."""
     h = WT.shape[0]
     m = rows.size
     i = 0
     while i + 5 <= m:
         x0, x1, x2, x3, x4 = X[rows[i]], X[rows[i + 1]], X[rows[i + 2]], X[rows[i + 3]], X[rows[i + 4]]
-        for j in range(0, h - 4, 5):
-            _store5x5(Z, i, j, _dot5x5(x0, x1, x2, x3, x4, WT[j], WT[j + 1], WT[j + 2], WT[j + 3], WT[j + 4]))
+        for j in range(0, h - DOT_COLS + 1, DOT_COLS):
+            _store5(Z, i, j, _dot5(x0, x1, x2, x3, x4, WT, j))
         i += 5
-    full, covered = m - m % 5, h - h % 5  # samples and weight rows done in fives
+    full, covered = m - m % 5, h - h % DOT_COLS  # samples and weight rows done in tiles
     for r in range(m):
         x = X[rows[r]]
         for j in range(covered if r < full else 0, h):

@@ -274,7 +274,7 @@ for m, d in [(1, 1), (7, 33), (10, 784), (64, 784), (13, 100)]:
     want = c + dl.T.astype(np.float64) @ xb
     fe._ten_rows_times_batch(dl.ravel(), 0, xb, c, 0, True)
     worst = max(worst, float(np.abs(c - want).max() / (1 + np.abs(want).max())))
-for rows in (1, 2, 7, 64):  # the logits' two-row blocks and a row left over
+for rows in (1, 4, 5, 7, 64, 65):  # the logits' five-row tiles and rows left over
     rng = np.random.default_rng(rows)
     x = rng.standard_normal((rows + 3, 37)).astype(np.float32)
     wt = (rng.standard_normal((10, 37)) * 0.3).astype(np.float32)
@@ -291,14 +291,25 @@ for rows in (1, 2, 7, 64):  # the logits' two-row blocks and a row left over
     dl /= rows
     worst = max(worst, abs(loss + np.log(p[np.arange(rows), yb]).sum()) / rows,
                 float(np.abs(g - dl.T @ xb).max()), float(np.abs(gb - dl.sum(0)).max()))
-print(json.dumps({"isa": TARGET["isa"], "wide": bool(fe.WIDE_REGISTERS), "worst": worst}))
+for m, h in [(1, 30), (5, 30), (7, 31), (10, 30), (12, 3)]:  # nielsen's forward: tiles and leftovers
+    rng = np.random.default_rng(m * 100 + h)
+    x = rng.standard_normal((40, 37)).astype(np.float32)
+    rows = rng.permutation(40)[:m]
+    wt = rng.standard_normal((h, 37)).astype(np.float32)
+    z = np.empty((m, h), np.float32)
+    fe._dot_rows_t(x, rows, wt, z)
+    want = x[rows].astype(np.float64) @ wt.T.astype(np.float64)
+    worst = max(worst, float(np.abs(z - want).max() / (1 + np.abs(want).max())))
+print(json.dumps({"isa": TARGET["isa"], "wide": bool(fe.WIDE_REGISTERS), "dot_cols": fe.DOT_COLS,
+                  "worst": worst}))
 '''
 
 
-def test_ten_row_gradient_tile_and_linear_rows_on_the_avx2_path(tmp_path):
-    """The fused linear and nielsen weight-gradient tile and the linear block (its
-    loss, logits two rows x five classes, gradients) as compiled for AVX2 (16
-    registers), in a process compiling for Haswell, against NumPy on odd shapes."""
+def test_linear_and_nielsen_tiles_on_the_avx2_path(tmp_path):
+    """The fused linear and nielsen weight-gradient tile, the linear block (its
+    loss, logits five rows x two classes, gradients) and nielsen's forward dot
+    products as compiled for AVX2 (16 registers), in a process compiling for
+    Haswell, against NumPy on odd shapes."""
     import json
     import os
     import subprocess
@@ -310,7 +321,7 @@ def test_ten_row_gradient_tile_and_linear_rows_on_the_avx2_path(tmp_path):
     run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     got = json.loads(run.stdout.strip().splitlines()[-1])
-    assert got["isa"] == "avx2" and not got["wide"]
+    assert got["isa"] == "avx2" and not got["wide"] and got["dot_cols"] == 2
     assert got["worst"] < 1e-5
 
 
