@@ -89,10 +89,12 @@ def bias_act_row(z, b, act, i):
             z[i, j] += b[j]
 
 
+# the row index as np.intp: the thread pool's loop index is unsigned, and the row
+# functions, called with a signed index elsewhere, would compile twice
 def _bias_act(z, b, act):
     """z <- act(z + b) in place (z: (m, n), b: (n,))."""
     for i in prange(z.shape[0]):
-        bias_act_row(z, b, act, i)
+        bias_act_row(z, b, act, np.intp(i))
 
 
 @njit
@@ -179,7 +181,7 @@ def _softmax_xent(logits, labels, grad):
     scale = logits.dtype.type(1.0 / m)
     total = 0.0
     for i in prange(m):
-        total += xent_row(logits, labels, grad, i, scale)
+        total += xent_row(logits, labels, grad, np.intp(i), scale)
     return total / m
 
 

@@ -60,7 +60,7 @@ def _conv_sample(x, w, b, y, n):
 
 def _conv2d_direct(x, w, b, y):
     for n in prange(x.shape[0]):
-        _conv_sample(x, w, b, y, n)
+        _conv_sample(x, w, b, y, np.intp(n))
 
 
 conv2d_direct_serial, conv2d_direct_parallel = serial_and_parallel(_conv2d_direct)
@@ -484,10 +484,10 @@ def _conv_dx_sample(w, dy, dx, n):
 
 def _conv2d_backward(x, w, dy, dw, db, dx, need_dx):
     for f in prange(w.shape[0]):
-        _conv_dw_filter(x, dy, dw, db, f)
+        _conv_dw_filter(x, dy, dw, db, np.intp(f))
     if need_dx:
         for n in prange(x.shape[0]):
-            _conv_dx_sample(w, dy, dx, n)
+            _conv_dx_sample(w, dy, dx, np.intp(n))
 
 
 conv2d_backward_serial, conv2d_backward_parallel = serial_and_parallel(_conv2d_backward)

@@ -374,21 +374,23 @@ def axpy_columns(At, D, Gt, j):
         i += 1
 
 
+# the row index as np.intp: the thread pool's loop index is unsigned, and the row
+# functions, called with a signed index elsewhere, would compile twice
 def _narrow_axpy(A, B, C):
     for i in prange(A.shape[0]):
-        _axpy_row(A, B, C, i)
+        _axpy_row(A, B, C, np.intp(i))
 
 
 def _narrow_dot(A, Bt, C):
     for i in prange(A.shape[0]):
-        dot_rows(A, Bt, C, i)
+        dot_rows(A, Bt, C, np.intp(i))
 
 
 def _narrow_tn(At, B, C):
     """C = Atᵀ·B for narrow B and short depth (At stored (k, m), C-contiguous)."""
     Ct = np.empty((C.shape[1], C.shape[0]), C.dtype)
     for j in prange(C.shape[1]):
-        axpy_columns(At, B, Ct, j)
+        axpy_columns(At, B, Ct, np.intp(j))
     for i in range(C.shape[0]):
         for j in range(C.shape[1]):
             C[i, j] = Ct[j, i]
