@@ -221,9 +221,8 @@ def _pack_a_block(A, ta, Ap, Bp, C, i0, mc, p0, j0, nc, kc, accumulate, edge):
         _block(Ap, Bp[kc * NR:], C, i0, mc, j0 + NR, nc - NR, kc, accumulate, edge)
 
 
-# the three kinds of task the packed GEMM hands to the thread pool (_task); passed
-# as np.intp so that each is not a compile-time literal, which would compile
-# _tasks and _task once per kind
+# the three kinds of task the packed GEMM hands to the thread pool (_task); as
+# variables, not compile-time literals, so that _task compiles once for all
 PACK_B, ROW_BLOCK, COLUMN_SLICE = range(3)
 
 
@@ -256,62 +255,62 @@ def _task(kind, t, tasks, split, A, ta, B, tb, C, packed, p0, kc, j0, nc):
     _block(packed, own, C, np.intp(0), m, c0, width, kc, p0 > 0, edge)
 
 
-def _tasks(threads, kind, tasks, split, A, ta, B, tb, C, packed, p0, kc, j0, nc):
-    """_task for t in range(tasks), on the thread pool if ``threads`` (in the
-    parallel build). Every step of the GEMM goes through these two loops, so the
-    pool's loop body -- a compile of its own, with all the code it calls -- is
-    compiled once, and a product too small for the pool needs no serial driver
-    of its own."""
-    if threads:
-        for t in prange(tasks):
-            _task(kind, np.intp(t), tasks, split, A, ta, B, tb, C, packed, p0, kc, j0, nc)
-    else:
-        for t in range(tasks):
-            _task(kind, t, tasks, split, A, ta, B, tb, C, packed, p0, kc, j0, nc)
-
-
 def _packed(A, ta, B, tb, C, threads):
     """C = op(A)·op(B) (see _pack_a, _pack_b), GotoBLAS loop order: NC columns of
     B, KC deep, packed once and shared; blocks of rows of A packed by the task
     that multiplies them (the parallel axis). A product with too few rows for
     that (the convolutions' F x C·K·K times C·K·K x N·P) packs all of A once and
-    splits B's columns instead. The tasks run through _tasks, on the thread pool
-    if ``threads``."""
+    splits B's columns instead. Each step's tasks (_task) run on the thread pool
+    if ``threads`` (in the parallel build), else in turn: every step goes
+    through the one loop below, so the pool's loop body -- a compile of its
+    own, with all the code it calls -- is compiled once, and a product too small
+    for the pool needs no serial driver of its own."""
     m, k = (A.shape[1], A.shape[0]) if ta else (A.shape[0], A.shape[1])
     n = B.shape[0] if tb else B.shape[1]
     if k == 0:
-        C[:] = 0
+        for i in range(m):  # a loop, not C[:] = 0, which the parallel build would make a pool loop
+            for j in range(n):
+                C[i, j] = 0
         return
     kc_max = min(KC, k)
-    if m < 2 * MIN_ROW_BLOCKS * MR and n >= 2 * MIN_ROW_BLOCKS * NR:
+    slices = m < 2 * MIN_ROW_BLOCKS * MR and n >= 2 * MIN_ROW_BLOCKS * NR
+    if slices:  # all of A packed per depth block, B's columns split
         tasks = MIN_ROW_BLOCKS * ((n + MIN_ROW_BLOCKS * NC - 1) // (MIN_ROW_BLOCKS * NC))
         width = ((n + tasks - 1) // tasks + NR - 1) // NR * NR
         tasks = (n + width - 1) // width
-        Ap = np.empty(kc_max * ((m + MR - 1) // MR * MR), C.dtype)
+        packed = np.empty(kc_max * ((m + MR - 1) // MR * MR), C.dtype)
+        n_ib, nc_step = 0, n
+    else:  # B's panels packed per column and depth block, blocks of rows split
+        packed = np.empty(kc_max * ((min(NC, n) + NR - 1) // NR * NR), C.dtype)
+        tasks, width = 0, 0
+        # a multiple of MIN_ROW_BLOCKS row blocks of about MC rows, the row panels
+        # (MR rows) dealt out evenly: every thread count that divides
+        # MIN_ROW_BLOCKS gets the same share (a short last block would idle the
+        # threads that do not take it)
+        row_panels = (m + MR - 1) // MR
+        n_ib = MIN_ROW_BLOCKS * ((m + MIN_ROW_BLOCKS * MC - 1) // (MIN_ROW_BLOCKS * MC))
+        n_ib = min(n_ib, row_panels)
+        nc_step = NC
+    for j0 in range(0, n, nc_step):
+        nc = min(nc_step, n - j0)
         for p0 in range(0, k, KC):
             kc = min(KC, k - p0)
-            _pack_a(A, ta, np.intp(0), m, p0, kc, Ap)
-            _tasks(threads, np.intp(COLUMN_SLICE), tasks, width, A, ta, B, tb, C, Ap, p0, kc, np.intp(0), n)
-        return
-    Bp = np.empty(kc_max * ((min(NC, n) + NR - 1) // NR * NR), C.dtype)
-    # a multiple of MIN_ROW_BLOCKS row blocks of about MC rows, the row panels
-    # (MR rows) dealt out evenly: every thread count that divides
-    # MIN_ROW_BLOCKS gets the same share (a short last block would idle the
-    # threads that do not take it)
-    row_panels = (m + MR - 1) // MR
-    n_ib = MIN_ROW_BLOCKS * ((m + MIN_ROW_BLOCKS * MC - 1) // (MIN_ROW_BLOCKS * MC))
-    n_ib = min(n_ib, row_panels)
-    for j0 in range(0, n, NC):
-        nc = min(NC, n - j0)
-        for p0 in range(0, k, KC):
-            kc = min(KC, k - p0)
-            # B's panels in MIN_ROW_BLOCKS runs, one task each
-            panels = (nc + NR - 1) // NR
-            per_task = (panels + MIN_ROW_BLOCKS - 1) // MIN_ROW_BLOCKS
-            _tasks(threads, np.intp(PACK_B), (panels + per_task - 1) // per_task, per_task,
-                   A, ta, B, tb, C, Bp, p0, kc, j0, nc)
-            # (ROW_BLOCK reads no split; n_ib stands in, an int like the others)
-            _tasks(threads, np.intp(ROW_BLOCK), n_ib, n_ib, A, ta, B, tb, C, Bp, p0, kc, j0, nc)
+            for step in range(1 if slices else 2):
+                if slices:
+                    _pack_a(A, ta, np.intp(0), m, p0, kc, packed)
+                    kind, count, split = COLUMN_SLICE, tasks, width
+                elif step == 0:  # B's panels in MIN_ROW_BLOCKS runs, one task each
+                    panels = (nc + NR - 1) // NR
+                    per_task = (panels + MIN_ROW_BLOCKS - 1) // MIN_ROW_BLOCKS
+                    kind, count, split = PACK_B, (panels + per_task - 1) // per_task, per_task
+                else:  # (ROW_BLOCK reads no split; n_ib stands in)
+                    kind, count, split = ROW_BLOCK, n_ib, n_ib
+                if threads:
+                    for t in prange(count):
+                        _task(kind, np.intp(t), count, split, A, ta, B, tb, C, packed, p0, kc, j0, nc)
+                else:
+                    for t in range(count):
+                        _task(kind, t, count, split, A, ta, B, tb, C, packed, p0, kc, j0, nc)
 
 
 # -- narrow outputs: dot products and axpys along contiguous rows -------------------
@@ -515,11 +514,11 @@ def build(tile, suffix, cache=True):
     links no parallel code."""
     constants = dict(MR=tile["MR"], NR=tile["NR"], KC=tile["KC"], MC=tile["MC"], NC=tile["NC"],
                      TILE_ELEMS=tile["MR"] * tile["NR"])
-    serial = specialize(list(PACKED_BODIES) + [_tasks, _packed], suffix, constants, cache=cache)
+    serial = specialize(list(PACKED_BODIES) + [_packed], suffix, constants, cache=cache)
     # the parallel driver's tasks are the serial ones: one copy of each
-    parallel = specialize([_tasks, _packed], suffix + "_parallel",
+    parallel = specialize([_packed], suffix + "_parallel",
                           dict(constants, **{f.__name__: serial[f.__name__] for f in PACKED_BODIES}),
-                          parallel=("_tasks",), cache=cache)
+                          parallel=("_packed",), cache=cache)
     dispatch_serial = specialize([_gemm], suffix, dict(constants, **_NARROW_TWINS, PARALLEL=False,
                                                        _packed=serial["_packed"]), cache=cache)["_gemm"]
     dispatch_parallel = specialize([_gemm], suffix + "_parallel",
