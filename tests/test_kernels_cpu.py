@@ -63,6 +63,14 @@ def test_matmul_zero_depth_gives_zeros():
     assert out.shape == (3, 4) and not out.any()
 
 
+@pytest.mark.parametrize("m,n", [(200, 200), (8, 300)])  # the row-block and column-slice loop nests
+@pytest.mark.parametrize("driver", ["serial", "parallel"])
+def test_packed_driver_zero_depth_clears_c(driver, m, n):
+    c = np.full((m, n), np.nan, np.float32)
+    matmul._f32[driver](np.zeros((m, 0), np.float32), False, np.zeros((0, n), np.float32), False, c, True)
+    assert not c.any()
+
+
 @pytest.mark.parametrize("bad,match", [
     (lambda a, b: (a[:, ::2], b[:392]), "C-contiguous"),
     (lambda a, b: (a, b[:100]), "inner dimensions"),
