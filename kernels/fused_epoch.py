@@ -178,7 +178,7 @@ def _linear_rows(X, r0, r1, Wt, b, labels, scale, G, gb):
     Returns the rows' summed loss. The gradient is the micro-kernel's product with
     dL as its A panel (rows x classes, exactly the packed layout) and X's rows as
     its B rows (ldb = d, _ten_rows_times_batch), so the block is read from memory
-    once."""
+    once; the next block's rows are prefetched during it."""
     c, d = Wt.shape
     n = r1 - r0
     xb = X[r0:r1]
@@ -202,7 +202,7 @@ def _linear_rows(X, r0, r1, Wt, b, labels, scale, G, gb):
     for i in range(n):
         for j in range(c):
             gb[j] += dl[i, j]
-    _ten_rows_times_batch(dl.ravel(), 0, xb, G, 0, True)
+    _ten_rows_times_batch(dl.ravel(), 0, xb, G, 0, True, X[r1:min(X.shape[0], r1 + n)])
     return total
 
 
@@ -381,27 +381,41 @@ def _axpy_rows_t(D, X, rows, GT, WT, lr):
 
 
 @njit
-def _ten_rows_times_batch(ap, a0, xb, C, row0, accumulate):
+def _ten_rows_times_batch(ap, a0, xb, C, row0, accumulate, ahead):
     """C[row0:row0+10] = (or, with ``accumulate``, +=) the ten-row A panel at ap[a0:]
     (one group of ten values per row of xb: the batch is the depth) times xb's
     rows, through the micro-kernel's depth loop (fma_panel_rows): 10 x 48 tiles of
     30 vector accumulators stored straight into C's rows (with 16 registers: two
-    5 x 16 halves), then 10 x one vector, then the columns left over one at a time. The weight gradients of the fused linear and
-    nielsen epochs."""
+    5 x 16 halves), then 10 x one vector, then the columns left over one at a
+    time. The weight gradients of the fused linear and nielsen epochs.
+
+    The rows of ``ahead`` (a C-contiguous 2-D array, may be empty) are asked of
+    memory a few per tile: the linear epoch passes its next block of X, which
+    then arrives while this pass computes from the caches, rather than while
+    the next block's forward pass waits for it."""
     m, d = xb.shape
     xf = xb.ravel()
     j0 = 0
+    chunks = max(1, d // (WIDE if WIDE_REGISTERS else PAIR_COLS))
+    k = ahead.shape[0]
+    q = 0
     while WIDE_REGISTERS and j0 + WIDE <= d:
+        for r in range(q * k // chunks, (q + 1) * k // chunks):
+            prefetch_row(ahead, r)
         fma_panel_rows(ap, a0, xf, j0, d, m, C, row0, j0, accumulate, 10, WIDE)
         j0 += WIDE
+        q += 1
     # with 16 registers: the panel's halves (five rows each, its values ten apart
     # along the depth) against two vectors of columns, 10 accumulators and 7
     # loads a step, where the ten rows against one vector took 11 loads for 10
     while not WIDE_REGISTERS and j0 + PAIR_COLS <= d:
+        for r in range(q * k // chunks, (q + 1) * k // chunks):
+            prefetch_row(ahead, r)
         for half in range(2):
             fma_strided_rows(ap, a0 + 5 * half, 10, 1, xf, j0, d, m, C, row0 + 5 * half, j0, accumulate,
                              5, PAIR_COLS)
         j0 += PAIR_COLS
+        q += 1
     while j0 + NARROW_COLS <= d:
         fma_panel_rows(ap, a0, xf, j0, d, m, C, row0, j0, accumulate, 10, NARROW_COLS)
         j0 += NARROW_COLS
@@ -427,7 +441,7 @@ def _weight_grad_panels(D, xb, GT, dp, scale, accumulate):
             for r in range(10):
                 dp[(q * m + i) * 10 + r] = scale * D[i, q * 10 + r]
     for q in range(h // 10):
-        _ten_rows_times_batch(dp, q * m * 10, xb, GT, q * 10, accumulate)
+        _ten_rows_times_batch(dp, q * m * 10, xb, GT, q * 10, accumulate, xb[:0])
 
 
 @njit
@@ -723,7 +737,7 @@ def two_layer_epoch(X, targets, order, starts, contiguous, flat, gflat, s1, s2, 
         # are the ten-row A panel, h's rows the B rows (the linear epoch's tile).
         # The two-layer epochs stay apart because their first layers differ
         # (panels here, a transposed W1 and dot products in nielsen_epoch).
-        _ten_rows_times_batch(dz2.ravel(), 0, h, gw2t, 0, False)
+        _ten_rows_times_batch(dz2.ravel(), 0, h, gw2t, 0, False, h[:0])
         for p in range(hidden):
             for j in range(c):
                 gw2[p, j] = gw2t[j, p]

@@ -272,7 +272,7 @@ for m, d in [(1, 1), (7, 33), (10, 784), (64, 784), (13, 100)]:
     dl = rng.standard_normal((m, 10)).astype(np.float32)
     c = rng.standard_normal((10, d)).astype(np.float32)
     want = c + dl.T.astype(np.float64) @ xb
-    fe._ten_rows_times_batch(dl.ravel(), 0, xb, c, 0, True)
+    fe._ten_rows_times_batch(dl.ravel(), 0, xb, c, 0, True, xb[m // 2:])  # some rows ahead
     worst = max(worst, float(np.abs(c - want).max() / (1 + np.abs(want).max())))
 for rows in (1, 4, 5, 7, 64, 65):  # the logits' five-row tiles and rows left over
     rng = np.random.default_rng(rows)
