@@ -97,6 +97,10 @@ def serial_and_parallel(fn):
     object named ``<name>_parallel``: Numba's on-disk cache keys entries by the
     function's name, signature and target but not by the parallel flag, so two
     dispatchers of one function object would load each other's machine code.
+
+    The thread pool's loop index is unsigned: a ``prange`` body passes it on as
+    ``np.intp(i)``, or a function it calls that others call with a signed
+    index compiles a second time.
     """
     return njit(fn), njit_parallel(_copy(fn, "_parallel"))
 

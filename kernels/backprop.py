@@ -89,8 +89,6 @@ def bias_act_row(z, b, act, i):
             z[i, j] += b[j]
 
 
-# the row index as np.intp: the thread pool's loop index is unsigned, and the row
-# functions, called with a signed index elsewhere, would compile twice
 def _bias_act(z, b, act):
     """z <- act(z + b) in place (z: (m, n), b: (n,))."""
     for i in prange(z.shape[0]):

@@ -528,8 +528,6 @@ def _pool_sample(x, y, arg, n):
                 arg[n, c, i, j] = k
 
 
-# the sample index as np.intp: the thread pool's loop index is unsigned, and a
-# second integer type would compile the sample's function a second time
 def _maxpool2(x, y, arg):
     for n in prange(x.shape[0]):
         _pool_sample(x, y, arg, np.intp(n))

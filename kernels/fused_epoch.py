@@ -202,7 +202,7 @@ def _linear_rows(X, r0, r1, Wt, b, labels, scale, G, gb):
     for i in range(n):
         for j in range(c):
             gb[j] += dl[i, j]
-    _ten_rows_times_batch(dl.ravel(), 0, xb, G, 0, True, X[r1:min(X.shape[0], r1 + n)])
+    _ten_rows_times_batch(dl.ravel(), 0, xb, G, 0, True, X[r1:r1 + n])
     return total
 
 
@@ -395,27 +395,24 @@ def _ten_rows_times_batch(ap, a0, xb, C, row0, accumulate, ahead):
     the next block's forward pass waits for it."""
     m, d = xb.shape
     xf = xb.ravel()
-    j0 = 0
-    chunks = max(1, d // (WIDE if WIDE_REGISTERS else PAIR_COLS))
+    # column chunks: WIDE with 32 registers; with 16, the panel's halves (five
+    # rows each, its values ten apart along the depth) against two vectors of
+    # columns, 10 accumulators and 7 loads a step, where the ten rows against one
+    # vector took 11 loads for 10
+    width = WIDE if WIDE_REGISTERS else PAIR_COLS
+    chunks = d // width
     k = ahead.shape[0]
-    q = 0
-    while WIDE_REGISTERS and j0 + WIDE <= d:
+    for q in range(chunks):
         for r in range(q * k // chunks, (q + 1) * k // chunks):
             prefetch_row(ahead, r)
-        fma_panel_rows(ap, a0, xf, j0, d, m, C, row0, j0, accumulate, 10, WIDE)
-        j0 += WIDE
-        q += 1
-    # with 16 registers: the panel's halves (five rows each, its values ten apart
-    # along the depth) against two vectors of columns, 10 accumulators and 7
-    # loads a step, where the ten rows against one vector took 11 loads for 10
-    while not WIDE_REGISTERS and j0 + PAIR_COLS <= d:
-        for r in range(q * k // chunks, (q + 1) * k // chunks):
-            prefetch_row(ahead, r)
-        for half in range(2):
-            fma_strided_rows(ap, a0 + 5 * half, 10, 1, xf, j0, d, m, C, row0 + 5 * half, j0, accumulate,
-                             5, PAIR_COLS)
-        j0 += PAIR_COLS
-        q += 1
+        j0 = q * width
+        if WIDE_REGISTERS:
+            fma_panel_rows(ap, a0, xf, j0, d, m, C, row0, j0, accumulate, 10, WIDE)
+        else:
+            for half in range(2):
+                fma_strided_rows(ap, a0 + 5 * half, 10, 1, xf, j0, d, m, C, row0 + 5 * half, j0, accumulate,
+                                 5, PAIR_COLS)
+    j0 = chunks * width
     while j0 + NARROW_COLS <= d:
         fma_panel_rows(ap, a0, xf, j0, d, m, C, row0, j0, accumulate, 10, NARROW_COLS)
         j0 += NARROW_COLS

@@ -373,8 +373,6 @@ def axpy_columns(At, D, Gt, j):
         i += 1
 
 
-# the row index as np.intp: the thread pool's loop index is unsigned, and the row
-# functions, called with a signed index elsewhere, would compile twice
 def _narrow_axpy(A, B, C):
     for i in prange(A.shape[0]):
         _axpy_row(A, B, C, np.intp(i))

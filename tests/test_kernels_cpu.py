@@ -63,7 +63,7 @@ def test_matmul_zero_depth_gives_zeros():
     assert out.shape == (3, 4) and not out.any()
 
 
-@pytest.mark.parametrize("m,n", [(200, 200), (8, 300)])  # the row-block and column-slice loop nests
+@pytest.mark.parametrize("m,n", [(200, 200), (8, 300)])  # shapes of either loop nest
 @pytest.mark.parametrize("driver", ["serial", "parallel"])
 def test_packed_driver_zero_depth_clears_c(driver, m, n):
     c = np.full((m, n), np.nan, np.float32)
