@@ -12,6 +12,7 @@ Batches arrive as one index array ``order`` cut at ``starts`` (batch b is
 order[starts[b]:starts[b+1]]); ``contiguous`` says order is 0..n-1 (full-batch
 gradient descent), in which case rows are used in place instead of gathered.
 """
+import numba
 import numpy as np
 from numba import prange
 
@@ -597,30 +598,72 @@ def _strided_tile(A, a0, a_step, a_row, B, b0, ldb, kc, C, ci, cj, rows, edge):
             C[ci + r, cj + j] = edge[r, j]
 
 
-def _forward_rows(xb, n, d, Wp, H, panels, edges, b1, act, w2t, b2, yb, out, dz_buf, dz1):
-    """mlp's step up to dL/dz1, a block of the batch's rows per task, every step of
-    it row by row: H (n x panels·NR) = act(xb · W1 + b1) (the gathered batch, read
-    in place, at least MR - 1 rows of slack after it, times W1's panels Wp: panels
-    of d x NR), the logits out = H · W2 + b2 (w2t holds W2 transposed), softmax
-    cross-entropy against yb with dL/dz2 into dz_buf's first n rows (MR rows of
-    slack after them), then dz1 = dL/dz1. The row blocks are whole tiles (MR
-    rows) but the last, whose edge tiles read (and drop) the slack rows; the
-    small output layer runs in the tasks instead of on one thread after them.
+@njit
+def task_grid(panels, threads):
+    """(groups, splits): the tasks of the first layer's two products for a pool of
+    ``threads``: groups of W1's panels, each group split over the rows (forward)
+    and the features (backward) when there are more threads than panels."""
+    groups = min(panels, max(1, threads))
+    return groups, (max(1, threads) + groups - 1) // groups
+
+
+@njit
+def _task_share(task, groups, splits, panels, count):
+    """Task (g, s) of the grid: its group g of W1's panels [t0, t1) (near-equal
+    runs) and the s-th block [i0, i1) of ``count`` rows or features, in whole
+    tiles of MR but the last."""
+    g, s = task // splits, task % splits
+    tiles = (count + MMR - 1) // MMR
+    return (g * panels // groups, (g + 1) * panels // groups,
+            s * tiles // splits * MMR, min(count, (s + 1) * tiles // splits * MMR))
+
+
+def _hidden_panels(xb, n, d, Wp, H, panels, groups, splits, edges, b1, act, X, order, lo, hi):
+    """H (n x panels·NR) = act(xb · W1 + b1), the gathered batch read in place (at
+    least MR - 1 rows of slack after it) times W1's panels Wp (panels of d x NR).
+    Task (g, s) computes its group g of panels for the s-th block of rows (whole
+    tiles but the last, whose edge tile reads and drops the slack rows); the
+    backward pass (_batch_t_times) gives the same tasks the same panels, so a
+    panel of W1 -- read here, stepped there -- stays with one thread instead of
+    crossing between caches every step. Each task also prefetches its share of
+    the next batch's rows (order[lo:hi] of X), gathered during the backward pass."""
+    tasks = groups * splits
+    for task in prange(tasks):
+        t0, t1, r0, r1 = _task_share(task, groups, splits, panels, n)
+        # the task's share of the next batch's rows, a row after each tile: a burst
+        # of prefetches would hold up the loads of the tiles
+        ahead, ahead_end = lo + task * (hi - lo) // tasks, lo + (task + 1) * (hi - lo) // tasks
+        for t in range(t0, t1):
+            for i0 in range(r0, r1, MMR):
+                _strided_tile(xb, i0 * d, 1, d, Wp, t * d * MNR, MNR, d, H, i0, t * MNR, n - i0, edges[task])
+                if ahead < ahead_end:
+                    prefetch_row(X, order[ahead])
+                    ahead += 1
+        hv, bv = H[r0:r1, t0 * MNR:t1 * MNR], b1[t0 * MNR:t1 * MNR]
+        for i in range(r1 - r0):
+            bias_act_row(hv, bv, act, i)
+        for r in range(ahead, ahead_end):
+            prefetch_row(X, order[r])
+
+
+_hidden_panels_serial, _hidden_panels_parallel = serial_and_parallel(_hidden_panels)
+
+
+def _output_rows(H, n, tasks, edges, act, w2t, b2, yb, out, dz_buf, dz1):
+    """The 10-wide output layer and the way back to the hidden layer, a block of
+    the batch's rows per task, row by row: out = H · W2 + b2 (w2t holds W2
+    transposed), softmax cross-entropy against yb with dL/dz2 into dz_buf's first
+    n rows (MR rows of slack after them), then dz1 = dL/dz1. The row blocks are
+    whole tiles but the last (dz1's product runs through the micro-kernel).
     Returns the batch's mean loss."""
     c = w2t.shape[0]
     tiles = (n + MMR - 1) // MMR
-    tasks = min(tiles, edges.shape[0])
     scale = H.dtype.type(1.0 / n)
     dz2, dzf = dz_buf[:n], dz_buf.reshape(dz_buf.size)
     total = 0.0
     for task in prange(tasks):
         r0 = task * tiles // tasks * MMR
         r1 = min(n, (task + 1) * tiles // tasks * MMR)
-        for t in range(panels):
-            for i0 in range(r0, r1, MMR):
-                _strided_tile(xb, i0 * d, 1, d, Wp, t * d * MNR, MNR, d, H, i0, t * MNR, n - i0, edges[task])
-        for i in range(r0, r1):
-            bias_act_row(H, b1, act, i)
         _dot_rows_nt(H[r0:r1], w2t, out[r0:r1])
         for i in range(r0, r1):
             bias_act_row(out, b2, NONE, i)
@@ -629,39 +672,35 @@ def _forward_rows(xb, n, d, Wp, H, panels, edges, b1, act, w2t, b2, yb, out, dz_
     return total / n
 
 
-_forward_rows_serial, _forward_rows_parallel = serial_and_parallel(_forward_rows)
+_output_rows_serial, _output_rows_parallel = serial_and_parallel(_output_rows)
 
 
-def _batch_t_times(xb, n, d, D, G, panels, edges, W, S1, S2, opt, step, lr, beta, beta1, beta2, eps,
-                   X, order, lo, hi, x_next):
+def _batch_t_times(xb, n, d, D, G, panels, groups, splits, edges, W, S1, S2, opt, step, lr, beta, beta1,
+                   beta2, eps, X, order, lo, hi, x_next):
     """W1's gradient in panels, and W1's optimizer step: G's rows t·d .. t·d + d - 1
     (NR wide) = xbᵀ · D's columns t·NR onwards, the batch as the depth: the
     panel's MR features of each sample are MR consecutive floats of its row in xb
     (Aᵀ read in place, one more slack row after the n), D's row (panels·NR
-    floats, contiguous) is B's row. No packing of either operand. The tasks
-    split the features (blocks of MR), each running every panel for a block in
-    turn, so the block's lines of xb are read from L2 once and reused from L1
-    by the other panels (all of D stays in L2); each task then steps its rows of
-    every panel of W (and of the optimizer's state S1, S2) while their gradient
-    is in cache, with no pass of its own, and gathers its share of the next
-    batch (rows order[lo:hi] of X) into x_next: the gather, which had run on one
-    thread while the others waited, is spread over the tasks."""
+    floats, contiguous) is B's row. No packing of either operand. Task (g, s)
+    runs its group g of panels (the forward pass's, so W1's panels stay with
+    their threads) for the s-th block of the features, a block of MR features
+    through each of the group's panels in turn (its lines of xb read from L2
+    once and reused from L1); it then steps its rows of those panels of W (and
+    of the optimizer's state S1, S2) while their gradient is in cache, and
+    gathers its share of the next batch (rows order[lo:hi] of X) into x_next."""
     hp = panels * MNR
-    g = G.reshape(G.size)
-    blocks = (d + MMR - 1) // MMR
-    # as many tasks as the forward pass has (its panels; any split gives the same
-    # sums): finer splits measured slower, the update's share of each task too small
-    tasks = min(blocks, panels)
+    g_flat = G.reshape(G.size)
+    tasks = groups * splits
     for task in prange(tasks):
-        f_lo = task * blocks // tasks * MMR
-        f_hi = min(d, (task + 1) * blocks // tasks * MMR)
+        t0, t1, f_lo, f_hi = _task_share(task, groups, splits, panels, d)
         for f0 in range(f_lo, f_hi, MMR):
-            for t in range(panels):
+            for t in range(t0, t1):
                 _strided_tile(xb, f0, d, 1, D, t * MNR, hp, n, G, t * d + f0, 0, d - f0, edges[task])
-        for t in range(panels):
+        for t in range(t0, t1):
             p0, p1 = (t * d + f_lo) * MNR, (t * d + f_hi) * MNR
             # (an optimizer's unused state is empty, and so is its slice)
-            _update(W[p0:p1], g[p0:p1], S1[p0:p1], S2[p0:p1], opt, step, lr, beta, beta1, beta2, eps, False)
+            _update(W[p0:p1], g_flat[p0:p1], S1[p0:p1], S2[p0:p1], opt, step, lr, beta, beta1, beta2, eps,
+                    False)
         r0 = task * (hi - lo) // tasks
         _batch_rows(X, order, lo + r0, lo + (task + 1) * (hi - lo) // tasks, False, x_next[r0:])
 
@@ -670,10 +709,12 @@ _batch_t_times_serial, _batch_t_times_parallel = serial_and_parallel(_batch_t_ti
 
 
 @njit
-def two_layer_epoch(X, targets, order, starts, contiguous, flat, gflat, s1, s2, hidden, act,
+def two_layer_epoch(X, targets, order, starts, contiguous, flat, gflat, s1, s2, hidden, act, threads,
                     opt, step, lr, beta, beta1, beta2, eps, parallel):
     """784 -> hidden -> 10 with hidden activation ``act`` and a softmax output
-    under cross-entropy. Returns (sum of batch losses, optimizer steps taken)."""
+    under cross-entropy; ``threads``: the size of the thread pool the parallel
+    products run on (the tasks are cut for it). Returns (sum of batch losses,
+    optimizer steps taken)."""
     d, c = X.shape[1], 10
     check_labels(targets, targets.shape[0], c)  # once: the steps' rows index by them
     dh = d * hidden
@@ -697,7 +738,11 @@ def two_layer_epoch(X, targets, order, starts, contiguous, flat, gflat, s1, s2, 
     x_bufs = np.zeros((2, ((m + MMR - 1) // MMR + 1) * MMR, d), X.dtype)
     if nb:
         _batch_rows(X, order, starts[0], starts[1], False, x_bufs[0])
-    edges = np.empty((panels, MMR, MNR), X.dtype)
+    par = parallel and m * d * hp >= PARALLEL_MIN_WORK
+    groups, splits = task_grid(panels, threads if par else 1)
+    tasks = groups * splits
+    out_tasks = min(tasks, (m + MMR - 1) // MMR)
+    edges = np.empty((tasks, MMR, MNR), X.dtype)
     # the hidden layer at the padded width hp, on contiguous arrays: the padding's
     # weights (W1's panel columns, b1's and W2's rows) are zero, so its units
     # contribute exactly nothing forward and get no gradient
@@ -706,18 +751,15 @@ def two_layer_epoch(X, targets, order, starts, contiguous, flat, gflat, s1, s2, 
     dz_buf, dh_buf = np.zeros((m + MMR, c), X.dtype), np.zeros((m, hp), X.dtype)
     w2t, gw2t = np.zeros((c, hp), X.dtype), np.empty((c, hp), X.dtype)
     b1p, gb1p = np.zeros(hp, X.dtype), np.empty(hp, X.dtype)
-    par = parallel and m * d * hp >= PARALLEL_MIN_WORK
     total = 0.0
     for bi in range(nb):
         lo, hi = starts[bi], starts[bi + 1]
         n = hi - lo
         # this batch was gathered during the last step's gradient pass; the next
-        # one is gathered during this one's, its rows prefetched now
+        # one is gathered during this one's, its rows prefetched in the forward pass
         x_now, x_next = x_bufs[bi % 2], x_bufs[(bi + 1) % 2]
         xb = x_now.reshape(x_now.size)
         next_lo, next_hi = (hi, starts[bi + 2]) if bi + 1 < nb else (hi, hi)
-        for r in range(next_lo, next_hi):
-            prefetch_row(X, order[r])
         yb = targets[order[lo:hi]]
         h, out, dz2, dz1 = h_buf[:n], out_buf[:n], dz_buf[:n], dh_buf[:n]
         for p in range(hidden):
@@ -725,11 +767,12 @@ def two_layer_epoch(X, targets, order, starts, contiguous, flat, gflat, s1, s2, 
             for j in range(c):
                 w2t[j, p] = w2[p, j]
         if par:
-            total += _forward_rows_parallel(xb, n, d, w1p, h, panels, edges, b1p, act, w2t, b2, yb, out,
-                                            dz_buf, dz1)
+            _hidden_panels_parallel(xb, n, d, w1p, h, panels, groups, splits, edges, b1p, act, X, order,
+                                    next_lo, next_hi)
+            total += _output_rows_parallel(h, n, out_tasks, edges, act, w2t, b2, yb, out, dz_buf, dz1)
         else:
-            total += _forward_rows_serial(xb, n, d, w1p, h, panels, edges, b1p, act, w2t, b2, yb, out,
-                                          dz_buf, dz1)
+            _hidden_panels_serial(xb, n, d, w1p, h, panels, 1, 1, edges, b1p, act, X, order, next_lo, next_hi)
+            total += _output_rows_serial(h, n, 1, edges, act, w2t, b2, yb, out, dz_buf, dz1)
         # the output layer's weight gradient (transposed): the ten classes of dL/dz2
         # are the ten-row A panel, h's rows the B rows (the linear epoch's tile).
         # The two-layer epochs stay apart because their first layers differ
@@ -741,12 +784,12 @@ def two_layer_epoch(X, targets, order, starts, contiguous, flat, gflat, s1, s2, 
         bias_grad_serial(dz2, gb2)
         step += 1
         if par:
-            _batch_t_times_parallel(xb, n, d, dz1.ravel(), gw1_panels, panels, edges, w1p, s1p, s2p,
-                                    opt, step, lr, beta, beta1, beta2, eps, X, order, next_lo, next_hi,
+            _batch_t_times_parallel(xb, n, d, dz1.ravel(), gw1_panels, panels, groups, splits, edges, w1p,
+                                    s1p, s2p, opt, step, lr, beta, beta1, beta2, eps, X, order, next_lo, next_hi,
                                     x_next)
         else:
-            _batch_t_times_serial(xb, n, d, dz1.ravel(), gw1_panels, panels, edges, w1p, s1p, s2p,
-                                  opt, step, lr, beta, beta1, beta2, eps, X, order, next_lo, next_hi,
+            _batch_t_times_serial(xb, n, d, dz1.ravel(), gw1_panels, panels, 1, 1, edges, w1p,
+                                  s1p, s2p, opt, step, lr, beta, beta1, beta2, eps, X, order, next_lo, next_hi,
                                   x_next)
         bias_grad_serial(dz1, gb1p)
         for p in range(hidden):
@@ -761,4 +804,4 @@ def two_layer_epoch(X, targets, order, starts, contiguous, flat, gflat, s1, s2, 
 # network -> (epoch function, the arguments it takes after the optimizer state):
 EPOCHS = {"linear": (linear_epoch, lambda net: ()),
           "nielsen": (nielsen_epoch, lambda net: (net.hidden,)),
-          "mlp": (two_layer_epoch, lambda net: (net.hidden, RELU))}
+          "mlp": (two_layer_epoch, lambda net: (net.hidden, RELU, numba.get_num_threads()))}

@@ -101,9 +101,10 @@ PANEL_SHAPES = [(1, 1, 1), (7, 33, 5), (13, 784, 32), (33, 257, 7), (17, 9, 65),
                 (128, 784, 128)]
 
 
-@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
+@pytest.mark.parametrize("parallel,threads", [(False, 1), (True, 1), (True, 2), (True, 5)],
+                         ids=["serial", "parallel-1", "parallel-2", "parallel-5"])
 @pytest.mark.parametrize("n,d,h", PANEL_SHAPES)
-def test_batch_panel_products_match_numpy(n, d, h, parallel):
+def test_batch_panel_products_match_numpy(n, d, h, parallel, threads):
     mr, nr = fe.MMR, fe.MNR
     rng = np.random.default_rng(n * 1000 + d + h)
     x = rng.standard_normal((n + 5, d)).astype(np.float32)
@@ -119,8 +120,12 @@ def test_batch_panel_products_match_numpy(n, d, h, parallel):
     w = rng.standard_normal((d, h)).astype(np.float32)
     wp = np.empty(panels * d * nr, np.float32)
     fe._to_panels(w.ravel().copy(), d, h, wp, False)
-    edges = np.empty((panels, mr, nr), np.float32)
-    # the forward pass and the output layer, a block of rows per task, down to dL/dz1
+    # tasks for a pool of ``threads``: groups of panels, each split over the rows and
+    # features when there are more threads than panels (5 threads: 1, 2, 3 splits)
+    groups, splits = fe.task_grid(panels, threads)
+    edges = np.empty((groups * splits, mr, nr), np.float32)
+    # the forward pass (a group of panels for a block of rows per task), then the
+    # output layer (a block of rows per task) down to dL/dz1
     act = fe.RELU if h % 2 else fe.SIGMOID
     c = 10
     b1 = np.zeros(panels * nr, np.float32)
@@ -131,8 +136,11 @@ def test_batch_panel_products_match_numpy(n, d, h, parallel):
     labels = rng.integers(0, c, n)
     hid, out, dz1 = (np.full(shape, np.nan, np.float32) for shape in ((n, panels * nr), (n, c), (n, panels * nr)))
     dz_buf = np.zeros((n + mr, c), np.float32)
-    forward = fe._forward_rows_parallel if parallel else fe._forward_rows_serial
-    loss = forward(xb, n, d, wp, hid, panels, edges, b1, act, w2t, b2, labels, out, dz_buf, dz1)
+    hidden = fe._hidden_panels_parallel if parallel else fe._hidden_panels_serial
+    output = fe._output_rows_parallel if parallel else fe._output_rows_serial
+    # (with the next batch's rows, order[1:n+2], prefetched on the way)
+    hidden(xb, n, d, wp, hid, panels, groups, splits, edges, b1, act, x, order, 1, n + 2)
+    loss = output(hid, n, min(groups * splits, -(-n // mr)), edges, act, w2t, b2, labels, out, dz_buf, dz1)
     z1 = x[rows].astype(np.float64) @ w + b1[:h]
     a1 = np.maximum(z1, 0) if act == fe.RELU else 1 / (1 + np.exp(-z1))
     np.testing.assert_allclose(hid[:, :h], a1, rtol=1e-4, atol=1e-4 * np.sqrt(d))
@@ -157,7 +165,8 @@ def test_batch_panel_products_match_numpy(n, d, h, parallel):
     backward = fe._batch_t_times_parallel if parallel else fe._batch_t_times_serial
     # ... and gathers the next batch (here rows order[1:n+2], the slack left alone)
     x_next = np.full_like(x_buf, np.nan)
-    backward(xb, n, d, dh.ravel(), gp, panels, edges, wp, s1, s2, opt, *hyper, x, order, 1, n + 2, x_next)
+    backward(xb, n, d, dh.ravel(), gp, panels, groups, splits, edges, wp, s1, s2, opt, *hyper, x, order, 1, n + 2,
+             x_next)
     np.testing.assert_array_equal(x_next[:n + 1], x[order[1:n + 2]])
     assert np.isnan(x_next[n + 1:]).all()
     g = np.empty(d * h, np.float32)
