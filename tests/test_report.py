@@ -118,6 +118,44 @@ def test_roofline_uses_the_measured_ceilings(fixture_runs):
     assert "fma_peak" not in set(table["kernel"])  # the ceilings are not drawn against themselves
 
 
+def test_a_ceiling_is_the_best_of_its_measurements(fixture_runs, tmp_path):
+    """A later, slower reading of the FMA loop (a busy spell of a shared machine)
+    supersedes the earlier one as a cell but not as the ceiling: the peak stays
+    the best reading, and a kernel timed faster than a measured peak gets no
+    "% of peak" over 100."""
+    with open(fixture_runs[0], encoding="utf-8") as f:
+        head, *cells = [json.loads(line) for line in f]
+    peak_cells = [c for c in cells if c.get("kind") == "kernel" and c.get("model") == "fma_peak"]
+    assert peak_cells
+    later = dict(head, run_id=head["run_id"][:-6] + "bbbbbb", started="2099-01-01T00:00:00+00:00")
+    path = tmp_path / (later["run_id"] + ".jsonl")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(later) + "\n")
+        for c in peak_cells:
+            slow = dict(c, run_id=later["run_id"], median_s=c["median_s"] * 4,
+                        samples_s=[s * 4 for s in c["samples_s"]] if c.get("samples_s") else c.get("samples_s"))
+            if slow.get("gflops"):
+                slow["gflops"] = c["gflops"] / 4
+            f.write(json.dumps(slow) + "\n")
+    _, both, machines = report.load(list(fixture_runs) + [str(path)])
+    assert both[both["model"] == "fma_peak"]["superseded"].any()  # the newer reading supersedes the cell
+    table = report.roofline_table(both, machines)
+    row = table[(table["version"] == "numpy") & (table["shape"] == "1024x1024x1024")].iloc[0]
+    assert row["peak_gflops"] == pytest.approx(400, rel=0.1)  # not 100: the best reading
+    assert row["peak_source"].startswith("measured: fma_peak") and "best of 2 runs" in row["peak_source"]
+    faster = both.copy()
+    hit = (faster["kind"] == "kernel") & (faster["model"] == row["kernel"]) & (faster["backend"] == "numpy") & \
+        (faster["shape_label"] == "1024x1024x1024") & faster["usable"]
+    assert hit.any()
+    faster.loc[hit, "gflops"] = row["peak_gflops"] * 1.2
+    again = report.roofline_table(faster, machines)
+    mine = again[(again["kernel"] == row["kernel"]) & (again["version"] == "numpy") &
+                 (again["shape"] == "1024x1024x1024")].iloc[0]
+    assert mine["pct_of_roof"] is None or mine["pct_of_roof"] != mine["pct_of_roof"]
+    assert "below this measured rate" in mine["peak_source"]
+    assert (again["pct_of_roof"].dropna() <= 100).all()
+
+
 def test_theoretical_peak_where_no_ceiling_was_measured(fixture_runs):
     runs, cells, machines = report.load(fixture_runs)
     cells = cells[~cells["model"].isin(["fma_peak", "stream_triad"])]
