@@ -584,7 +584,10 @@ def _to_panels(buf, rows, cols, panels_buf, inverse):
                     panels_buf[(t * rows + p) * MNR + j] = a[p * cols + col]
 
 
-@njit
+# no reference counting: Numba increfs a function's array arguments on entry and
+# its pruning pass leaves them across the micro-kernel's loop, so every tile paid
+# eight atomic updates of counts that all threads share (it allocates nothing)
+@njit(_nrt=False)
 def _strided_tile(A, a0, a_step, a_row, B, b0, ldb, kc, C, ci, cj, rows, edge):
     """C[ci:ci+rows, cj:cj+NR] = the MR x NR micro-kernel product with A read in
     place (fma_strided_rows); fewer than MR rows go through ``edge``, the tile's
@@ -625,7 +628,9 @@ def _hidden_panels(xb, n, d, Wp, H, panels, groups, splits, edges, b1, act, X, o
     tiles but the last, whose edge tile reads and drops the slack rows); the
     backward pass (_batch_t_times) gives the same tasks the same panels, so a
     panel of W1 -- read here, stepped there -- stays with one thread instead of
-    crossing between caches every step. Each task also prefetches its share of
+    crossing between caches every step (Numba's thread pool hands a loop's
+    iterations out in equal contiguous runs, so task i of two loops of the same
+    length runs on the same thread). Each task also prefetches its share of
     the next batch's rows (order[lo:hi] of X), gathered during the backward pass."""
     tasks = groups * splits
     for task in prange(tasks):
