@@ -27,6 +27,11 @@ from .update import adam_parallel, adam_serial, momentum_parallel, momentum_seri
 
 OPTIMIZER_CODES = {"sgd": 0, "momentum": 1, "adam": 2}
 SIGMOID, RELU, NONE = 1, 2, 0
+# The small kernels a step calls many times (tiles, dot products, axpys) compile
+# without reference counting: Numba increfs a function's array arguments on entry
+# and decrefs them on exit, atomic updates its pruning pass leaves in place around
+# loops, on counts every thread shares. They allocate nothing and return no array.
+njit_leaf = njit(_nrt=False)
 
 
 @njit
@@ -274,14 +279,14 @@ def linear_epoch(X, labels, order, starts, contiguous, flat, gflat, s1, s2, opt,
 
 
 # -- the 10-wide second layer of nielsen and mlp, against W2 held transposed (10 x hidden) --
-@njit
+@njit_leaf
 def _dot_rows_nt(A, BT, C):
     """C = A·BTᵀ (BT holds B transposed): dot products along rows of both."""
     for i in range(A.shape[0]):
         dot_rows(A, BT, C, i)
 
 
-@njit
+@njit_leaf
 def _hidden_backward_rows(D, BT, A, act, C):
     """C[i, :h] = (sum_j D[i, j]·BT[j]) · act'(A[i]) (act' from the layer's output:
     sigmoid a(1-a), ReLU a > 0): dL/dz1 from dL/dz2 and W2ᵀ, one pass per row."""
@@ -320,7 +325,7 @@ def _hidden_backward_rows(D, BT, A, act, C):
 # along the rows instead). The working layout is [W1ᵀ, b1, W2, b2]; every flat buffer (params, grads, optimizer
 # state) is permuted into it at the start of the epoch and back at the end, so
 # the elementwise update kernels apply unchanged.
-@njit
+@njit_leaf
 def _dot_rows_t(X, rows, WT, Z):
     """Z[i, j] = X[rows[i]] · WT[j], the batch's rows read in place (no gathered
     copy): five samples x DOT_COLS weight rows a pass (_dot5), so WT (94 KB at 30
@@ -345,7 +350,7 @@ def _dot_rows_t(X, rows, WT, Z):
             Z[r, j] = s0
 
 
-@njit
+@njit_leaf
 def _axpy_rows_t(D, X, rows, GT, WT, lr):
     """GT[j] = sum_i D[i, j]·X[rows[i]] (= (Xᵀ·D)ᵀ), five samples per pass over
     GT[j], the first pass writing it without a read; with ``lr`` > 0 (plain SGD)
@@ -381,7 +386,7 @@ def _axpy_rows_t(D, X, rows, GT, WT, lr):
                 w[p] -= lr * g[p]
 
 
-@njit
+@njit_leaf
 def _ten_rows_times_batch(ap, a0, xb, C, row0, accumulate, ahead):
     """C[row0:row0+10] = (or, with ``accumulate``, +=) the ten-row A panel at ap[a0:]
     (one group of ten values per row of xb: the batch is the depth) times xb's
@@ -393,9 +398,11 @@ def _ten_rows_times_batch(ap, a0, xb, C, row0, accumulate, ahead):
     The rows of ``ahead`` (a C-contiguous 2-D array, may be empty) are asked of
     memory a few per tile: the linear epoch passes its next block of X, which
     then arrives while this pass computes from the caches, rather than while
-    the next block's forward pass waits for it."""
+    the next block's forward pass waits for it. xb's rows must be contiguous
+    (the micro-kernel reads them flat, d apart)."""
     m, d = xb.shape
-    xf = xb.ravel()
+    if xb.strides[1] != xb.itemsize or (m > 1 and xb.strides[0] != d * xb.itemsize):
+        raise ValueError("ten-row weight-gradient tile: the batch's rows must be one contiguous block")
     # column chunks: WIDE with 32 registers; with 16, the panel's halves (five
     # rows each, its values ten apart along the depth) against two vectors of
     # columns, 10 accumulators and 7 loads a step, where the ten rows against one
@@ -408,14 +415,14 @@ def _ten_rows_times_batch(ap, a0, xb, C, row0, accumulate, ahead):
             prefetch_row(ahead, r)
         j0 = q * width
         if WIDE_REGISTERS:
-            fma_panel_rows(ap, a0, xf, j0, d, m, C, row0, j0, accumulate, 10, WIDE)
+            fma_panel_rows(ap, a0, xb, j0, d, m, C, row0, j0, accumulate, 10, WIDE)
         else:
             for half in range(2):
-                fma_strided_rows(ap, a0 + 5 * half, 10, 1, xf, j0, d, m, C, row0 + 5 * half, j0, accumulate,
+                fma_strided_rows(ap, a0 + 5 * half, 10, 1, xb, j0, d, m, C, row0 + 5 * half, j0, accumulate,
                                  5, PAIR_COLS)
     j0 = chunks * width
     while j0 + NARROW_COLS <= d:
-        fma_panel_rows(ap, a0, xf, j0, d, m, C, row0, j0, accumulate, 10, NARROW_COLS)
+        fma_panel_rows(ap, a0, xb, j0, d, m, C, row0, j0, accumulate, 10, NARROW_COLS)
         j0 += NARROW_COLS
     for j in range(j0, d):
         for r in range(10):
@@ -425,7 +432,7 @@ def _ten_rows_times_batch(ap, a0, xb, C, row0, accumulate, ahead):
             C[row0 + r, j] = C[row0 + r, j] + s0 if accumulate else s0
 
 
-@njit
+@njit_leaf
 def _weight_grad_panels(D, xb, GT, dp, scale, accumulate):
     """GT = scale·(xbᵀ·D)ᵀ, or with ``accumulate`` GT += that: D's columns packed in
     panels of ten (``dp``, scaled; the batch is the depth), each panel times the
@@ -584,10 +591,7 @@ def _to_panels(buf, rows, cols, panels_buf, inverse):
                     panels_buf[(t * rows + p) * MNR + j] = a[p * cols + col]
 
 
-# no reference counting: Numba increfs a function's array arguments on entry and
-# its pruning pass leaves them across the micro-kernel's loop, so every tile paid
-# eight atomic updates of counts that all threads share (it allocates nothing)
-@njit(_nrt=False)
+@njit_leaf
 def _strided_tile(A, a0, a_step, a_row, B, b0, ldb, kc, C, ci, cj, rows, edge):
     """C[ci:ci+rows, cj:cj+NR] = the MR x NR micro-kernel product with A read in
     place (fma_strided_rows); fewer than MR rows go through ``edge``, the tile's

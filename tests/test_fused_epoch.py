@@ -252,6 +252,19 @@ def test_linear_rows_match_numpy(rows):
     np.testing.assert_allclose(gb, dl.sum(0), rtol=1e-4, atol=1e-6)
 
 
+def test_ten_row_tile_refuses_rows_that_are_not_one_block():
+    """The weight-gradient tile reads the batch flat: a strided view (every other
+    column here) is refused with a clear error rather than read wrong."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((7, 66)).astype(np.float32)
+    dl = rng.standard_normal((7, 10)).astype(np.float32)
+    c = np.zeros((10, 33), np.float32)
+    with pytest.raises(ValueError, match="contiguous block"):
+        fe._ten_rows_times_batch(dl.ravel(), 0, x[:, ::2], c, 0, False, x[:0])
+    fe._ten_rows_times_batch(dl.ravel(), 0, np.ascontiguousarray(x[:, ::2]), c, 0, False, x[:0])
+    np.testing.assert_allclose(c, dl.T @ x[:, ::2], rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("accumulate", [False, True])
 @pytest.mark.parametrize("m,d,h", [(1, 5, 10), (7, 37, 20), (10, 784, 30), (13, 100, 10)])
 def test_weight_grad_panels_match_numpy(m, d, h, accumulate):
