@@ -615,14 +615,27 @@ def task_grid(panels, threads):
 
 
 @njit
+def _share(i, parts, lo, hi):
+    """[a, b): the i-th of ``parts`` near-equal runs of lo..hi-1."""
+    return lo + i * (hi - lo) // parts, lo + (i + 1) * (hi - lo) // parts
+
+
+@njit
+def _tile_block(i, parts, count):
+    """The i-th of ``parts`` blocks of ``count`` rows or features, in whole tiles
+    of MR but the last."""
+    a, b = _share(i, parts, 0, (count + MMR - 1) // MMR)
+    return a * MMR, min(count, b * MMR)
+
+
+@njit
 def _task_share(task, groups, splits, panels, count):
     """Task (g, s) of the grid: its group g of W1's panels [t0, t1) (near-equal
-    runs) and the s-th block [i0, i1) of ``count`` rows or features, in whole
-    tiles of MR but the last."""
+    runs) and the s-th block [i0, i1) of ``count`` rows or features (_tile_block)."""
     g, s = task // splits, task % splits
-    tiles = (count + MMR - 1) // MMR
-    return (g * panels // groups, (g + 1) * panels // groups,
-            s * tiles // splits * MMR, min(count, (s + 1) * tiles // splits * MMR))
+    t0, t1 = _share(g, groups, 0, panels)
+    i0, i1 = _tile_block(s, splits, count)
+    return t0, t1, i0, i1
 
 
 def _hidden_panels(xb, n, d, Wp, H, panels, groups, splits, edges, b1, act, X, order, lo, hi):
@@ -639,9 +652,9 @@ def _hidden_panels(xb, n, d, Wp, H, panels, groups, splits, edges, b1, act, X, o
     tasks = groups * splits
     for task in prange(tasks):
         t0, t1, r0, r1 = _task_share(task, groups, splits, panels, n)
-        # the task's share of the next batch's rows, a row after each tile: a burst
-        # of prefetches would hold up the loads of the tiles
-        ahead, ahead_end = lo + task * (hi - lo) // tasks, lo + (task + 1) * (hi - lo) // tasks
+        # the rows of the next batch this task's thread gathers (_batch_t_times), a
+        # row after each tile: a burst of prefetches would hold up the tiles' loads
+        ahead, ahead_end = _share(task, tasks, lo, hi)
         for t in range(t0, t1):
             for i0 in range(r0, r1, MMR):
                 _strided_tile(xb, i0 * d, 1, d, Wp, t * d * MNR, MNR, d, H, i0, t * MNR, n - i0, edges[task])
@@ -666,13 +679,11 @@ def _output_rows(H, n, tasks, edges, act, w2t, b2, yb, out, dz_buf, dz1):
     whole tiles but the last (dz1's product runs through the micro-kernel).
     Returns the batch's mean loss."""
     c = w2t.shape[0]
-    tiles = (n + MMR - 1) // MMR
     scale = H.dtype.type(1.0 / n)
     dz2, dzf = dz_buf[:n], dz_buf.reshape(dz_buf.size)
     total = 0.0
     for task in prange(tasks):
-        r0 = task * tiles // tasks * MMR
-        r1 = min(n, (task + 1) * tiles // tasks * MMR)
+        r0, r1 = _tile_block(task, tasks, n)
         _dot_rows_nt(H[r0:r1], w2t, out[r0:r1])
         for i in range(r0, r1):
             bias_act_row(out, b2, NONE, i)
@@ -710,8 +721,8 @@ def _batch_t_times(xb, n, d, D, G, panels, groups, splits, edges, W, S1, S2, opt
             # (an optimizer's unused state is empty, and so is its slice)
             _update(W[p0:p1], g_flat[p0:p1], S1[p0:p1], S2[p0:p1], opt, step, lr, beta, beta1, beta2, eps,
                     False)
-        r0 = task * (hi - lo) // tasks
-        _batch_rows(X, order, lo + r0, lo + (task + 1) * (hi - lo) // tasks, False, x_next[r0:])
+        q0, q1 = _share(task, tasks, lo, hi)
+        _batch_rows(X, order, q0, q1, False, x_next[q0 - lo:])
 
 
 _batch_t_times_serial, _batch_t_times_parallel = serial_and_parallel(_batch_t_times)
