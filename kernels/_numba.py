@@ -105,22 +105,28 @@ def serial_and_parallel(fn):
     return njit(fn), njit_parallel(_copy(fn, "_parallel"))
 
 
-def specialize(functions, suffix, constants, parallel=(), cache=True):
+def specialize(functions, suffix, constants, parallel=(), cache=True, leaves=()):
     """Compile a set of functions again with some of their module's globals
     replaced by ``constants`` (tile sizes): {name: dispatcher}.
 
     Each copy shares its body with the original and gets ``suffix`` on its name;
     calls between the functions of the set go to the copies (they resolve their
     globals in one new namespace), and names listed in ``parallel`` compile
-    with parallel=True. Numba freezes global values at compile time, so each
-    set is its own machine code: float64 gets its own tile this way, and the
-    tuner compiles candidates without touching the module.
+    with parallel=True, and names listed in ``leaves`` without reference
+    counting (small functions called per tile, which allocate nothing and
+    return no array: Numba increfs a function's array arguments on entry and
+    decrefs them on exit, atomic updates on counts every thread shares). Numba
+    freezes global values at compile time, so each set is its own machine
+    code: float64 gets its own tile this way, and the tuner compiles
+    candidates without touching the module.
     """
     namespace = dict(functions[0].__globals__)
     namespace.update(constants)
     out = {}
     for fn in functions:
         options = dict(JIT_PARALLEL if fn.__name__ in parallel else JIT, cache=cache)
+        if fn.__name__ in leaves:
+            options["_nrt"] = False
         out[fn.__name__] = numba.njit(**options)(_copy(fn, suffix, namespace))
         namespace[fn.__name__] = out[fn.__name__]
     return out

@@ -488,6 +488,8 @@ def _python_dispatch(kc, packed_serial, packed_parallel):
 
 
 PACKED_BODIES = (_pack_b, _pack_a, _micro, _block, _pack_a_block, _task)
+# the ones called per tile, compiled without reference counting (see specialize)
+PACKED_LEAVES = ("_micro", "_block")
 _NARROW_TWINS = {"_narrow_tn_parallel": _narrow_tn_serial, "_narrow_axpy_parallel": _narrow_axpy_serial,
                  "_narrow_dot_parallel": _narrow_dot_serial}
 
@@ -512,7 +514,7 @@ def build(tile, suffix, cache=True):
     links no parallel code."""
     constants = dict(MR=tile["MR"], NR=tile["NR"], KC=tile["KC"], MC=tile["MC"], NC=tile["NC"],
                      TILE_ELEMS=tile["MR"] * tile["NR"])
-    serial = specialize(list(PACKED_BODIES) + [_packed], suffix, constants, cache=cache)
+    serial = specialize(list(PACKED_BODIES) + [_packed], suffix, constants, cache=cache, leaves=PACKED_LEAVES)
     # the parallel driver's tasks are the serial ones: one copy of each
     parallel = specialize([_packed], suffix + "_parallel",
                           dict(constants, **{f.__name__: serial[f.__name__] for f in PACKED_BODIES}),

@@ -71,6 +71,36 @@ def test_packed_driver_zero_depth_clears_c(driver, m, n):
     assert not c.any()
 
 
+def _refcount_calls(dispatcher):
+    """NRT_incref / NRT_decref calls in the bodies of a dispatcher's compiled signatures."""
+    import re
+    count = 0
+    for cres in dispatcher.overloads.values():
+        body = re.search(r"define[^\n]*@" + re.escape(cres.fndesc.mangled_name) + r"\(.*?\n}\n",
+                         cres.library.get_llvm_str(), re.S).group(0)
+        count += body.count("@NRT_incref(") + body.count("@NRT_decref(")
+    return count
+
+
+def test_per_tile_functions_run_without_reference_counting():
+    # compiled here, not loaded from the disk cache (which keeps no IR), by a
+    # product with whole and edge tiles, packed on first use and from packed panels
+    built = matmul.build(matmul.TILE, "_refcount_check", cache=False)
+    a, b, c = np.ones((70, 300), np.float32), np.ones((300, 150), np.float32), np.empty((70, 150), np.float32)
+    built["serial"](a, False, b, False, c, False)
+    np.testing.assert_array_equal(c, 300)
+    pieces = built["pieces"]
+    for name in ("_micro", "_block"):
+        assert pieces[name].overloads, name
+        assert _refcount_calls(pieces[name]) == 0, name
+    # and the check itself sees the reference counts of a function that has them
+    assert _refcount_calls(pieces["_task"]) > 0
+    from mnist_numba_bench.kernels import fused_epoch
+    for name in ("_strided_tile", "_ten_rows_times_batch", "_weight_grad_panels", "_dot_rows_t", "_dot_rows_nt",
+                 "_axpy_rows_t", "_hidden_backward_rows"):
+        assert getattr(fused_epoch, name).targetoptions.get("_nrt") is False, name
+
+
 @pytest.mark.parametrize("bad,match", [
     (lambda a, b: (a[:, ::2], b[:392]), "C-contiguous"),
     (lambda a, b: (a, b[:100]), "inner dimensions"),
