@@ -284,6 +284,10 @@ def thread_pools() -> dict:
         torch = sys.modules["torch"]
         out["torch_threads"] = torch.get_num_threads()
         out["torch_interop_threads"] = torch.get_num_interop_threads()
+        # the vector ISA of ATen's own kernels, and the code path of the MKL its
+        # float32 GEMMs call: MKL picks by CPU vendor, not by ATen's setting
+        out["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        out["torch_mkl_code_path"] = mkl_code_path()
     if "jax" in sys.modules:
         out["xla_flags"] = os.environ.get("XLA_FLAGS")
     kernels = sys.modules.get(__package__.rpartition(".")[0] + ".kernels._numba")
@@ -292,6 +296,51 @@ def thread_pools() -> dict:
                                                           "tile_source", "cache_key")}
         out["kernels"]["tile"] = kernels.TILE
     return out
+
+
+_MKL_PATH = []
+
+
+def mkl_code_path():
+    """The processors torch's MKL says it runs code for, from its verbose line
+    ("... for Intel(R) 64 architecture <processors>, ..."): e.g. "Intel(R)
+    Advanced Vector Extensions 512 (Intel(R) AVX-512) enabled processors", or
+    "Intel(R) Architecture processors", the generic path it takes on other
+    vendors' CPUs. None where torch has no MKL or the line cannot be read.
+    Asked once per process (MKL prints the line once): verbose mode on, one
+    small product with the process's standard output sent to a file, then off."""
+    if _MKL_PATH:
+        return _MKL_PATH[0]
+    _MKL_PATH.append(None)
+    import ctypes
+    import re
+    import sys
+    import tempfile
+    torch = sys.modules.get("torch")
+    try:
+        if torch is None or not torch.backends.mkl.is_available():
+            return None
+        lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+        libc = ctypes.CDLL(None)
+        sys.stdout.flush()
+        saved = os.dup(1)
+        with tempfile.TemporaryFile() as f:
+            os.dup2(f.fileno(), 1)
+            try:
+                lib.MKL_Verbose(1)
+                torch.mm(torch.ones(64, 64), torch.ones(64, 64))
+                lib.MKL_Verbose(1 if os.environ.get("MKL_VERBOSE", "0") not in ("", "0") else 0)
+                libc.fflush(None)
+            finally:
+                os.dup2(saved, 1)
+                os.close(saved)
+            f.seek(0)
+            text = f.read().decode(errors="replace")
+    except (OSError, AttributeError, RuntimeError):
+        return None
+    found = re.search(r"for Intel\(R\) 64 architecture (.+?),", text)
+    _MKL_PATH[0] = found.group(1).strip() if found else None
+    return _MKL_PATH[0]
 
 
 def thread_mismatches(pools: dict, threads: int) -> list:

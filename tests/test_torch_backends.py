@@ -1,6 +1,8 @@
 """The PyTorch baselines: every torch op against the NumPy reference on odd
 shapes, parity of whole training runs with numpy, the momentum conversion, and
 how the backends report themselves unavailable."""
+import json
+import os
 import sys
 
 import numpy as np
@@ -242,6 +244,25 @@ def test_configure_threads_sets_and_records_torch_threads():
         assert torch.get_num_threads() == 1 and backend.threads == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_thread_pools_record_the_isa_torch_ran():
+    """ATen's vector ISA as set for the AVX2 path, and MKL's code path, read in a
+    fresh process (MKL prints the line it is read from once per process)."""
+    import subprocess
+    if not (torch.backends.cpu.get_cpu_capability() or "").startswith("AVX"):
+        pytest.skip("not an x86-64 machine with AVX2")
+    code = ("import json, torch; from mnist_numba_bench.bench.measure import thread_pools; "
+            "print('RESULT', json.dumps([thread_pools()[k] for k in ('torch_cpu_capability', 'torch_mkl_code_path')]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, ATEN_CPU_CAPABILITY="avx2"))
+    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT"))
+    capability, mkl_path = json.loads(line.split(" ", 1)[1])
+    assert capability == "AVX2"
+    if torch.backends.mkl.is_available():
+        assert mkl_path and mkl_path.endswith("processors"), done.stdout
+    # the product's verbose line went to the probe's file, not to the process's output
+    assert "MKL_VERBOSE" not in done.stdout
 
 
 # -- availability --------------------------------------------------------------------
