@@ -156,6 +156,25 @@ def test_a_ceiling_is_the_best_of_its_measurements(fixture_runs, tmp_path):
     assert (again["pct_of_roof"].dropna() <= 100).all()
 
 
+def test_a_gpu_ceiling_is_the_best_cublas_reading_superseded_runs_included():
+    """The GPU's compute ceiling is the fastest float32 cuBLAS matmul of any run on
+    the machine, as the CPU's is its best FMA loop: a newer, slower cuBLAS reading
+    supersedes the cell, not the ceiling; TF32 readings never count."""
+    import pandas as pd
+    base = dict(kind="kernel", status="ok", machine_label="box, H100", threads=1, dtype="float32",
+                device="cuda", model="cuda_matmul_nn", gbytes_per_s=float("nan"))
+    cells = pd.DataFrame([
+        dict(base, run_id="old", backend="cublas_fp32", gflops=50000.0, usable=False),  # superseded
+        dict(base, run_id="new", backend="cublas_fp32", gflops=30000.0, usable=True),
+        dict(base, run_id="new", backend="cublas_tf32", gflops=90000.0, usable=True),
+        dict(base, run_id="new", backend="v5_register_tiled", gflops=20000.0, usable=True),
+        dict(base, run_id="new", backend="cublas_fp32", gflops=70000.0, usable=False, status="invalid"),
+    ])
+    from mnist_numba_bench.bench.report.tables import ceilings
+    roof = ceilings(cells, {})[("box, H100", 1, "float32", "cuda")]
+    assert roof["peak"] == 50000.0 and roof["peak_source"] == "measured: best cublas_fp32 matmul"
+
+
 def test_theoretical_peak_where_no_ceiling_was_measured(fixture_runs):
     runs, cells, machines = report.load(fixture_runs)
     cells = cells[~cells["model"].isin(["fma_peak", "stream_triad"])]

@@ -287,12 +287,12 @@ def ceilings(cells, machines):
     the device-to-device copy bandwidth.
 
     A ceiling is the best of every measurement of it on the machine, superseded
-    runs included: a busy spell of a shared machine only ever slows the FMA loop
-    or the triad down, so the newest reading alone could put a kernel timed in
-    a quiet spell above "100 % of the peak"."""
+    runs included: a busy spell of a shared machine only ever slows the FMA loop,
+    the triad or cuBLAS down, so the newest reading alone could put a kernel
+    timed in a quiet spell above "100 % of the peak"."""
     k = cells[(cells["kind"] == "kernel") & cells["usable"]]
-    measured = cells[(cells["kind"] == "kernel") & (cells["status"] == "ok") &
-                     (cells["model"].isin(PEAK_FAMILIES + BANDWIDTH_FAMILIES))]
+    ok = cells[(cells["kind"] == "kernel") & (cells["status"] == "ok")]
+    measured = ok[ok["model"].isin(PEAK_FAMILIES + BANDWIDTH_FAMILIES)]
     out = {}
 
     def raise_to(entry, field, value, source):
@@ -310,11 +310,12 @@ def ceilings(cells, machines):
         else:
             raise_to(entry, "bandwidth", c.get("gbytes_per_s"), best)
     for _, c in k.iterrows():
-        entry = out.setdefault(_key(c), {})
+        out.setdefault(_key(c), {})
+    for _, c in ok.iterrows():
         if c["device"] == "cuda" and c["model"] not in PEAK_FAMILIES + BANDWIDTH_FAMILIES \
                 and BLAS_VERSION.search(c["backend"]) \
                 and not REDUCED_PRECISION.search(c["backend"]):
-            raise_to(entry, "peak", c.get("gflops"), f"measured: best {c['backend']} matmul")
+            raise_to(out.setdefault(_key(c), {}), "peak", c.get("gflops"), f"measured: best {c['backend']} matmul")
     # bandwidth is one figure per machine, thread count and device, whatever the dtype
     for (machine, threads, dtype, device), entry in list(out.items()):
         other = out.get((machine, threads, "float32" if dtype == "float64" else "float64", device), {})
