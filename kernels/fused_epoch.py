@@ -551,7 +551,7 @@ def _hidden_backward_panels(dz2f, n, w2t, a, act, C, edge):
     wf = w2t.ravel()
     for j0 in range(0, hp, MNR):
         for i0 in range(0, n, MMR):
-            _strided_tile(dz2f, i0 * c, 1, c, wf, j0, hp, c, C, i0, j0, n - i0, edge)
+            _strided_tile(dz2f, i0 * c, 1, c, wf, j0, hp, c, C, i0, j0, min(MMR, n - i0), edge)
     for i in range(n):
         ci, ai = C[i], a[i]
         if act == SIGMOID:
@@ -591,15 +591,40 @@ def _to_panels(buf, rows, cols, panels_buf, inverse):
                     panels_buf[(t * rows + p) * MNR + j] = a[p * cols + col]
 
 
+# A short tile for the end of a run of rows: SHORT_MR x NR accumulators still
+# cover the FMA units' latency (8 ymm on AVX2, 16 zmm on AVX-512)
+SHORT_MR = 4
+
+
+@njit
+def _tile_height(left):
+    """The rows of the next tile when ``left`` rows of a run remain: MR, or
+    SHORT_MR where the run ends in a remainder that a whole MR tile would pad
+    (128 rows: twenty tiles of six, then two of four, where 22 of six compute
+    four rows in the last only to drop them)."""
+    if MMR > SHORT_MR and (left <= SHORT_MR or MMR < left <= 2 * SHORT_MR):
+        return min(left, SHORT_MR)
+    return min(left, MMR)
+
+
 @njit_leaf
 def _strided_tile(A, a0, a_step, a_row, B, b0, ldb, kc, C, ci, cj, rows, edge):
-    """C[ci:ci+rows, cj:cj+NR] = the MR x NR micro-kernel product with A read in
-    place (fma_strided_rows); fewer than MR rows go through ``edge``, the tile's
-    other rows (A's slack, which the caller keeps inside A) dropped."""
-    if rows >= MMR:
+    """C[ci:ci+rows, cj:cj+NR] (rows ≤ MR) = the micro-kernel's product with A read
+    in place (fma_strided_rows): MR x NR, or SHORT_MR x NR for SHORT_MR rows or
+    fewer. Fewer rows than the kernel's go through ``edge``, its other rows (A's
+    slack, which the caller keeps inside A) dropped. Each element is the same
+    chain of multiply-adds along the depth whichever kernel computes it."""
+    short = MMR > SHORT_MR and rows <= SHORT_MR
+    if rows == MMR:
         fma_strided_rows(A, a0, a_step, a_row, B, b0, ldb, kc, C, ci, cj, False, MMR, MNR)
         return
-    fma_strided_rows(A, a0, a_step, a_row, B, b0, ldb, kc, edge, 0, 0, False, MMR, MNR)
+    if short and rows == SHORT_MR:
+        fma_strided_rows(A, a0, a_step, a_row, B, b0, ldb, kc, C, ci, cj, False, SHORT_MR, MNR)
+        return
+    if short:
+        fma_strided_rows(A, a0, a_step, a_row, B, b0, ldb, kc, edge, 0, 0, False, SHORT_MR, MNR)
+    else:
+        fma_strided_rows(A, a0, a_step, a_row, B, b0, ldb, kc, edge, 0, 0, False, MMR, MNR)
     for r in range(rows):
         for j in range(MNR):
             C[ci + r, cj + j] = edge[r, j]
@@ -656,8 +681,11 @@ def _hidden_panels(xb, n, d, Wp, H, panels, groups, splits, edges, b1, act, X, o
         # row after each tile: a burst of prefetches would hold up the tiles' loads
         ahead, ahead_end = _share(task, tasks, lo, hi)
         for t in range(t0, t1):
-            for i0 in range(r0, r1, MMR):
-                _strided_tile(xb, i0 * d, 1, d, Wp, t * d * MNR, MNR, d, H, i0, t * MNR, n - i0, edges[task])
+            i0 = r0
+            while i0 < r1:
+                rows = _tile_height(r1 - i0)
+                _strided_tile(xb, i0 * d, 1, d, Wp, t * d * MNR, MNR, d, H, i0, t * MNR, rows, edges[task])
+                i0 += rows
                 if ahead < ahead_end:
                     prefetch_row(X, order[ahead])
                     ahead += 1
@@ -747,9 +775,12 @@ def _batch_t_times(xb, n, d, D, G, panels, groups, splits, edges, W, S1, S2, opt
             _output_grads(dz2, n, H, D, t0 * MNR, t1 * MNR, gw2t, gw2, gb1)
         if task == 0:
             bias_grad_serial(dz2, gb2)
-        for f0 in range(f_lo, f_hi, MMR):
+        f0 = f_lo
+        while f0 < f_hi:
+            rows = _tile_height(f_hi - f0)
             for t in range(t0, t1):
-                _strided_tile(xb, f0, d, 1, d_flat, t * MNR, hp, n, G, t * d + f0, 0, d - f0, edges[task])
+                _strided_tile(xb, f0, d, 1, d_flat, t * MNR, hp, n, G, t * d + f0, 0, rows, edges[task])
+            f0 += rows
         for t in range(t0, t1):
             p0, p1 = (t * d + f_lo) * MNR, (t * d + f_hi) * MNR
             # (an optimizer's unused state is empty, and so is its slice)

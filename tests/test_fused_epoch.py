@@ -101,6 +101,24 @@ PANEL_SHAPES = [(1, 1, 1), (7, 33, 5), (13, 784, 32), (33, 257, 7), (17, 9, 65),
                 (128, 784, 128)]
 
 
+def test_tile_heights_cover_a_run_exactly():
+    """The tiles down a run of rows: MR at a time, short ones (SHORT_MR) only at
+    the end, together exactly the run; 128 rows on a six-row tile without a
+    padded tile (twenty of six, two of four)."""
+    def plan(left):
+        heights = []
+        while left:
+            heights.append(int(fe._tile_height(left)))
+            left -= heights[-1]
+        return heights
+    for left in range(1, 80):
+        heights = plan(left)
+        assert sum(heights) == left and all(0 < h <= fe.MMR for h in heights)
+        assert all(h == fe.MMR for h in heights[:-2])  # short tiles only at the end
+    if fe.MMR == 6 and fe.SHORT_MR == 4:
+        assert plan(128) == [6] * 20 + [4, 4] and plan(784) == [6] * 130 + [4]
+
+
 @pytest.mark.parametrize("parallel,threads", [(False, 1), (True, 1), (True, 2), (True, 5)],
                          ids=["serial", "parallel-1", "parallel-2", "parallel-5"])
 @pytest.mark.parametrize("n,d,h", PANEL_SHAPES)
