@@ -550,8 +550,11 @@ def _hidden_backward_panels(dz2f, n, w2t, a, act, C, edge):
     c, hp = w2t.shape
     wf = w2t.ravel()
     for j0 in range(0, hp, MNR):
-        for i0 in range(0, n, MMR):
-            _strided_tile(dz2f, i0 * c, 1, c, wf, j0, hp, c, C, i0, j0, min(MMR, n - i0), edge)
+        i0 = 0
+        while i0 < n:
+            rows = _tile_height(n - i0)
+            _strided_tile(dz2f, i0 * c, 1, c, wf, j0, hp, c, C, i0, j0, rows, edge)
+            i0 += rows
     for i in range(n):
         ci, ai = C[i], a[i]
         if act == SIGMOID:
@@ -592,39 +595,38 @@ def _to_panels(buf, rows, cols, panels_buf, inverse):
 
 
 # A short tile for the end of a run of rows: SHORT_MR x NR accumulators still
-# cover the FMA units' latency (8 ymm on AVX2, 16 zmm on AVX-512)
+# cover the FMA units' latency (8 ymm on AVX2, 16 zmm on AVX-512). EDGE_MR is the
+# kernel every tile but a full one takes (the short one, or MR where MR is no taller).
 SHORT_MR = 4
+EDGE_MR = min(SHORT_MR, MMR)
 
 
 @njit
 def _tile_height(left):
-    """The rows of the next tile when ``left`` rows of a run remain: MR, or
-    SHORT_MR where the run ends in a remainder that a whole MR tile would pad
-    (128 rows: twenty tiles of six, then two of four, where 22 of six compute
-    four rows in the last only to drop them)."""
-    if MMR > SHORT_MR and (left <= SHORT_MR or MMR < left <= 2 * SHORT_MR):
-        return min(left, SHORT_MR)
-    return min(left, MMR)
+    """The rows of the next tile when ``left`` rows of a run remain: MR, or at
+    most EDGE_MR where the run ends in a remainder that a whole MR tile would
+    pad (128 rows: twenty tiles of six, then two of four, where 22 of six
+    compute four rows in the last only to drop them)."""
+    if left >= MMR and not MMR < left <= 2 * EDGE_MR:
+        return MMR
+    return min(left, EDGE_MR)
 
 
 @njit_leaf
 def _strided_tile(A, a0, a_step, a_row, B, b0, ldb, kc, C, ci, cj, rows, edge):
-    """C[ci:ci+rows, cj:cj+NR] (rows ≤ MR) = the micro-kernel's product with A read
-    in place (fma_strided_rows): MR x NR, or SHORT_MR x NR for SHORT_MR rows or
-    fewer. Fewer rows than the kernel's go through ``edge``, its other rows (A's
-    slack, which the caller keeps inside A) dropped. Each element is the same
-    chain of multiply-adds along the depth whichever kernel computes it."""
-    short = MMR > SHORT_MR and rows <= SHORT_MR
+    """C[ci:ci+rows, cj:cj+NR] = the micro-kernel's product with A read in place
+    (fma_strided_rows), for a tile _tile_height gives: MR rows (an MR x NR
+    kernel), or at most EDGE_MR (the EDGE_MR x NR kernel; fewer rows than that
+    go through ``edge``, its other rows -- A's slack, which the caller keeps
+    inside A -- dropped). Each element is the same chain of multiply-adds along
+    the depth whichever kernel computes it."""
     if rows == MMR:
         fma_strided_rows(A, a0, a_step, a_row, B, b0, ldb, kc, C, ci, cj, False, MMR, MNR)
         return
-    if short and rows == SHORT_MR:
-        fma_strided_rows(A, a0, a_step, a_row, B, b0, ldb, kc, C, ci, cj, False, SHORT_MR, MNR)
+    if rows == EDGE_MR:
+        fma_strided_rows(A, a0, a_step, a_row, B, b0, ldb, kc, C, ci, cj, False, EDGE_MR, MNR)
         return
-    if short:
-        fma_strided_rows(A, a0, a_step, a_row, B, b0, ldb, kc, edge, 0, 0, False, SHORT_MR, MNR)
-    else:
-        fma_strided_rows(A, a0, a_step, a_row, B, b0, ldb, kc, edge, 0, 0, False, MMR, MNR)
+    fma_strided_rows(A, a0, a_step, a_row, B, b0, ldb, kc, edge, 0, 0, False, EDGE_MR, MNR)
     for r in range(rows):
         for j in range(MNR):
             C[ci + r, cj + j] = edge[r, j]
