@@ -725,34 +725,8 @@ def _output_rows(H, n, tasks, edges, act, w2t, b2, yb, out, dz_buf, dz1):
 _output_rows_serial, _output_rows_parallel = serial_and_parallel(_output_rows)
 
 
-@njit
-def _output_grads(dz2, n, H, D, c0, c1, gw2t, gw2, gb1):
-    """The output layer's weight gradient and the hidden bias's for hidden units
-    c0:c1 (those below gw2's rows): gw2[p] = sum_i dL/dz2[i] · H[i, p], gb1[p] =
-    sum_i D[i, p] (D = dL/dz1). W2's gradient goes through the micro-kernel's
-    depth loop into gw2t (W2's gradient transposed; c1 - c0 a whole number of
-    vectors) with dL/dz2's rows as the ten-row A panel (the batch as the depth)
-    and H's rows as the B rows (the linear epoch's tile), then into gw2."""
-    # (offsets provably non-negative, or Numba's negative-index wraparound keeps
-    # the loops from vectorising)
-    c0 = max(c0, 0)
-    c, width = dz2.shape[1], max(min(c1, gw2.shape[0]) - c0, 0)
-    for j0 in range(c0, c1, NARROW_COLS):
-        fma_panel_rows(dz2.reshape(dz2.size), 0, H.reshape(H.size), j0, H.shape[1], n, gw2t, 0, j0, False, 10,
-                       NARROW_COLS)
-    for q in range(width):
-        gb1[c0 + q] = 0
-    for i in range(n):
-        di = D[i]
-        for q in range(width):
-            gb1[c0 + q] += di[c0 + q]
-    for q in range(width):
-        for j in range(c):
-            gw2[c0 + q, j] = gw2t[j, c0 + q]
-
-
 def _batch_t_times(xb, n, d, D, G, panels, groups, splits, edges, W, S1, S2, opt, step, lr, beta, beta1,
-                   beta2, eps, X, order, lo, hi, x_next, dz2, H, gw2t, gw2, gb1, gb2):
+                   beta2, eps, X, order, lo, hi, x_next):
     """W1's gradient in panels, and W1's optimizer step: G's rows t·d .. t·d + d - 1
     (NR wide) = xbᵀ · D's columns t·NR onwards, the batch as the depth: the
     panel's MR features of each sample are MR consecutive floats of its row in xb
@@ -763,25 +737,17 @@ def _batch_t_times(xb, n, d, D, G, panels, groups, splits, edges, W, S1, S2, opt
     through each of the group's panels in turn (its lines of xb read from L2
     once and reused from L1); it then steps its rows of those panels of W (and
     of the optimizer's state S1, S2) while their gradient is in cache, and
-    gathers its share of the next batch (rows order[lo:hi] of X) into x_next.
-    The first task of each group also takes the output layer's weight
-    gradient and the hidden bias's for the group's units (_output_grads: dz2 =
-    dL/dz2, H the hidden layer, into gw2 and gb1), task 0 the output bias's
-    (gb2): work a serial pass between the thread-pool loops did."""
+    gathers its share of the next batch (rows order[lo:hi] of X) into x_next."""
     hp = panels * MNR
-    g_flat, d_flat = G.reshape(G.size), D.reshape(D.size)
+    g_flat = G.reshape(G.size)
     tasks = groups * splits
     for task in prange(tasks):
         t0, t1, f_lo, f_hi = _task_share(task, groups, splits, panels, d)
-        if task % splits == 0:
-            _output_grads(dz2, n, H, D, t0 * MNR, t1 * MNR, gw2t, gw2, gb1)
-        if task == 0:
-            bias_grad_serial(dz2, gb2)
         f0 = f_lo
         while f0 < f_hi:
             rows = _tile_height(f_hi - f0)
             for t in range(t0, t1):
-                _strided_tile(xb, f0, d, 1, d_flat, t * MNR, hp, n, G, t * d + f0, 0, rows, edges[task])
+                _strided_tile(xb, f0, d, 1, D, t * MNR, hp, n, G, t * d + f0, 0, rows, edges[task])
             f0 += rows
         for t in range(t0, t1):
             p0, p1 = (t * d + f_lo) * MNR, (t * d + f_hi) * MNR
@@ -837,7 +803,7 @@ def two_layer_epoch(X, targets, order, starts, contiguous, flat, gflat, s1, s2, 
     # dL/dz2 with MR rows of slack: _hidden_backward_panels' edge tile reads them
     dz_buf, dh_buf = np.zeros((m + MMR, c), X.dtype), np.zeros((m, hp), X.dtype)
     w2t, gw2t = np.zeros((c, hp), X.dtype), np.empty((c, hp), X.dtype)
-    b1p = np.zeros(hp, X.dtype)
+    b1p, gb1p = np.zeros(hp, X.dtype), np.empty(hp, X.dtype)
     total = 0.0
     for bi in range(nb):
         lo, hi = starts[bi], starts[bi + 1]
@@ -860,15 +826,27 @@ def two_layer_epoch(X, targets, order, starts, contiguous, flat, gflat, s1, s2, 
         else:
             _hidden_panels_serial(xb, n, d, w1p, h, panels, 1, 1, edges, b1p, act, X, order, next_lo, next_hi)
             total += _output_rows_serial(h, n, 1, edges, act, w2t, b2, yb, out, dz_buf, dz1)
+        # the output layer's weight gradient (transposed): the ten classes of dL/dz2
+        # are the ten-row A panel, h's rows the B rows (the linear epoch's tile).
+        # The two-layer epochs stay apart because their first layers differ
+        # (panels here, a transposed W1 and dot products in nielsen_epoch).
+        _ten_rows_times_batch(dz2.ravel(), 0, h, gw2t, 0, False, h[:0])
+        for p in range(hidden):
+            for j in range(c):
+                gw2[p, j] = gw2t[j, p]
+        bias_grad_serial(dz2, gb2)
         step += 1
         if par:
-            _batch_t_times_parallel(xb, n, d, dz1, gw1_panels, panels, groups, splits, edges, w1p,
+            _batch_t_times_parallel(xb, n, d, dz1.ravel(), gw1_panels, panels, groups, splits, edges, w1p,
                                     s1p, s2p, opt, step, lr, beta, beta1, beta2, eps, X, order, next_lo, next_hi,
-                                    x_next, dz2, h, gw2t, gw2, gb1, gb2)
+                                    x_next)
         else:
-            _batch_t_times_serial(xb, n, d, dz1, gw1_panels, panels, 1, 1, edges, w1p,
+            _batch_t_times_serial(xb, n, d, dz1.ravel(), gw1_panels, panels, 1, 1, edges, w1p,
                                   s1p, s2p, opt, step, lr, beta, beta1, beta2, eps, X, order, next_lo, next_hi,
-                                  x_next, dz2, h, gw2t, gw2, gb1, gb2)
+                                  x_next)
+        bias_grad_serial(dz1, gb1p)
+        for p in range(hidden):
+            gb1[p] = gb1p[p]
         _update(flat[dh:], gflat[dh:], s1[dh:], s2[dh:], opt, step, lr, beta, beta1, beta2, eps, False)
     for buf, pbuf in ((flat, w1p), (gflat, gw1p), (s1, s1p), (s2, s2p)):
         if buf.size:
