@@ -7,6 +7,7 @@ Every path that times something -- epochs (`mnist-bench run`), kernels
 tuner -- times through ``CpuTimer`` or ``CudaTimer``; what a sample *is* (one
 epoch, one kernel call) is the caller's, the clock is this module's.
 """
+import functools
 import gc
 import math
 import os
@@ -298,9 +299,7 @@ def thread_pools() -> dict:
     return out
 
 
-_MKL_PATH = []
-
-
+@functools.lru_cache(maxsize=None)
 def mkl_code_path():
     """The processors torch's MKL says it runs code for, from its verbose line
     ("... for Intel(R) 64 architecture <processors>, ..."): e.g. "Intel(R)
@@ -309,9 +308,6 @@ def mkl_code_path():
     vendors' CPUs. None where torch has no MKL or the line cannot be read.
     Asked once per process (MKL prints the line once): verbose mode on, one
     small product with the process's standard output sent to a file, then off."""
-    if _MKL_PATH:
-        return _MKL_PATH[0]
-    _MKL_PATH.append(None)
     import ctypes
     import re
     import sys
@@ -339,8 +335,7 @@ def mkl_code_path():
     except (OSError, AttributeError, RuntimeError):
         return None
     found = re.search(r"for Intel\(R\) 64 architecture (.+?),", text)
-    _MKL_PATH[0] = found.group(1).strip() if found else None
-    return _MKL_PATH[0]
+    return found.group(1).strip() if found else None
 
 
 def thread_mismatches(pools: dict, threads: int) -> list:

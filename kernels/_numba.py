@@ -77,6 +77,15 @@ def njit(fn=None, **overrides):
     return numba.njit(**opts)(fn) if fn is not None else numba.njit(**opts)
 
 
+def njit_leaf(fn=None, **overrides):
+    """njit for the small functions a kernel calls once a tile or a row (tiles, dot
+    products, axpys): without reference counting. Numba increfs a function's
+    array arguments on entry and decrefs them on exit, atomic updates its
+    pruning pass leaves in place around loops, on counts every thread shares.
+    Such a function must allocate nothing and return no array."""
+    return njit(fn, **dict(overrides, _nrt=False))
+
+
 def njit_parallel(fn=None, **overrides):
     return njit(fn, **dict(JIT_PARALLEL, **overrides))
 
@@ -113,9 +122,7 @@ def specialize(functions, suffix, constants, parallel=(), cache=True, leaves=())
     calls between the functions of the set go to the copies (they resolve their
     globals in one new namespace), and names listed in ``parallel`` compile
     with parallel=True, and names listed in ``leaves`` without reference
-    counting (small functions called per tile, which allocate nothing and
-    return no array: Numba increfs a function's array arguments on entry and
-    decrefs them on exit, atomic updates on counts every thread shares). Numba
+    counting, as njit_leaf compiles (functions called once a tile). Numba
     freezes global values at compile time, so each set is its own machine
     code: float64 gets its own tile this way, and the tuner compiles
     candidates without touching the module.

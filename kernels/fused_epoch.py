@@ -16,7 +16,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from ._numba import TARGET, njit, prefetch_row, serial_and_parallel
+from ._numba import TARGET, njit, njit_leaf, prefetch_row, serial_and_parallel
 from .backprop import bias_act_row, bias_act_serial, bias_grad_serial, check_labels, quadratic, xent_row
 from .matmul import MR as MMR
 from .matmul import NR as MNR
@@ -27,11 +27,6 @@ from .update import adam_parallel, adam_serial, momentum_parallel, momentum_seri
 
 OPTIMIZER_CODES = {"sgd": 0, "momentum": 1, "adam": 2}
 SIGMOID, RELU, NONE = 1, 2, 0
-# The small kernels a step calls many times (tiles, dot products, axpys) compile
-# without reference counting: Numba increfs a function's array arguments on entry
-# and decrefs them on exit, atomic updates its pruning pass leaves in place around
-# loops, on counts every thread shares. They allocate nothing and return no array.
-njit_leaf = njit(_nrt=False)
 
 
 @njit
