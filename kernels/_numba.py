@@ -164,6 +164,22 @@ def stack_array(typingctx, size, dtype):
 
 
 @intrinsic
+def rows_contiguous(typingctx, arr):
+    """Whether the 2-D ``arr``'s rows are contiguous (its items one itemsize
+    apart): the constant True for a C-layout array, so that a branch for other
+    layouts is not compiled into the code for C-layout ones at all."""
+    if not (isinstance(arr, _types.Array) and arr.ndim == 2):
+        return None
+
+    def codegen(context, builder, signature, args):
+        if signature.args[0].layout == "C":
+            return cgutils.true_bit
+        a = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.icmp_signed("==", builder.extract_value(a.strides, 1), a.itemsize)
+    return _types.boolean(arr), codegen
+
+
+@intrinsic
 def prefetch_row(typingctx, arr, row):
     """Ask the caches for row ``row`` of the 2-D C-contiguous ``arr`` (one
     prefetch per 64-byte line; the data is not waited for): a gather's next rows

@@ -43,7 +43,7 @@ scalar (hence the ``max(x, 0)`` on every offset).
 import numpy as np
 from numba import prange
 
-from ._numba import TILE, njit, serial_and_parallel, specialize, stack_array
+from ._numba import TILE, njit, rows_contiguous, serial_and_parallel, specialize, stack_array
 from .family import KernelFamily, operands
 from .fma_codegen import fma_panel, fma_panel_rows, fma_strided_rows_packing
 
@@ -159,7 +159,7 @@ def _micro(Ap, a0, Bp, b0, kc, C, ci, cj, accumulate):
     """C[ci:ci+MR, cj:cj+NR] (+)= the A panel at Ap[a0:] · the B panel at Bp[b0:]:
     straight into C where its rows are contiguous, else through a stack tile."""
     a0, b0, ci, cj = max(a0, 0), max(b0, 0), max(ci, 0), max(cj, 0)
-    if C.strides[1] == C.itemsize:
+    if rows_contiguous(C):
         fma_panel_rows(Ap, a0, Bp, b0, NR, kc, C, ci, cj, accumulate, MR, NR)
         return
     acc = stack_array(TILE_ELEMS, C.dtype)
@@ -201,7 +201,7 @@ def _pack_a_block(A, ta, Ap, Bp, C, i0, mc, p0, j0, nc, kc, accumulate, edge):
     products with the first B panel read A's rows in place (its stored rows
     or, ``ta``, columns) and write the packed panels as they go, so A is read
     from memory once and no packing pass of its own runs."""
-    if nc < NR or C.strides[1] != C.itemsize:
+    if nc < NR or not rows_contiguous(C):
         _pack_a(A, ta, i0, mc, p0, kc, Ap)
         _block(Ap, Bp, C, i0, mc, j0, nc, kc, accumulate, edge)
         return

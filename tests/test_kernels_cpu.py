@@ -71,15 +71,17 @@ def test_packed_driver_zero_depth_clears_c(driver, m, n):
     assert not c.any()
 
 
+def _function_ir(cres):
+    """The optimised LLVM IR of one compiled signature's own function (not its wrappers)."""
+    import re
+    return re.search(r"define[^\n]*@" + re.escape(cres.fndesc.mangled_name) + r"\(.*?\n}\n",
+                     cres.library.get_llvm_str(), re.S).group(0)
+
+
 def _refcount_calls(dispatcher):
     """NRT_incref / NRT_decref calls in the bodies of a dispatcher's compiled signatures."""
-    import re
-    count = 0
-    for cres in dispatcher.overloads.values():
-        body = re.search(r"define[^\n]*@" + re.escape(cres.fndesc.mangled_name) + r"\(.*?\n}\n",
-                         cres.library.get_llvm_str(), re.S).group(0)
-        count += body.count("@NRT_incref(") + body.count("@NRT_decref(")
-    return count
+    return sum(_function_ir(cres).count("@NRT_incref(") + _function_ir(cres).count("@NRT_decref(")
+               for cres in dispatcher.overloads.values())
 
 
 def test_per_tile_functions_run_without_reference_counting():
@@ -99,6 +101,38 @@ def test_per_tile_functions_run_without_reference_counting():
     for name in ("_strided_tile", "_ten_rows_times_batch", "_weight_grad_panels", "_dot_rows_t", "_dot_rows_nt",
                  "_axpy_rows_t", "_hidden_backward_rows"):
         assert getattr(fused_epoch, name).targetoptions.get("_nrt") is False, name
+
+
+def test_rows_contiguous_is_a_constant_for_c_layout():
+    from numba import njit as plain_njit
+
+    from mnist_numba_bench.kernels._numba import rows_contiguous
+    check = plain_njit(lambda x: rows_contiguous(x))
+    a = np.ones((6, 8), np.float32)
+    assert check(a) and check(a[:, :3]) and not check(a[:, ::2])
+    layouts = {sig[0].layout: _function_ir(check.overloads[sig]) for sig in check.signatures}
+    assert set(layouts) == {"C", "A"}
+    # the C-layout answer is folded: no stride is read or compared
+    assert "icmp" not in layouts["C"] and "icmp" in layouts["A"]
+
+
+@pytest.mark.parametrize("strided", [False, True])
+def test_micro_tile_into_rows_and_into_strided_c(strided):
+    # the tile's two paths: straight into C's rows, and through the stack tile
+    # for a C whose items are not adjacent (only reachable from compiled callers)
+    mr, nr, kc = matmul.MR, matmul.NR, 37
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((mr, kc)).astype(np.float32), rng.standard_normal((kc, nr)).astype(np.float32)
+    ap, bp = np.ascontiguousarray(a.T).ravel(), b.ravel().copy()  # the packed panels
+    big = np.full((mr + 2, 2 * (nr + 3)), np.nan, np.float32)
+    c = big[:, ::2] if strided else big[:, :nr + 3]
+    c[1:1 + mr, 2:2 + nr] = 1
+    micro = matmul._f32["pieces"]["_micro"]
+    micro(ap, 0, bp, 0, kc, c, 1, 2, True)
+    np.testing.assert_allclose(c[1:1 + mr, 2:2 + nr], 1 + a @ b, rtol=1e-5, atol=1e-5)
+    micro(ap, 0, bp, 0, kc, c, 1, 2, False)
+    np.testing.assert_allclose(c[1:1 + mr, 2:2 + nr], a @ b, rtol=1e-5, atol=1e-5)
+    assert np.isnan(c[0]).all() and np.isnan(c[:, :2]).all()
 
 
 @pytest.mark.parametrize("bad,match", [
