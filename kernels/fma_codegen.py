@@ -64,13 +64,13 @@ def panel_codegen(dtype, MR_, NR_, lanes, to_rows, strided_a=False, pack_a=False
                 name="llvm.prefetch.p0")
             ci_v, cj_v = args[7], args[8]
             row_stride = builder.extract_value(c.strides, 0)
-            base = builder.ptrtoint(c.data, intp)
+            base = builder.bitcast(c.data, i8p)
             itemsize = context.get_abi_sizeof(elem)
             for r in range(MR_):
-                row = builder.add(base, builder.mul(builder.add(ci_v, ir.Constant(intp, r)), row_stride))
+                row = builder.mul(builder.add(ci_v, ir.Constant(intp, r)), row_stride)
                 row = builder.add(row, builder.mul(cj_v, ir.Constant(intp, itemsize)))
                 for line in range(0, NR_ * itemsize, 64):
-                    ptr = builder.inttoptr(builder.add(row, ir.Constant(intp, line)), i8p)
+                    ptr = builder.gep(base, [builder.add(row, ir.Constant(intp, line))])
                     builder.call(prefetch, [ptr, ir.Constant(i32, 1), ir.Constant(i32, 3),
                                             ir.Constant(i32, 1)])
         if table_a:
@@ -128,13 +128,16 @@ def panel_codegen(dtype, MR_, NR_, lanes, to_rows, strided_a=False, pack_a=False
         if to_rows:
             ci_v, cj_v, accumulate = args[7], args[8], args[9]
             row_stride = builder.extract_value(c.strides, 0)  # bytes
-            base = builder.ptrtoint(c.data, intp)
+            # byte offsets from C's data pointer by GEP, not integer arithmetic on
+            # it: a pointer made by inttoptr loses what it points into, and LLVM
+            # then misorders these stores against later loads of the same tile
+            base = builder.bitcast(c.data, ir.IntType(8).as_pointer())
             itemsize = ir.Constant(intp, context.get_abi_sizeof(elem))
             for r in range(MR_):
-                row = builder.add(base, builder.mul(builder.add(ci_v, ir.Constant(intp, r)), row_stride))
+                row = builder.mul(builder.add(ci_v, ir.Constant(intp, r)), row_stride)
                 for v in range(V):
                     col = builder.mul(builder.add(cj_v, ir.Constant(intp, v * lanes)), itemsize)
-                    ptr = builder.inttoptr(builder.add(row, col), vec.as_pointer())
+                    ptr = builder.bitcast(builder.gep(base, [builder.add(row, col)]), vec.as_pointer())
                     value = results[r * V + v]
                     with builder.if_then(accumulate):
                         builder.store(builder.fadd(builder.load(ptr, align=4), value), ptr, align=4)
