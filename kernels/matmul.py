@@ -131,28 +131,22 @@ def _pack_b(B, tb, p0, kc, j0, nc, Bp):
 
 def _pack_a(A, ta, i0, mc, p0, kc, Ap):
     """op(A)[i0:i0+mc, p0:p0+kc] -> consecutive MR x kc panels in Ap, each kc groups
-    of MR values (rows past mc are 0), op(A) = Aᵀ when ``ta``; read along A's
-    stored rows."""
+    of MR values (rows past mc are 0), op(A) = Aᵀ when ``ta``. Only the short
+    products (fewer than 2·MIN_ROW_BLOCKS·MR rows) and the last rows of a block
+    pack this way, O(m·k) against the product's O(m·n·k): written plainly, as one
+    loop nest, for the sake of every library that links it."""
     i0, mc, p0, kc = max(i0, 0), max(mc, 0), max(p0, 0), max(kc, 0)  # see the module's note on indices
     for ip in range(0, mc, MR):
         base = (ip // MR) * kc * MR
         h = min(MR, mc - ip)
-        if not ta:
-            for r in range(h):
-                for p in range(kc):
-                    Ap[base + p * MR + r] = A[i0 + ip + r, p0 + p]
-        elif h == MR:  # a whole panel: MR-float row copies, a constant trip count
-            for p in range(kc):
-                src = A[p0 + p]
-                for r in range(MR):
-                    Ap[base + p * MR + r] = src[i0 + ip + r]
-        else:
-            for p in range(kc):
-                for r in range(h):
+        for p in range(kc):
+            for r in range(MR):
+                if r >= h:
+                    Ap[base + p * MR + r] = 0
+                elif ta:
                     Ap[base + p * MR + r] = A[p0 + p, i0 + ip + r]
-        for r in range(h, MR):
-            for p in range(kc):
-                Ap[base + p * MR + r] = 0
+                else:
+                    Ap[base + p * MR + r] = A[i0 + ip + r, p0 + p]
 
 
 def _micro(Ap, a0, Bp, b0, kc, C, ci, cj, accumulate):
