@@ -27,7 +27,7 @@ import numpy as np
 
 from ..models import config_for, get_network
 from ..models.train import accuracy, epoch_batches, prepare_inputs, prepare_targets
-from .measure import CpuTimer, thread_mismatches, thread_pools
+from .measure import CpuTimer, freeze_heap, thread_mismatches, thread_pools
 from .stats import NOISY_STEAL, mlperf_score
 
 VALIDATION_STEPS = 3
@@ -88,6 +88,7 @@ class EpochUnit:
         # The first step of a new trainer in this process carries the JIT compilation
         # (or its on-disk cache load): timed apart, before validation runs it hot.
         x, y, _ = validation_data(self.network, max(self.cell["batch_size"], 1), self.seed)
+        freeze_heap()
         t0 = time.perf_counter()
         try:
             run_steps(self.backend, self.network, self.config, x, y, 1, self.seed)

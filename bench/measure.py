@@ -50,6 +50,15 @@ class CpuTimer:
         return max(1, min(max_loops, math.ceil(min_time / max(per_call, 1e-9))))
 
 
+def freeze_heap():
+    """Before a warm-up: every object alive now (the imported libraries') moved
+    out of the garbage collector's sight. Numba's compiler allocates objects by
+    the million, and every full collection they set off would walk all of the
+    libraries' again; those live until the process exits, so nothing is lost."""
+    gc.collect()
+    gc.freeze()
+
+
 class CudaTimer:
     """Device time of ``loops`` launches of ``fn`` from CUDA events, after flushing
     the L2 cache: a buffer twice the L2 size is rewritten before each sample, so a

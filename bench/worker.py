@@ -79,8 +79,10 @@ def compile_probe(job) -> float:
     from ..models import config_for, get_network
     from .backends import get_backend
     from .validate import run_steps, validation_data
+    from .measure import freeze_heap
     backend = get_backend(job["backend"])
     backend.configure_threads(job["threads"])
+    freeze_heap()  # as the run's cells do before their first step (bench/epochs.py)
     network = get_network(job["model"])
     config = config_for(network, job.get("overrides"))
     config["batch_size"] = job.get("batch_size") or 0

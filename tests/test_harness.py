@@ -306,3 +306,12 @@ def test_flushing_subnormals_reaches_threads_started_after_it():
     assert out.returncode == 0, out.stderr
     # a fresh process computes IEEE; after the call the main thread and Numba's pool flush
     assert out.stdout.split() == ["ieee", "flush-to-zero", "0"]
+
+
+def test_freeze_heap_moves_the_libraries_out_of_the_collectors_sight():
+    # in a process of its own: the freeze lasts until the process exits
+    code = ("import gc, numpy; from mnist_numba_bench.bench.measure import freeze_heap; "
+            "before = len(gc.get_objects()); freeze_heap(); "
+            "print(gc.get_freeze_count() >= before // 2, len(gc.get_objects()) < before // 10)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["True", "True"], out.stderr[-500:]
