@@ -129,8 +129,9 @@ def panel_codegen(dtype, MR_, NR_, lanes, to_rows, strided_a=False, pack_a=False
             ci_v, cj_v, accumulate = args[7], args[8], args[9]
             row_stride = builder.extract_value(c.strides, 0)  # bytes
             # byte offsets from C's data pointer by GEP, not integer arithmetic on
-            # it: a pointer made by inttoptr loses what it points into, and LLVM
-            # then misorders these stores against later loads of the same tile
+            # it: a pointer made by inttoptr no longer says what it points into,
+            # and with the tile inlined into its caller (the AVX2 build) LLVM
+            # moved the caller's reads of an edge tile above these stores
             base = builder.bitcast(c.data, ir.IntType(8).as_pointer())
             itemsize = ir.Constant(intp, context.get_abi_sizeof(elem))
             for r in range(MR_):

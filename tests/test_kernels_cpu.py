@@ -80,8 +80,8 @@ def _function_ir(cres):
 
 def _refcount_calls(dispatcher):
     """NRT_incref / NRT_decref calls in the bodies of a dispatcher's compiled signatures."""
-    return sum(_function_ir(cres).count("@NRT_incref(") + _function_ir(cres).count("@NRT_decref(")
-               for cres in dispatcher.overloads.values())
+    bodies = [_function_ir(cres) for cres in dispatcher.overloads.values()]
+    return sum(body.count("@NRT_incref(") + body.count("@NRT_decref(") for body in bodies)
 
 
 def test_per_tile_functions_run_without_reference_counting():
