@@ -59,6 +59,18 @@ def freeze_heap():
     gc.freeze()
 
 
+def objects_of(kind) -> list:
+    """Every object of type ``kind`` the garbage collector tracks, those that
+    freeze_heap froze included (gc.get_objects leaves those out)."""
+    frozen = gc.get_freeze_count()
+    gc.unfreeze()
+    try:
+        return [o for o in gc.get_objects() if isinstance(o, kind)]
+    finally:
+        if frozen:
+            gc.freeze()
+
+
 class CudaTimer:
     """Device time of ``loops`` launches of ``fn`` from CUDA events, after flushing
     the L2 cache: a buffer twice the L2 size is rewritten before each sample, so a

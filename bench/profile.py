@@ -171,11 +171,11 @@ def numba_symbols() -> list:
     by its own name), sorted by address."""
     if "numba" not in sys.modules:
         return []
-    import gc
-
     from numba.core.dispatcher import Dispatcher
+
+    from .measure import objects_of
     found = {}
-    for dispatcher in [o for o in gc.get_objects() if isinstance(o, Dispatcher)]:
+    for dispatcher in objects_of(Dispatcher):
         for cres in list(dispatcher.overloads.values()):
             library, fndesc = cres.library, cres.fndesc
             # the code between one start and the next belongs to the same compiled
