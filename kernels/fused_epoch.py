@@ -16,7 +16,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from ._numba import TARGET, njit, njit_leaf, prefetch_row, serial_and_parallel
+from ._numba import TARGET, njit, njit_leaf, prefetch_row, rows_contiguous, serial_and_parallel
 from .backprop import bias_act_row, bias_act_serial, bias_grad_serial, check_labels, quadratic, xent_row
 from .matmul import MR as MMR
 from .matmul import NR as MNR
@@ -396,7 +396,7 @@ def _ten_rows_times_batch(ap, a0, xb, C, row0, accumulate, ahead):
     the next block's forward pass waits for it. xb's rows must be contiguous
     (the micro-kernel reads them flat, d apart)."""
     m, d = xb.shape
-    if xb.strides[1] != xb.itemsize or (m > 1 and xb.strides[0] != d * xb.itemsize):
+    if not rows_contiguous(xb) or (m > 1 and xb.strides[0] != d * xb.itemsize):
         raise ValueError("ten-row weight-gradient tile: the batch's rows must be one contiguous block")
     # column chunks: WIDE with 32 registers; with 16, the panel's halves (five
     # rows each, its values ten apart along the depth) against two vectors of
