@@ -66,6 +66,11 @@ from numba.extending import intrinsic  # noqa: E402
 numba.get_num_threads()  # starts the thread pool: see the note above
 
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+# Without reassociation: a sum keeps the order written. LLVM may reorder a
+# reassociable reduction differently in each caller it is inlined into, so the
+# same kernel could give results one rounding apart compiled in one process and
+# loaded from the cache in the next.
+FASTMATH_IN_ORDER = FASTMATH - {"reassoc"}
 # Every CPU kernel: cached on disk so later processes skip compilation.
 JIT = dict(cache=True, fastmath=FASTMATH, nogil=True, error_model="numpy")
 JIT_PARALLEL = dict(JIT, parallel=True)
@@ -179,14 +184,9 @@ def rows_contiguous(typingctx, arr):
     return _types.boolean(arr), codegen
 
 
-@intrinsic
-def prefetch_row(typingctx, arr, row):
-    """Ask the caches for row ``row`` of the 2-D C-contiguous ``arr`` (one
-    prefetch per 64-byte line; the data is not waited for): a gather's next rows
-    then arrive from memory while the current ones are worked on."""
-    if not (isinstance(arr, _types.Array) and arr.ndim == 2 and arr.layout == "C"):
-        return None
-
+def _prefetch_codegen(locality, ranged):
+    """Code for prefetch_row (every line of a row) and prefetch_lines (``ranged``:
+    the lines first .. first + count - 1 of it, clipped to the row)."""
     def codegen(context, builder, signature, args):
         import llvmlite.ir as ir
         a = context.make_array(signature.args[0])(context, builder, args[0])
@@ -197,12 +197,41 @@ def prefetch_row(typingctx, arr, row):
             builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), name="llvm.prefetch.p0")
         stride = builder.extract_value(a.strides, 0)
         base = builder.add(builder.ptrtoint(a.data, intp), builder.mul(args[1], stride))
-        with cgutils.for_range(builder, builder.udiv(builder.add(stride, intp(63)), intp(64))) as loop:
-            ptr = builder.inttoptr(builder.add(base, builder.mul(loop.index, intp(64))), i8p)
-            # locality 1: into the outer caches only; the rows are needed a step later
-            builder.call(fn, [ptr, i32(0), i32(1), i32(1)])
+        first, end = intp(0), builder.udiv(builder.add(stride, intp(63)), intp(64))
+        if ranged:
+            first = args[2]
+            last = builder.add(first, args[3])
+            end = builder.select(builder.icmp_signed("<", last, end), last, end)
+        n = builder.sub(end, first)
+        with cgutils.for_range(builder, builder.select(builder.icmp_signed(">", n, intp(0)), n, intp(0))) as loop:
+            ptr = builder.inttoptr(builder.add(base, builder.mul(builder.add(first, loop.index), intp(64))), i8p)
+            builder.call(fn, [ptr, i32(0), i32(locality), i32(1)])
         return context.get_dummy_value()
-    return _types.none(arr, _types.intp), codegen
+    return codegen
+
+
+@intrinsic
+def prefetch_row(typingctx, arr, row):
+    """Ask the caches for row ``row`` of the 2-D C-contiguous ``arr`` (one
+    prefetch per 64-byte line; the data is not waited for): a gather's next rows
+    then arrive from memory while the current ones are worked on. Locality 1:
+    into the outer caches only."""
+    if not (isinstance(arr, _types.Array) and arr.ndim == 2 and arr.layout == "C"):
+        return None
+    return _types.none(arr, _types.intp), _prefetch_codegen(1, False)
+
+
+@intrinsic
+def prefetch_lines(typingctx, arr, row, first, count):
+    """Ask the caches, all levels down to L1 (locality 3), for lines first ..
+    first + count - 1 (64 bytes each, clipped to the row) of row ``row`` of the
+    2-D C-contiguous ``arr``. A few lines at a time between pieces of work: a
+    whole row at once (49 lines of a 784-float row) outran what the core keeps
+    in flight, and the gather that read the rows later found most of them still
+    in memory (prefetch_row's burst into the outer caches fared worse there)."""
+    if not (isinstance(arr, _types.Array) and arr.ndim == 2 and arr.layout == "C"):
+        return None
+    return _types.none(arr, _types.intp, _types.intp, _types.intp), _prefetch_codegen(3, True)
 
 
 @intrinsic

@@ -16,8 +16,10 @@ import numba
 import numpy as np
 from numba import prange
 
-from ._numba import TARGET, njit, njit_leaf, prefetch_row, rows_contiguous, serial_and_parallel
-from .backprop import bias_act_row, bias_act_serial, bias_grad_serial, check_labels, quadratic, xent_row
+from ._numba import (FASTMATH_IN_ORDER, TARGET, njit, njit_leaf, prefetch_lines, prefetch_row, rows_contiguous,
+                     serial_and_parallel, specialize)
+from .backprop import (bias_act_row, bias_act_serial, bias_grad_serial, check_labels, exp_nonpositive, quadratic,
+                       xent_row)
 from .matmul import MR as MMR
 from .matmul import NR as MNR
 from .fma_codegen import fma_panel_rows, fma_strided_rows
@@ -26,7 +28,7 @@ from .matmul import dot_rows
 from .update import adam_parallel, adam_serial, momentum_parallel, momentum_serial, sgd_parallel, sgd_serial
 
 OPTIMIZER_CODES = {"sgd": 0, "momentum": 1, "adam": 2}
-SIGMOID, RELU, NONE = 1, 2, 0
+SIGMOID, RELU = 1, 2
 
 
 @njit
@@ -533,32 +535,45 @@ def nielsen_epoch(X, onehot, order, starts, contiguous, flat, gflat, s1, s2, hid
 # else is packed: the micro-kernel reads the gathered batch in place, along its
 # rows for X·W1 and down its columns for Xᵀ·dH (fma_strided_rows), and dH's rows
 # as B's, and writes W1's gradient straight into its panels. (Packing the batch
-# twice per step cost more than both products.) The 10-wide second layer runs on
-# W2 held transposed (10 x hidden): dot products and axpys along the hidden units.
+# twice per step cost more than both products.) The 10-wide second layer goes
+# with the panels too, so that no pass between the two loops re-splits the work
+# by rows: each forward task multiplies its panels of H by W2's rows for them
+# (the logits in parts, one per panel), and each gradient task takes dL/dz1, b1's
+# and W2's gradients for its own hidden units; between the loops one serial pass
+# adds the parts and takes the softmax.
 @njit
-def _hidden_backward_panels(dz2f, n, w2t, a, act, C, edge):
-    """C (n x hp) = dL/dz1 = (dL/dz2 · W2ᵀ) · act'(a), mlp's hidden layer: the
-    product through the micro-kernel (dL/dz2's rows read in place as its A rows,
-    the ten classes as the depth; W2ᵀ's rows as its B rows), then act' in one
-    pass. dz2f: dL/dz2's rows (10 floats each) with MR - 1 rows of slack after
-    the n, which the edge tile reads and drops."""
+def _hidden_backward_panels(dz2f, n, w2t, c0, c1, a, act, C, edge, gb, with_gb):
+    """C[:n, :c1 - c0] = dL/dz1's columns c0:c1 = (dL/dz2 · W2ᵀ) · act'(a), mlp's
+    hidden layer: the product through the micro-kernel (dL/dz2's rows read in
+    place as its A rows, the ten classes as the depth; W2ᵀ's rows as its B
+    rows), then act' in one pass, which with ``with_gb`` also leaves the
+    columns' sums (b1's gradient) in gb[c0:c1]. dz2f: dL/dz2's rows (10 floats
+    each) with MR - 1 rows of slack after the n, which the edge tile reads and
+    drops; c0 and c1 on panel boundaries."""
     c, hp = w2t.shape
     wf = w2t.ravel()
-    for j0 in range(0, hp, MNR):
+    c0, width = max(c0, 0), max(c1 - c0, 0)  # (provably non-negative: the loops below vectorise)
+    for j0 in range(0, width, MNR):
         i0 = 0
         while i0 < n:
             rows = _tile_height(n - i0)
-            _strided_tile(dz2f, i0 * c, 1, c, wf, j0, hp, c, C, i0, j0, rows, edge)
+            _strided_tile(dz2f, i0 * c, 1, c, wf, c0 + j0, hp, c, C, i0, j0, rows, edge)
             i0 += rows
+    if with_gb:
+        for p in range(width):
+            gb[c0 + p] = 0
     for i in range(n):
-        ci, ai = C[i], a[i]
+        ci, ai = C[i], a[i, c0:c0 + width]
         if act == SIGMOID:
-            for p in range(hp):
+            for p in range(width):
                 ci[p] *= ai[p] * (1 - ai[p])
         else:
-            for p in range(hp):
+            for p in range(width):
                 if ai[p] <= 0:
                     ci[p] = 0
+        if with_gb:
+            for p in range(width):
+                gb[c0 + p] += ci[p]
 
 
 @njit
@@ -594,6 +609,14 @@ def _to_panels(buf, rows, cols, panels_buf, inverse):
 # kernel every tile but a full one takes (the short one, or MR where MR is no taller).
 SHORT_MR = 4
 EDGE_MR = min(SHORT_MR, MMR)
+# The logits' parts: a panel's columns of H times W2's rows for them, ten classes
+# padded to LOGIT_COLS, through the micro-kernel: LOGIT_MR rows a tile, as many as
+# the registers hold accumulators for (with the B row's vectors and a broadcast)
+# up to MR, then single rows. One part per panel, added in panel order: the same
+# sums whatever the thread count.
+LOGIT_COLS = 16
+_LOGIT_VECTORS = max(1, LOGIT_COLS // _LANES)
+LOGIT_MR = max(1, min(MMR, (TARGET["vector_registers"] - _LOGIT_VECTORS - 1) // _LOGIT_VECTORS))
 
 
 @njit
@@ -660,9 +683,25 @@ def _task_share(task, groups, splits, panels, count):
     return t0, t1, i0, i1
 
 
-def _hidden_panels(xb, n, d, Wp, H, panels, groups, splits, edges, b1, act, X, order, lo, hi):
+@njit_leaf
+def _prefetch_rows_lines(X, order, row, row_end, line, lines, count):
+    """Prefetch the next ``count`` lines of rows order[row:row_end] of X, from
+    line ``line`` of order[row]; returns where the next call goes on from."""
+    while count > 0 and row < row_end:
+        take = min(count, lines - line)
+        prefetch_lines(X, order[row], line, take)
+        line += take
+        count -= take
+        if line == lines:
+            row, line = row + 1, 0
+    return row, line
+
+
+def _hidden_panels(xb, n, d, Wp, H, panels, groups, splits, edges, b1, act, w2p, parts, X, order, lo, hi):
     """H (n x panels·NR) = act(xb · W1 + b1), the gathered batch read in place (at
-    least MR - 1 rows of slack after it) times W1's panels Wp (panels of d x NR).
+    least MR - 1 rows of slack after it) times W1's panels Wp (panels of d x NR),
+    and the logits' parts: parts[t] (n x LOGIT_COLS) = H's panel t times its
+    rows of W2 (w2p: hp x LOGIT_COLS, zero past the hidden units and classes).
     Task (g, s) computes its group g of panels for the s-th block of rows (whole
     tiles but the last, whose edge tile reads and drops the slack rows); the
     backward pass (_batch_t_times) gives the same tasks the same panels, so a
@@ -672,77 +711,121 @@ def _hidden_panels(xb, n, d, Wp, H, panels, groups, splits, edges, b1, act, X, o
     length runs on the same thread). Each task also prefetches its share of
     the next batch's rows (order[lo:hi] of X), gathered during the backward pass."""
     tasks = groups * splits
+    hp = panels * MNR
+    hf, wf = H.reshape(H.size), w2p.reshape(w2p.size)
     for task in prange(tasks):
         t0, t1, r0, r1 = _task_share(task, groups, splits, panels, n)
-        # the rows of the next batch this task's thread gathers (_batch_t_times), a
-        # row after each tile: a burst of prefetches would hold up the tiles' loads
+        # the rows of the next batch this task's thread gathers (_batch_t_times),
+        # asked of memory a share of their lines after each tile
         ahead, ahead_end = _share(task, tasks, lo, hi)
+        lines = (X.shape[1] * X.itemsize + 63) // 64
+        tiles = max(1, (t1 - t0) * ((r1 - r0 + MMR - 1) // MMR))
+        per_tile = ((ahead_end - ahead) * lines + tiles - 1) // tiles
+        line = 0
         for t in range(t0, t1):
             i0 = r0
             while i0 < r1:
                 rows = _tile_height(r1 - i0)
                 _strided_tile(xb, i0 * d, 1, d, Wp, t * d * MNR, MNR, d, H, i0, t * MNR, rows, edges[task])
                 i0 += rows
-                if ahead < ahead_end:
-                    prefetch_row(X, order[ahead])
-                    ahead += 1
+                ahead, line = _prefetch_rows_lines(X, order, ahead, ahead_end, line, lines, per_tile)
         hv, bv = H[r0:r1, t0 * MNR:t1 * MNR], b1[t0 * MNR:t1 * MNR]
         for i in range(r1 - r0):
             bias_act_row(hv, bv, act, i)
-        for r in range(ahead, ahead_end):
-            prefetch_row(X, order[r])
+        for t in range(t0, t1):
+            part = parts[t]
+            i0 = r0
+            while i0 + LOGIT_MR <= r1:
+                fma_strided_rows(hf, i0 * hp + t * MNR, 1, hp, wf, t * MNR * LOGIT_COLS, LOGIT_COLS, MNR, part, i0,
+                                 0, False, LOGIT_MR, LOGIT_COLS)
+                i0 += LOGIT_MR
+            for i in range(i0, r1):
+                fma_strided_rows(hf, i * hp + t * MNR, 1, hp, wf, t * MNR * LOGIT_COLS, LOGIT_COLS, MNR, part, i,
+                                 0, False, 1, LOGIT_COLS)
+        _prefetch_rows_lines(X, order, ahead, ahead_end, line, lines, (ahead_end - ahead) * lines)
 
 
 _hidden_panels_serial, _hidden_panels_parallel = serial_and_parallel(_hidden_panels)
 
 
-def _output_rows(H, n, tasks, edges, act, w2t, b2, yb, out, dz_buf, dz1):
-    """The 10-wide output layer and the way back to the hidden layer, a block of
-    the batch's rows per task, row by row: out = H · W2 + b2 (w2t holds W2
-    transposed), softmax cross-entropy against yb with dL/dz2 into dz_buf's first
-    n rows (MR rows of slack after them), then dz1 = dL/dz1. The row blocks are
-    whole tiles but the last (dz1's product runs through the micro-kernel).
-    Returns the batch's mean loss."""
-    c = w2t.shape[0]
-    scale = H.dtype.type(1.0 / n)
-    dz2, dzf = dz_buf[:n], dz_buf.reshape(dz_buf.size)
+@njit(fastmath=FASTMATH_IN_ORDER)
+def _logits_softmax(parts, n, b2p, yb, z, dz2):
+    """The logits z (n x LOGIT_COLS) = b2p + the parts (in panel order), then
+    softmax cross-entropy against yb with dL/dz2's ten columns into dz2. b2p
+    holds b2 and then -inf, the parts zeros past the ten classes, so the padding
+    classes get probability exactly 0. The parts add and the exponentials run
+    over the whole batch in flat loops, which vectorise (exp_nonpositive is
+    plain arithmetic); row by row, LLVM unrolled the sixteen classes and
+    vectorised across the parts, or left the exponentials scalar. The sums keep
+    their written order (FASTMATH_IN_ORDER). Returns the batch's mean loss."""
+    c, w = dz2.shape[1], LOGIT_COLS
+    scale = dz2.dtype.type(1.0 / n)
+    zf = z.reshape(z.size)
+    for i in range(n):
+        for j in range(w):
+            zf[i * w + j] = b2p[j]
+    for t in range(parts.shape[0]):
+        pt = parts[t].reshape(parts.shape[1] * w)
+        for k in range(n * w):
+            zf[k] += pt[k]
     total = 0.0
-    for task in prange(tasks):
-        r0, r1 = _tile_block(task, tasks, n)
-        _dot_rows_nt(H[r0:r1], w2t, out[r0:r1])
-        for i in range(r0, r1):
-            bias_act_row(out, b2, NONE, i)
-            total += xent_row(out, yb, dz2, i, scale)
-        _hidden_backward_panels(dzf[r0 * c:], r1 - r0, w2t, H[r0:r1], act, dz1[r0:r1], edges[task])
+    for i in range(n):
+        mx = zf[i * w]
+        for j in range(1, w):
+            mx = max(mx, zf[i * w + j])
+        for j in range(w):
+            zf[i * w + j] -= mx
+        total -= zf[i * w + yb[i]]
+    for k in range(n * w):
+        zf[k] = exp_nonpositive(zf[k])
+    for i in range(n):
+        s = dz2.dtype.type(0)
+        for j in range(w):
+            s += zf[i * w + j]
+        inv = scale / s
+        for j in range(c):
+            dz2[i, j] = zf[i * w + j] * inv
+        dz2[i, yb[i]] -= scale
+        total += np.log(s)
     return total / n
 
 
-_output_rows_serial, _output_rows_parallel = serial_and_parallel(_output_rows)
-
-
 def _batch_t_times(xb, n, d, D, G, panels, groups, splits, edges, W, S1, S2, opt, step, lr, beta, beta1,
-                   beta2, eps, X, order, lo, hi, x_next):
-    """W1's gradient in panels, and W1's optimizer step: G's rows t·d .. t·d + d - 1
-    (NR wide) = xbᵀ · D's columns t·NR onwards, the batch as the depth: the
-    panel's MR features of each sample are MR consecutive floats of its row in xb
-    (Aᵀ read in place, one more slack row after the n), D's row (panels·NR
-    floats, contiguous) is B's row. No packing of either operand. Task (g, s)
-    runs its group g of panels (the forward pass's, so W1's panels stay with
-    their threads) for the s-th block of the features, a block of MR features
-    through each of the group's panels in turn (its lines of xb read from L2
-    once and reused from L1); it then steps its rows of those panels of W (and
-    of the optimizer's state S1, S2) while their gradient is in cache, and
-    gathers its share of the next batch (rows order[lo:hi] of X) into x_next."""
-    hp = panels * MNR
+                   beta2, eps, X, order, lo, hi, x_next, dz2f, w2t, H, act, gw2t, gb1):
+    """The way back through the output layer, then W1's gradient in panels, and
+    W1's optimizer step. Task (g, s) runs its group g of W1's panels (the
+    forward pass's, so they stay with their threads), hidden units c0:c1: dL/dz1
+    for them into its own D[task] (_hidden_backward_panels, from dL/dz2's rows
+    dz2f, W2 transposed in w2t and the hidden layer's output H), and for s = 0
+    their gradients of b1 (gb1[c0:c1]) and W2 (gw2t[:, c0:c1], transposed: the
+    ten classes of dL/dz2 as two five-row A panels, H's rows as the B rows). Then
+    G's rows t·d .. t·d + d - 1 (NR wide) = xbᵀ · dL/dz1's panel t, the batch as
+    the depth: the panel's MR features of each sample are MR consecutive floats
+    of its row in xb (Aᵀ read in place, one more slack row after the n), D's
+    rows are B's rows. No packing of either operand. The s-th block of the
+    features, a block of MR features through each of the group's panels in turn
+    (its lines of xb read from L2 once and reused from L1); it then steps its
+    rows of those panels of W (and of the optimizer's state S1, S2) while their
+    gradient is in cache, and gathers its share of the next batch (rows
+    order[lo:hi] of X) into x_next."""
     g_flat = G.reshape(G.size)
     tasks = groups * splits
     for task in prange(tasks):
         t0, t1, f_lo, f_hi = _task_share(task, groups, splits, panels, d)
+        c0, c1 = t0 * MNR, t1 * MNR
+        dt, first = D[task], task % splits == 0
+        _hidden_backward_panels(dz2f, n, w2t, c0, c1, H, act, dt, edges[task], gb1, first)
+        if first:
+            hf = H.reshape(H.size)
+            for j0 in range(c0, c1, MNR):
+                for half in range(2):
+                    fma_strided_rows(dz2f, 5 * half, 10, 1, hf, j0, H.shape[1], n, gw2t, 5 * half, j0, False, 5, MNR)
+        df, ldd = dt.reshape(dt.size), dt.shape[1]
         f0 = f_lo
         while f0 < f_hi:
             rows = _tile_height(f_hi - f0)
             for t in range(t0, t1):
-                _strided_tile(xb, f0, d, 1, D, t * MNR, hp, n, G, t * d + f0, 0, rows, edges[task])
+                _strided_tile(xb, f0, d, 1, df, (t - t0) * MNR, ldd, n, G, t * d + f0, 0, rows, edges[task])
             f0 += rows
         for t in range(t0, t1):
             p0, p1 = (t * d + f_lo) * MNR, (t * d + f_hi) * MNR
@@ -756,13 +839,17 @@ def _batch_t_times(xb, n, d, D, G, panels, groups, splits, edges, W, S1, S2, opt
 _batch_t_times_serial, _batch_t_times_parallel = serial_and_parallel(_batch_t_times)
 
 
-@njit
-def two_layer_epoch(X, targets, order, starts, contiguous, flat, gflat, s1, s2, hidden, act, threads,
-                    opt, step, lr, beta, beta1, beta2, eps, parallel):
-    """784 -> hidden -> 10 with hidden activation ``act`` and a softmax output
-    under cross-entropy; ``threads``: the size of the thread pool the parallel
-    products run on (the tasks are cut for it). Returns (sum of batch losses,
-    optimizer steps taken)."""
+# The passes the steps below call: the serial ones here; the parallel build of
+# the steps (specialize, after them) replaces both with their parallel twins.
+_hidden_pass, _gradient_pass = _hidden_panels_serial, _batch_t_times_serial
+
+
+def _two_layer_steps(X, targets, order, starts, flat, gflat, s1, s2, hidden, act, threads,
+                     opt, step, lr, beta, beta1, beta2, eps):
+    """The epoch of two_layer_epoch, compiled twice: with the serial passes, or
+    with the parallel ones and their tasks cut for a pool of ``threads``. (The
+    two-layer epochs stay apart because their first layers differ: panels here,
+    a transposed W1 and dot products in nielsen_epoch.)"""
     d, c = X.shape[1], 10
     check_labels(targets, targets.shape[0], c)  # once: the steps' rows index by them
     dh = d * hidden
@@ -786,18 +873,21 @@ def two_layer_epoch(X, targets, order, starts, contiguous, flat, gflat, s1, s2, 
     x_bufs = np.zeros((2, ((m + MMR - 1) // MMR + 1) * MMR, d), X.dtype)
     if nb:
         _batch_rows(X, order, starts[0], starts[1], False, x_bufs[0])
-    par = parallel and m * d * hp >= PARALLEL_MIN_WORK
-    groups, splits = task_grid(panels, threads if par else 1)
+    groups, splits = task_grid(panels, threads)
     tasks = groups * splits
-    out_tasks = min(tasks, (m + MMR - 1) // MMR)
     edges = np.empty((tasks, MMR, MNR), X.dtype)
     # the hidden layer at the padded width hp, on contiguous arrays: the padding's
     # weights (W1's panel columns, b1's and W2's rows) are zero, so its units
     # contribute exactly nothing forward and get no gradient
-    h_buf, out_buf = np.empty((m, hp), X.dtype), np.empty((m, c), X.dtype)
-    # dL/dz2 with MR rows of slack: _hidden_backward_panels' edge tile reads them
-    dz_buf, dh_buf = np.zeros((m + MMR, c), X.dtype), np.zeros((m, hp), X.dtype)
+    h_buf, z_buf = np.empty((m, hp), X.dtype), np.empty((m, LOGIT_COLS), X.dtype)
+    parts = np.empty((panels, m, LOGIT_COLS), X.dtype)
+    b2p = np.full(LOGIT_COLS, -np.inf, X.dtype)
+    # dL/dz2 with MR rows of slack: _hidden_backward_panels' edge tile reads them;
+    # dL/dz1 a task's panels wide, a buffer per task
+    dz_buf = np.zeros((m + MMR, c), X.dtype)
+    dh_bufs = np.zeros((tasks, m, ((panels + groups - 1) // groups) * MNR), X.dtype)
     w2t, gw2t = np.zeros((c, hp), X.dtype), np.empty((c, hp), X.dtype)
+    w2p = np.zeros((hp, LOGIT_COLS), X.dtype)
     b1p, gb1p = np.zeros(hp, X.dtype), np.empty(hp, X.dtype)
     total = 0.0
     for bi in range(nb):
@@ -809,44 +899,53 @@ def two_layer_epoch(X, targets, order, starts, contiguous, flat, gflat, s1, s2, 
         xb = x_now.reshape(x_now.size)
         next_lo, next_hi = (hi, starts[bi + 2]) if bi + 1 < nb else (hi, hi)
         yb = targets[order[lo:hi]]
-        h, out, dz2, dz1 = h_buf[:n], out_buf[:n], dz_buf[:n], dh_buf[:n]
+        h, dz2 = h_buf[:n], dz_buf[:n]
+        dz2f = dz_buf.reshape(dz_buf.size)
         for p in range(hidden):
             b1p[p] = b1[p]
             for j in range(c):
                 w2t[j, p] = w2[p, j]
-        if par:
-            _hidden_panels_parallel(xb, n, d, w1p, h, panels, groups, splits, edges, b1p, act, X, order,
-                                    next_lo, next_hi)
-            total += _output_rows_parallel(h, n, out_tasks, edges, act, w2t, b2, yb, out, dz_buf, dz1)
-        else:
-            _hidden_panels_serial(xb, n, d, w1p, h, panels, 1, 1, edges, b1p, act, X, order, next_lo, next_hi)
-            total += _output_rows_serial(h, n, 1, edges, act, w2t, b2, yb, out, dz_buf, dz1)
-        # the output layer's weight gradient (transposed): the ten classes of dL/dz2
-        # are the ten-row A panel, h's rows the B rows (the linear epoch's tile).
-        # The two-layer epochs stay apart because their first layers differ
-        # (panels here, a transposed W1 and dot products in nielsen_epoch).
-        _ten_rows_times_batch(dz2.ravel(), 0, h, gw2t, 0, False, h[:0])
-        for p in range(hidden):
-            for j in range(c):
-                gw2[p, j] = gw2t[j, p]
+                w2p[p, j] = w2[p, j]
+        b2p[:c] = b2
+        _hidden_pass(xb, n, d, w1p, h, panels, groups, splits, edges, b1p, act, w2p, parts, X, order, next_lo,
+                     next_hi)
+        total += _logits_softmax(parts, n, b2p, yb, z_buf, dz2)
         bias_grad_serial(dz2, gb2)
         step += 1
-        if par:
-            _batch_t_times_parallel(xb, n, d, dz1.ravel(), gw1_panels, panels, groups, splits, edges, w1p,
-                                    s1p, s2p, opt, step, lr, beta, beta1, beta2, eps, X, order, next_lo, next_hi,
-                                    x_next)
-        else:
-            _batch_t_times_serial(xb, n, d, dz1.ravel(), gw1_panels, panels, 1, 1, edges, w1p,
-                                  s1p, s2p, opt, step, lr, beta, beta1, beta2, eps, X, order, next_lo, next_hi,
-                                  x_next)
-        bias_grad_serial(dz1, gb1p)
+        _gradient_pass(xb, n, d, dh_bufs, gw1_panels, panels, groups, splits, edges, w1p, s1p, s2p, opt, step,
+                       lr, beta, beta1, beta2, eps, X, order, next_lo, next_hi, x_next, dz2f, w2t, h, act, gw2t, gb1p)
         for p in range(hidden):
             gb1[p] = gb1p[p]
+            for j in range(c):
+                gw2[p, j] = gw2t[j, p]
         _update(flat[dh:], gflat[dh:], s1[dh:], s2[dh:], opt, step, lr, beta, beta1, beta2, eps, False)
     for buf, pbuf in ((flat, w1p), (gflat, gw1p), (s1, s1p), (s2, s2p)):
         if buf.size:
             _to_panels(buf, d, hidden, pbuf, True)
     return total, step
+
+
+_TWO_LAYER_STEPS = {
+    parallel: specialize([_two_layer_steps], "_parallel" if parallel else "_serial", dict(
+        _hidden_pass=_hidden_panels_parallel if parallel else _hidden_panels_serial,
+        _gradient_pass=_batch_t_times_parallel if parallel else _batch_t_times_serial))["_two_layer_steps"]
+    for parallel in (False, True)}
+
+
+def two_layer_epoch(X, targets, order, starts, contiguous, flat, gflat, s1, s2, hidden, act, threads,
+                    opt, step, lr, beta, beta1, beta2, eps, parallel):
+    """784 -> hidden -> 10 with hidden activation ``act`` and a softmax output
+    under cross-entropy; ``threads``: the size of the thread pool the parallel
+    passes run on (their tasks are cut for it). The serial build runs where the
+    largest batch's product is too small to wake the pool (PARALLEL_MIN_WORK)
+    or ``parallel`` is off; deciding here, before either is called, compiles
+    only the build a run uses. Returns (sum of batch losses, optimizer steps
+    taken)."""
+    m = int(np.diff(starts).max()) if len(starts) > 1 else 0
+    hp = -(-hidden // MNR) * MNR
+    par = bool(parallel) and m * X.shape[1] * hp >= PARALLEL_MIN_WORK
+    return _TWO_LAYER_STEPS[par](X, targets, order, starts, flat, gflat, s1, s2, hidden, act, threads if par else 1,
+                                 opt, step, lr, beta, beta1, beta2, eps)
 
 
 # network -> (epoch function, the arguments it takes after the optimizer state):

@@ -145,54 +145,69 @@ def test_batch_panel_products_match_numpy(n, d, h, parallel, threads):
     # features when there are more threads than panels (5 threads: 1, 2, 3 splits)
     groups, splits = fe.task_grid(panels, threads)
     edges = np.empty((groups * splits, mr, nr), np.float32)
-    # the forward pass (a group of panels for a block of rows per task), then the
-    # output layer (a block of rows per task) down to dL/dz1
+    # the forward pass (a group of panels for a block of rows per task) with the
+    # logits in parts (one per panel), then the softmax over all rows
     act = fe.RELU if h % 2 else fe.SIGMOID
     c = 10
-    b1 = np.zeros(panels * nr, np.float32)
+    hp = panels * nr
+    b1 = np.zeros(hp, np.float32)
     b1[:h] = rng.standard_normal(h)
-    w2t = np.zeros((c, panels * nr), np.float32)
+    w2t = np.zeros((c, hp), np.float32)
     w2t[:, :h] = rng.standard_normal((c, h)) / np.sqrt(h)
+    w2p = np.zeros((hp, fe.LOGIT_COLS), np.float32)
+    w2p[:, :c] = w2t.T
     b2 = rng.standard_normal(c).astype(np.float32)
+    b2p = np.full(fe.LOGIT_COLS, -np.inf, np.float32)
+    b2p[:c] = b2
     labels = rng.integers(0, c, n)
-    hid, out, dz1 = (np.full(shape, np.nan, np.float32) for shape in ((n, panels * nr), (n, c), (n, panels * nr)))
+    hid = np.full((n, hp), np.nan, np.float32)
+    parts = np.full((panels, n, fe.LOGIT_COLS), np.nan, np.float32)
+    z = np.full((n, fe.LOGIT_COLS), np.nan, np.float32)
     dz_buf = np.zeros((n + mr, c), np.float32)
     hidden = fe._hidden_panels_parallel if parallel else fe._hidden_panels_serial
-    output = fe._output_rows_parallel if parallel else fe._output_rows_serial
     # (with the next batch's rows, order[1:n+2], prefetched on the way)
-    hidden(xb, n, d, wp, hid, panels, groups, splits, edges, b1, act, x, order, 1, n + 2)
-    loss = output(hid, n, min(groups * splits, -(-n // mr)), edges, act, w2t, b2, labels, out, dz_buf, dz1)
+    hidden(xb, n, d, wp, hid, panels, groups, splits, edges, b1, act, w2p, parts, x, order, 1, n + 2)
+    loss = fe._logits_softmax(parts, n, b2p, labels, z, dz_buf[:n])
     z1 = x[rows].astype(np.float64) @ w + b1[:h]
     a1 = np.maximum(z1, 0) if act == fe.RELU else 1 / (1 + np.exp(-z1))
     np.testing.assert_allclose(hid[:, :h], a1, rtol=1e-4, atol=1e-4 * np.sqrt(d))
     np.testing.assert_array_equal(hid[:, h:], 0 if act == fe.RELU else 0.5)  # zero-weight padding units
     logits = a1 @ w2t[:, :h].T.astype(np.float64) + b2
-    np.testing.assert_allclose(out, logits, rtol=1e-4, atol=1e-4 * np.sqrt(d))
+    np.testing.assert_allclose(parts.sum(0)[:, :c] + b2, logits, rtol=1e-4, atol=1e-4 * np.sqrt(d))
+    np.testing.assert_array_equal(parts[:, :, c:], 0)  # the padding classes
     p = np.exp(logits - logits.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
     assert loss == pytest.approx(-np.log(p[np.arange(n), labels]).mean(), rel=1e-4, abs=1e-5)
     dz2 = (p - np.eye(c)[labels]) / n
     np.testing.assert_allclose(dz_buf[:n], dz2, rtol=1e-3, atol=1e-6)
-    deriv = (a1 > 0) if act == fe.RELU else a1 * (1 - a1)
-    np.testing.assert_allclose(dz1[:, :h], dz2 @ w2t[:, :h] * deriv, rtol=1e-3, atol=1e-6)
-    dh = rng.standard_normal((n, panels * nr)).astype(np.float32)
+    # the gradient pass: back through the output layer (dL/dz1 for each task's
+    # panels, b1's and W2's gradients), W1's gradient and its optimizer step
+    # (sgd, momentum or adam by the shape), the next batch gathered
+    dh_bufs = np.full((groups * splits, n, -(-panels // groups) * nr), np.nan, np.float32)
+    gw2t, gb1 = (np.full(shape, np.nan, np.float32) for shape in ((c, hp), hp))
     gp = np.full((panels * d, nr), np.nan, np.float32)
-    # the gradient pass also takes W's optimizer step (sgd, momentum or adam by the shape)
     opt = (n + d + h) % 3
     s1, s2 = (rng.random(wp.size).astype(np.float32) if k < opt else np.empty(0, np.float32)
               for k in range(2))
     hyper = (3, 0.1, 0.9, 0.9, 0.999, 1e-8)  # step, lr, beta, beta1, beta2, eps
     expected = [a.copy() for a in (wp, s1, s2)]
     backward = fe._batch_t_times_parallel if parallel else fe._batch_t_times_serial
-    # ... and gathers the next batch (here rows order[1:n+2], the slack left alone)
     x_next = np.full_like(x_buf, np.nan)
-    backward(xb, n, d, dh.ravel(), gp, panels, groups, splits, edges, wp, s1, s2, opt, *hyper, x, order, 1, n + 2,
-             x_next)
+    backward(xb, n, d, dh_bufs, gp, panels, groups, splits, edges, wp, s1, s2, opt, *hyper, x, order, 1, n + 2,
+             x_next, dz_buf.ravel(), w2t, hid, act, gw2t, gb1)
     np.testing.assert_array_equal(x_next[:n + 1], x[order[1:n + 2]])
     assert np.isnan(x_next[n + 1:]).all()
+    deriv = (a1 > 0) if act == fe.RELU else a1 * (1 - a1)
+    dh = dz_buf[:n].astype(np.float64) @ w2t[:, :h] * deriv
+    for task in range(groups * splits):  # each task's dL/dz1: its group's panels
+        t0, t1, _, _ = fe._task_share(task, groups, splits, panels, d)
+        cols = slice(t0 * nr, min(h, t1 * nr))
+        np.testing.assert_allclose(dh_bufs[task, :, :cols.stop - cols.start], dh[:, cols], rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(gb1[:h], dh.sum(0), rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(gw2t[:, :h], (a1.T @ dz_buf[:n]).T, rtol=1e-3, atol=1e-6)
     g = np.empty(d * h, np.float32)
     fe._to_panels(g, d, h, gp.ravel(), True)
-    np.testing.assert_allclose(g.reshape(d, h), x[rows].T @ dh[:, :h], rtol=1e-4, atol=1e-4 * np.sqrt(n))
+    np.testing.assert_allclose(g.reshape(d, h), x[rows].T @ dh, rtol=1e-4, atol=1e-4 * np.sqrt(n))
     # each panel stepped with its own gradient: the whole-buffer step, element for element
     fe._update(*expected[:1], gp.ravel(), *expected[1:], opt, *hyper, False)
     for got, want in zip((wp, s1, s2), expected):
@@ -216,17 +231,20 @@ def test_narrow_second_layer_kernels_match_numpy(m, h, c, act):
     np.testing.assert_allclose(dz, (d @ w2t) * deriv, rtol=1e-4, atol=1e-4 * np.sqrt(c))
 
 
-@pytest.mark.parametrize("batch_size", [0, 64, 100], ids=["full-batch", "bs64", "bs100-short-last"])
-def test_fused_linear_matches_numpy_and_adds_in_one_order(batch_size):
-    """The one-pass linear epoch (forward, softmax gradient and weight gradient per
-    block of rows): numpy's weights after two epochs, and bit-identical weights
-    serial and parallel (the blocks are split into a fixed number of tasks)."""
+@pytest.mark.parametrize("model,batch_size", [("linear", 0), ("linear", 64), ("linear", 100), ("mlp", 100)],
+                         ids=["linear-full-batch", "linear-bs64", "linear-bs100-short-last", "mlp-bs100-short-last"])
+def test_fused_epoch_matches_numpy_and_adds_in_one_order(model, batch_size):
+    """numpy's weights after two epochs, and bit-identical weights from the
+    serial and the parallel build: the linear epoch splits its blocks of rows
+    into a fixed number of tasks; the mlp's splits by W1's panels, and its
+    logits add one part per panel in panel order (100-row batches: the mlp's
+    parallel build, PARALLEL_MIN_WORK)."""
     from mnist_numba_bench.bench.backends import get_backend
     from mnist_numba_bench.bench.backends.numba_fused import NumbaFusedTrainer
     from mnist_numba_bench.bench.validate import param_error, validation_data
     from mnist_numba_bench.models import config_for, get_network
     from mnist_numba_bench.models.train import epoch_batches
-    net = get_network("linear")
+    net = get_network(model)
     config = dict(config_for(net), batch_size=batch_size)
     x, y, _ = validation_data(net, 300)
     init = net.init_params(0)
@@ -242,6 +260,68 @@ def test_fused_linear_matches_numpy_and_adds_in_one_order(batch_size):
     assert err < 2e-3, message
     for k in want:
         np.testing.assert_array_equal(serial[k], parallel[k])
+
+
+ONE_BUILD = """
+import json
+import numpy as np
+from mnist_numba_bench.bench.backends import get_backend
+from mnist_numba_bench.kernels import fused_epoch as fe
+from mnist_numba_bench.models import config_for, get_network
+from mnist_numba_bench.models.train import epoch_batches
+net = get_network("mlp")
+trainer = get_backend("numba-fused").make_trainer(net, net.init_params(0), config_for(net, {"batch_size": 8}), 0)
+rng = np.random.default_rng(0)
+trainer.set_data(rng.random((32, 784), dtype=np.float32), rng.integers(0, 10, 32))
+trainer.train_epoch(epoch_batches(32, 8, 0, 0))
+print(json.dumps({par: len(fe._TWO_LAYER_STEPS[par].signatures) for par in (False, True)}))
+"""
+
+
+def test_fused_mlp_compiles_only_the_build_a_run_uses(tmp_path):
+    """Batches of 8 rows are too small for the thread pool: the run takes the
+    serial build, and the parallel one (the larger compile) never compiles."""
+    import json
+    import subprocess
+    import sys
+    script = tmp_path / "one_build.py"
+    script.write_text(ONE_BUILD)
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == {"false": 1, "true": 0}
+
+
+FRESH_OR_CACHED = """
+import hashlib
+import numpy as np
+from mnist_numba_bench.bench.backends import get_backend
+from mnist_numba_bench.models import config_for, get_network
+net = get_network("mlp")
+trainer = get_backend("numba-fused").make_trainer(net, net.init_params(0), config_for(net, {"batch_size": 104}), 0)
+rng = np.random.default_rng(0)
+trainer.set_data(rng.random((137, 784), dtype=np.float32), rng.integers(0, 10, 137))
+order = rng.permutation(137)
+trainer.train_epoch([order[:104], order[104:]])  # a short batch: loops over rows end part-way
+print(hashlib.sha256(trainer.flat.tobytes()).hexdigest())
+"""
+
+
+def test_fused_mlp_weights_are_the_same_compiled_or_loaded_from_the_cache(tmp_path):
+    """The same epoch in a process that compiles the kernels and in one that loads
+    them from Numba's cache: bit-identical weights. (Reductions compiled with
+    reassociation allowed took their sums in a different order once inlined
+    differently, and the loaded code disagreed with the freshly compiled one.)"""
+    import os
+    import subprocess
+    import sys
+    script = tmp_path / "fresh_or_cached.py"
+    script.write_text(FRESH_OR_CACHED)
+    env = dict(os.environ, MNIST_BENCH_CACHE=str(tmp_path / "cache"), NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    runs = [subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
+            for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-2000:]
+    assert runs[0].stdout.split()[-1] == runs[1].stdout.split()[-1]
 
 
 @pytest.mark.parametrize("rows", [1, 3, 7, 23, 64])
@@ -370,23 +450,30 @@ def test_linear_and_nielsen_tiles_on_the_avx2_path(tmp_path):
 
 @pytest.mark.parametrize("n", [1, 5, 7, 128])
 @pytest.mark.parametrize("act", ["sigmoid", "relu"])
-def test_hidden_backward_panels_match_numpy(n, act):
-    """mlp's dL/dz1 through the micro-kernel (dL/dz2's rows in place, edge rows
-    through the tile; the slack rows hold NaN, which an edge that kept them would
-    show) against NumPy, with either activation's derivative."""
+@pytest.mark.parametrize("panels", [(0, 2), (1, 2), (2, 3)], ids=["first-two", "middle", "last"])
+def test_hidden_backward_panels_match_numpy(n, act, panels):
+    """mlp's dL/dz1 for a group of panels (hidden units c0:c1, of three panels)
+    through the micro-kernel (dL/dz2's rows in place, edge rows through the tile;
+    the slack rows hold NaN, which an edge that kept them would show) against
+    NumPy, with either activation's derivative, and b1's gradient for them."""
     mr, nr = fe.MMR, fe.MNR
-    hp = 2 * nr
+    hp = 3 * nr
+    c0, c1 = panels[0] * nr, panels[1] * nr
     rng = np.random.default_rng(n)
     dz = np.full((n + mr, 10), np.nan, np.float32)
     dz[:n] = rng.standard_normal((n, 10))
     w2t = rng.standard_normal((10, hp)).astype(np.float32)
     a = rng.random((n, hp), dtype=np.float32) - (0.5 if act == "relu" else 0.0)
-    out = np.full((n, hp), np.nan, np.float32)
+    out = np.full((n, c1 - c0 + nr), np.nan, np.float32)  # wider than the group: the rest left alone
+    gb = np.full(hp, np.nan, np.float32)
     code = fe.SIGMOID if act == "sigmoid" else fe.RELU
-    fe._hidden_backward_panels(dz.ravel(), n, w2t, a, code, out, np.empty((mr, nr), np.float32))
-    grad = dz[:n].astype(np.float64) @ w2t
-    want = grad * a * (1 - a) if act == "sigmoid" else grad * (a > 0)
-    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    fe._hidden_backward_panels(dz.ravel(), n, w2t, c0, c1, a, code, out, np.empty((mr, nr), np.float32), gb, True)
+    grad = dz[:n].astype(np.float64) @ w2t[:, c0:c1]
+    want = grad * a[:, c0:c1] * (1 - a[:, c0:c1]) if act == "sigmoid" else grad * (a[:, c0:c1] > 0)
+    np.testing.assert_allclose(out[:, :c1 - c0], want, rtol=1e-5, atol=1e-5)
+    assert np.isnan(out[:, c1 - c0:]).all()
+    np.testing.assert_allclose(gb[c0:c1], want.sum(0), rtol=1e-4, atol=1e-5)
+    assert np.isnan(gb[:c0]).all() and np.isnan(gb[c1:]).all()
 
 
 def test_mlp_fused_epoch_refuses_a_label_outside_the_classes():
