@@ -68,6 +68,15 @@ def _view2(flat, offset, rows, cols):
     return flat[offset:offset + rows * cols].reshape((rows, cols))
 
 
+@njit
+def _largest_batch(starts):
+    """The rows of an epoch's largest batch (starts: the batches' bounds in the order)."""
+    m = 0
+    for bi in range(starts.size - 1):
+        m = max(m, starts[bi + 1] - starts[bi])
+    return m
+
+
 # -- linear: one pass over X ---------------------------------------------------------------
 LIN_ROWS = 65    # rows per block: 65 x 784 floats stay in L2 from forward to gradient; five-row tiles
 LIN_TASKS = 8    # fixed work split: serial and parallel runs add the partial sums in one order
@@ -236,9 +245,7 @@ def linear_epoch(X, labels, order, starts, contiguous, flat, gflat, s1, s2, opt,
     w, b = _view2(flat, 0, d, c), flat[d * c:d * c + c]
     gw, gb = _view2(gflat, 0, d, c), gflat[d * c:d * c + c]
     nb = starts.size - 1
-    biggest = 0
-    for bi in range(nb):
-        biggest = max(biggest, starts[bi + 1] - starts[bi])
+    biggest = _largest_batch(starts)
     buf = np.empty((0 if contiguous else biggest, d), X.dtype)
     yb_buf = np.empty(biggest, labels.dtype)
     Wt = np.empty((c, d), X.dtype)
@@ -477,9 +484,7 @@ def nielsen_epoch(X, onehot, order, starts, contiguous, flat, gflat, s1, s2, hid
     _, b1, _, b2 = _two_layer_params(flat, d, hidden, c)
     _, gb1, _, gb2 = _two_layer_params(gflat, d, hidden, c)
     nb = starts.size - 1
-    m = 0
-    for bi in range(nb):
-        m = max(m, starts[bi + 1] - starts[bi])
+    m = _largest_batch(starts)
     a1_buf, a2_buf = np.empty((m, hidden), X.dtype), np.empty((m, c), X.dtype)
     y_buf, d2_buf, d1_buf = np.empty((m, c), X.dtype), np.empty((m, c), X.dtype), np.empty((m, hidden), X.dtype)
     panels = hidden % 10 == 0
@@ -844,10 +849,11 @@ _batch_t_times_serial, _batch_t_times_parallel = serial_and_parallel(_batch_t_ti
 _hidden_pass, _gradient_pass = _hidden_panels_serial, _batch_t_times_serial
 
 
-def _two_layer_steps(X, targets, order, starts, flat, gflat, s1, s2, hidden, act, threads,
+def _two_layer_steps(X, targets, order, starts, m, flat, gflat, s1, s2, hidden, act, threads,
                      opt, step, lr, beta, beta1, beta2, eps):
-    """The epoch of two_layer_epoch, compiled twice: with the serial passes, or
-    with the parallel ones and their tasks cut for a pool of ``threads``. (The
+    """The epoch of two_layer_epoch (m: its largest batch's rows), compiled
+    twice: with the serial passes, or with the parallel ones and their tasks
+    cut for a pool of ``threads``. (The
     two-layer epochs stay apart because their first layers differ: panels here,
     a transposed W1 and dot products in nielsen_epoch.)"""
     d, c = X.shape[1], 10
@@ -864,9 +870,6 @@ def _two_layer_steps(X, targets, order, starts, flat, gflat, s1, s2, hidden, act
     _, b1, w2, b2 = _two_layer_params(flat, d, hidden, c)
     _, gb1, gw2, gb2 = _two_layer_params(gflat, d, hidden, c)
     nb = starts.size - 1
-    m = 0
-    for bi in range(nb):
-        m = max(m, starts[bi + 1] - starts[bi])
     # the gathered batch, MR rows of slack (the edge tiles read and drop them), the
     # products taking it flat; two of them: the gradient pass gathers the next
     # batch into the other one
@@ -885,6 +888,7 @@ def _two_layer_steps(X, targets, order, starts, flat, gflat, s1, s2, hidden, act
     # dL/dz2 with MR rows of slack: _hidden_backward_panels' edge tile reads them;
     # dL/dz1 a task's panels wide, a buffer per task
     dz_buf = np.zeros((m + MMR, c), X.dtype)
+    dz2f = dz_buf.reshape(dz_buf.size)
     dh_bufs = np.zeros((tasks, m, ((panels + groups - 1) // groups) * MNR), X.dtype)
     w2t, gw2t = np.zeros((c, hp), X.dtype), np.empty((c, hp), X.dtype)
     w2p = np.zeros((hp, LOGIT_COLS), X.dtype)
@@ -900,7 +904,6 @@ def _two_layer_steps(X, targets, order, starts, flat, gflat, s1, s2, hidden, act
         next_lo, next_hi = (hi, starts[bi + 2]) if bi + 1 < nb else (hi, hi)
         yb = targets[order[lo:hi]]
         h, dz2 = h_buf[:n], dz_buf[:n]
-        dz2f = dz_buf.reshape(dz_buf.size)
         for p in range(hidden):
             b1p[p] = b1[p]
             for j in range(c):
@@ -941,11 +944,11 @@ def two_layer_epoch(X, targets, order, starts, contiguous, flat, gflat, s1, s2, 
     or ``parallel`` is off; deciding here, before either is called, compiles
     only the build a run uses. Returns (sum of batch losses, optimizer steps
     taken)."""
-    m = int(np.diff(starts).max()) if len(starts) > 1 else 0
+    m = _largest_batch(starts)
     hp = -(-hidden // MNR) * MNR
     par = bool(parallel) and m * X.shape[1] * hp >= PARALLEL_MIN_WORK
-    return _TWO_LAYER_STEPS[par](X, targets, order, starts, flat, gflat, s1, s2, hidden, act, threads if par else 1,
-                                 opt, step, lr, beta, beta1, beta2, eps)
+    return _TWO_LAYER_STEPS[par](X, targets, order, starts, m, flat, gflat, s1, s2, hidden, act,
+                                 threads if par else 1, opt, step, lr, beta, beta1, beta2, eps)
 
 
 # network -> (epoch function, the arguments it takes after the optimizer state):

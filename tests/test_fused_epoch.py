@@ -262,6 +262,18 @@ def test_fused_epoch_matches_numpy_and_adds_in_one_order(model, batch_size):
         np.testing.assert_array_equal(serial[k], parallel[k])
 
 
+def _script_output(tmp_path, name, source, env=None):
+    """The last line a Python script prints, run in a process of its own (a fresh
+    compile target, cache or thread pool); its failure fails the test."""
+    import subprocess
+    import sys
+    script = tmp_path / name
+    script.write_text(source)
+    run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run.stdout.strip().splitlines()[-1]
+
+
 ONE_BUILD = """
 import json
 import numpy as np
@@ -282,13 +294,7 @@ def test_fused_mlp_compiles_only_the_build_a_run_uses(tmp_path):
     """Batches of 8 rows are too small for the thread pool: the run takes the
     serial build, and the parallel one (the larger compile) never compiles."""
     import json
-    import subprocess
-    import sys
-    script = tmp_path / "one_build.py"
-    script.write_text(ONE_BUILD)
-    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert json.loads(run.stdout.strip().splitlines()[-1]) == {"false": 1, "true": 0}
+    assert json.loads(_script_output(tmp_path, "one_build.py", ONE_BUILD)) == {"false": 1, "true": 0}
 
 
 FRESH_OR_CACHED = """
@@ -312,16 +318,9 @@ def test_fused_mlp_weights_are_the_same_compiled_or_loaded_from_the_cache(tmp_pa
     reassociation allowed took their sums in a different order once inlined
     differently, and the loaded code disagreed with the freshly compiled one.)"""
     import os
-    import subprocess
-    import sys
-    script = tmp_path / "fresh_or_cached.py"
-    script.write_text(FRESH_OR_CACHED)
     env = dict(os.environ, MNIST_BENCH_CACHE=str(tmp_path / "cache"), NUMBA_CACHE_DIR=str(tmp_path / "numba"))
-    runs = [subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
-            for _ in range(2)]
-    for run in runs:
-        assert run.returncode == 0, run.stderr[-2000:]
-    assert runs[0].stdout.split()[-1] == runs[1].stdout.split()[-1]
+    compiled, loaded = (_script_output(tmp_path, "fresh_or_cached.py", FRESH_OR_CACHED, env) for _ in range(2))
+    assert compiled == loaded
 
 
 @pytest.mark.parametrize("rows", [1, 3, 7, 23, 64])
@@ -435,15 +434,9 @@ def test_linear_and_nielsen_tiles_on_the_avx2_path(tmp_path):
     Haswell, against NumPy on odd shapes."""
     import json
     import os
-    import subprocess
-    import sys
-    script = tmp_path / "ten_rows.py"
-    script.write_text(TEN_ROWS_ON_AVX2)
     env = dict(os.environ, NUMBA_CPU_NAME="haswell", MNIST_BENCH_CACHE=str(tmp_path))
     env.pop("NUMBA_CPU_FEATURES", None)
-    run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-2000:]
-    got = json.loads(run.stdout.strip().splitlines()[-1])
+    got = json.loads(_script_output(tmp_path, "ten_rows.py", TEN_ROWS_ON_AVX2, env))
     assert got["isa"] == "avx2" and not got["wide"] and got["dot_cols"] == 2
     assert got["worst"] < 1e-5
 
