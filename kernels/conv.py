@@ -24,7 +24,7 @@ import numpy as np
 from numba import prange
 
 from ..models.reference import NumpyOps
-from ._numba import TILE, njit, serial_and_parallel, specialize
+from ._numba import TARGET, TILE, njit, serial_and_parallel, specialize
 from .family import KernelFamily
 from .fma_codegen import fma_panel_rows, fma_table_rows
 from .matmul import PACKING, TILE_F64, gemm_views
@@ -215,9 +215,22 @@ def conv2d_gemm_backward(x, w, dy, dw_out, db_out, need_dx=True, parallel=False,
 
 # -- implicit GEMM --------------------------------------------------------------------
 # The tile of the packed GEMM (float32; float64 compiles the same bodies with its
-# own). Rows and columns are zero-padded to whole tiles, so no edge code runs.
+# own), at most TABLE_MAX_ROWS rows (table_tile). Rows and columns are
+# zero-padded to whole tiles, so no edge code runs.
 MR, NR = TILE["MR"], TILE["NR"]
 DW_DEPTH = 512   # output pixels per block of the weight gradient: dy's block stays in L2
+# fma_table_rows keeps a pointer per row in a general-purpose register, beside
+# the depth index and its end, the taps' table, the current tap's offset, B's
+# pointer, the stack pointer and one scratch register. With more rows than the
+# rest leaves, LLVM's depth loop spills -- on x86-64 from ten rows on, and then
+# the vector accumulators too (the loop's assembly; tested) -- so a tall
+# matmul tile (13 x 32, derived for AVX-512) is cut to this height here.
+TABLE_MAX_ROWS = TARGET["general_registers"] - 7
+
+
+def table_tile(tile):
+    """The implicit GEMM's tile for a matmul tile: its NR, and its MR up to TABLE_MAX_ROWS."""
+    return dict(tile, MR=max(1, min(tile["MR"], TABLE_MAX_ROWS)))
 
 
 @njit
@@ -348,20 +361,21 @@ _IMPLICIT_BODIES = (_implicit_forward, _implicit_weight_grad, _implicit_input_gr
 
 
 def _build_implicit(tile, suffix):
-    """(serial, parallel) {name: dispatcher} of the implicit-GEMM bodies for a tile."""
+    """(serial, parallel) {name: dispatcher} of the implicit-GEMM bodies for a
+    tile (one table_tile gives)."""
     constants = dict(MR=tile["MR"], NR=tile["NR"])
     names = [f.__name__ for f in _IMPLICIT_BODIES]
     return (specialize(list(_IMPLICIT_BODIES), suffix, constants),
             specialize(list(_IMPLICIT_BODIES), suffix + "_parallel", constants, parallel=names))
 
 
-_IMPLICIT = {np.dtype(np.float32): (TILE, _build_implicit(TILE, "_f32")),
-             np.dtype(np.float64): (TILE_F64, _build_implicit(TILE_F64, "_f64"))}
+_IMPLICIT = {np.dtype(dt): (table_tile(t), _build_implicit(table_tile(t), suffix))
+             for dt, t, suffix in ((np.float32, TILE, "_f32"), (np.float64, TILE_F64, "_f64"))}
 
 
 def _implicit(dtype, parallel):
-    """(tile, kernels, the matmul's packing routines of that tile) for a dtype,
-    and the number of tasks for the threads."""
+    """(tile, kernels, the matmul's packing routines) for a dtype, and the
+    number of tasks for the threads."""
     tile, (serial, par) = _IMPLICIT[np.dtype(dtype)]
     return (tile, (par if parallel else serial), PACKING[np.dtype(dtype)],
             numba.get_num_threads() if parallel else 1)
@@ -376,13 +390,13 @@ def _pack_weights(w2, nr, pack):
     return wp
 
 
-def _pack_weights_t(w2, kpad, pack):
-    """Wᵀ (K, F) as the A panels of Wᵀ·dy: F groups of MR taps a panel, zero taps
-    to ``kpad`` (the matmul's packing of Aᵀ)."""
+def _pack_weights_t(w2, kpad, mr):
+    """Wᵀ (K, F) as the A panels of Wᵀ·dy: F groups of mr taps a panel, zero taps
+    to ``kpad`` (the layout of the matmul's packed A, at the implicit tile's MR)."""
     f, k = w2.shape
-    wa = np.empty(kpad * f, w2.dtype)
-    pack["_pack_a"](w2, True, 0, k, 0, f, wa)
-    return wa
+    padded = np.zeros((f, kpad), w2.dtype)
+    padded[:, :k] = w2
+    return np.ascontiguousarray(padded.reshape(f, kpad // mr, mr).transpose(1, 0, 2)).reshape(kpad * f)
 
 
 def conv2d_implicit(x, w, b, parallel=False):
@@ -413,7 +427,7 @@ def conv2d_implicit_backward(x, w, dy, dw_out, db_out, need_dx=True, parallel=Fa
     if not need_dx:
         return None
     dx = np.empty(x.shape, dy.dtype)
-    k["_implicit_input_grad"](_pack_weights_t(w.reshape(f, kdepth), taps.size, pack), dy, kh, kw, dx,
+    k["_implicit_input_grad"](_pack_weights_t(w.reshape(f, kdepth), taps.size, tile["MR"]), dy, kh, kw, dx,
                               min(tasks, n))
     return dx
 

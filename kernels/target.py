@@ -40,6 +40,8 @@ AVX2_CPUS = ("haswell", "broadwell", "skylake", "alderlake", "raptorlake", "mete
 ISA = {  # vector bits, vector registers
     "avx512": (512, 32), "avx2": (256, 16), "neon": (128, 32), "sse": (128, 16),
 }
+# general-purpose registers by ISA: x86-64 has 16 (the stack pointer among them), AArch64 31
+GENERAL_REGISTERS = {"avx512": 16, "avx2": 16, "sse": 16, "neon": 31}
 TILE_KEYS = ("MR", "NR", "KC", "MC", "NC")
 
 
@@ -164,7 +166,7 @@ def choose():
         if record:
             tile, source = record["tile"], f"tuned {record.get('measured', '')}".strip()
     return {"cpu_name": name, "isa": isa, "vector_bits": ISA[isa][0],
-            "vector_registers": ISA[isa][1], "caches": sizes,
+            "vector_registers": ISA[isa][1], "general_registers": GENERAL_REGISTERS[isa], "caches": sizes,
             "features_sha": hashlib.sha256(features.encode()).hexdigest()[:12],
             "derived": derived, "tile_source": source}, tile
 

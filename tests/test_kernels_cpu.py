@@ -228,6 +228,7 @@ def test_conv_weight_gradient_stays_accurate_over_a_full_batch(parallel):
 def test_implicit_conv_matches_reference_for_every_tile_the_tuner_may_pick(tile):
     # the implicit GEMM pads rows to MR and filters to NR: each geometry pads
     # differently (F = 33 and 70 straddle tiles; 3·9·9 pixels are not whole tiles)
+    tile = conv.table_tile(tile)  # (the height the backends' kernels take for it)
     suffix = f"_test_{tile['MR']}x{tile['NR']}"
     kernels, _ = conv._build_implicit(tile, suffix)
     pack = matmul.build(dict(matmul.TILE, **tile), suffix)["pieces"]  # its packing only reads MR, NR
@@ -250,7 +251,7 @@ def test_implicit_conv_matches_reference_for_every_tile_the_tuner_may_pick(tile)
         part_db = np.empty((2, f))
         kernels["_implicit_weight_grad"](x, dy, taps, conv._pixel_offsets(x.shape, oh, oh, 0), part, part_db)
         dx = np.empty_like(x)
-        kernels["_implicit_input_grad"](conv._pack_weights_t(w.reshape(f, -1), taps.size, pack), dy, k, k, dx, 1)
+        kernels["_implicit_input_grad"](conv._pack_weights_t(w.reshape(f, -1), taps.size, tile["MR"]), dy, k, k, dx, 1)
         want_dx = np.zeros_like(x)
         for i in range(k):
             for j in range(k):
@@ -264,20 +265,25 @@ def test_implicit_conv_matches_reference_for_every_tile_the_tuner_may_pick(tile)
 MICRO_KERNEL_ASM = os.path.join(os.path.dirname(__file__), "helpers", "micro_kernel_asm.py")
 
 
-@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 assembly")
-@pytest.mark.parametrize("cpu_name", [None, "haswell"], ids=["host", "avx2-haswell"])
-def test_micro_kernel_depth_loop_is_full_width_fmas_without_spills(cpu_name, tmp_path):
-    # a fresh process with an empty cache: Numba shows no assembly of cached code
+def _asm_report(script, cpu_name, tmp_path):
+    """The JSON a helper script prints about the assembly it compiles, run in a
+    fresh process with an empty cache (Numba shows no assembly of cached code),
+    for the host or for the LLVM CPU ``cpu_name``."""
     env = dict(os.environ, MNIST_BENCH_CACHE=str(tmp_path))
     env.pop("NUMBA_CPU_FEATURES", None)
     if cpu_name:
         env["NUMBA_CPU_NAME"] = cpu_name
     else:
         env.pop("NUMBA_CPU_NAME", None)
-    run = subprocess.run([sys.executable, MICRO_KERNEL_ASM], env=env, capture_output=True,
-                         text=True, timeout=600)
+    run = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
-    got = json.loads(run.stdout.strip().splitlines()[-1])
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 assembly")
+@pytest.mark.parametrize("cpu_name", [None, "haswell"], ids=["host", "avx2-haswell"])
+def test_micro_kernel_depth_loop_is_full_width_fmas_without_spills(cpu_name, tmp_path):
+    got = _asm_report(MICRO_KERNEL_ASM, cpu_name, tmp_path)
     if cpu_name:
         assert got["cpu_name"] == cpu_name and got["isa"] == "avx2"
     register = {512: "zmm", 256: "ymm", 128: "xmm"}[got["vector_bits"]]
@@ -288,6 +294,24 @@ def test_micro_kernel_depth_loop_is_full_width_fmas_without_spills(cpu_name, tmp
         assert loop["fmas"] % accumulators == 0, loop
         assert loop["registers"] == [register], loop
         assert loop["stack_moves"] == [], f"accumulators spilled: {loop['stack_moves'][:4]}"
+
+
+TABLE_KERNEL_ASM = os.path.join(os.path.dirname(__file__), "helpers", "table_kernel_asm.py")
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 assembly")
+@pytest.mark.parametrize("cpu_name", [None, "haswell"], ids=["host", "avx2-haswell"])
+def test_implicit_conv_depth_loop_keeps_its_registers_for_every_tile_the_tuner_may_pick(cpu_name, tmp_path):
+    # the table kernel holds a pointer per row: a tall matmul tile (13 x 32,
+    # derived for AVX-512) spilled its accumulators until table_tile cut it
+    got = _asm_report(TABLE_KERNEL_ASM, cpu_name, tmp_path)
+    assert got["tiles"]
+    for tile in got["tiles"]:
+        assert tile["MR"] <= got["table_max_rows"], tile
+        loop = tile["depth_loop"]
+        assert loop, f"no depth loop with FMAs found for {tile}"
+        assert loop["fmas"] % (tile["MR"] * tile["NR"] * 32 // got["vector_bits"]) == 0, tile
+        assert loop["stack_moves"] == [], f"{tile['given']} -> {tile['MR']} x {tile['NR']}: {loop['stack_moves'][:4]}"
 
 
 # (m, k, n, a stored transposed, b stored transposed, the route): each of the shape
