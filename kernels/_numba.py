@@ -184,9 +184,9 @@ def rows_contiguous(typingctx, arr):
     return _types.boolean(arr), codegen
 
 
-def _prefetch_codegen(locality, ranged):
-    """Code for prefetch_row (every line of a row) and prefetch_lines (``ranged``:
-    the lines first .. first + count - 1 of it, clipped to the row)."""
+def _prefetch_codegen(locality):
+    """Code for prefetch_lines and prefetch_lines_outer: the lines first ..
+    first + count - 1 of a row, clipped to the row."""
     def codegen(context, builder, signature, args):
         import llvmlite.ir as ir
         a = context.make_array(signature.args[0])(context, builder, args[0])
@@ -197,11 +197,9 @@ def _prefetch_codegen(locality, ranged):
             builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), name="llvm.prefetch.p0")
         stride = builder.extract_value(a.strides, 0)
         base = builder.add(builder.ptrtoint(a.data, intp), builder.mul(args[1], stride))
-        first, end = intp(0), builder.udiv(builder.add(stride, intp(63)), intp(64))
-        if ranged:
-            first = args[2]
-            last = builder.add(first, args[3])
-            end = builder.select(builder.icmp_signed("<", last, end), last, end)
+        first, end = args[2], builder.udiv(builder.add(stride, intp(63)), intp(64))
+        last = builder.add(first, args[3])
+        end = builder.select(builder.icmp_signed("<", last, end), last, end)
         n = builder.sub(end, first)
         with cgutils.for_range(builder, builder.select(builder.icmp_signed(">", n, intp(0)), n, intp(0))) as loop:
             ptr = builder.inttoptr(builder.add(base, builder.mul(builder.add(first, loop.index), intp(64))), i8p)
@@ -211,27 +209,26 @@ def _prefetch_codegen(locality, ranged):
 
 
 @intrinsic
-def prefetch_row(typingctx, arr, row):
-    """Ask the caches for row ``row`` of the 2-D C-contiguous ``arr`` (one
-    prefetch per 64-byte line; the data is not waited for): a gather's next rows
-    then arrive from memory while the current ones are worked on. Locality 1:
-    into the outer caches only."""
-    if not (isinstance(arr, _types.Array) and arr.ndim == 2 and arr.layout == "C"):
-        return None
-    return _types.none(arr, _types.intp), _prefetch_codegen(1, False)
-
-
-@intrinsic
 def prefetch_lines(typingctx, arr, row, first, count):
     """Ask the caches, all levels down to L1 (locality 3), for lines first ..
     first + count - 1 (64 bytes each, clipped to the row) of row ``row`` of the
     2-D C-contiguous ``arr``. A few lines at a time between pieces of work: a
     whole row at once (49 lines of a 784-float row) outran what the core keeps
     in flight, and the gather that read the rows later found most of them still
-    in memory (prefetch_row's burst into the outer caches fared worse there)."""
+    in memory (a burst of whole rows into the outer caches fared worse there)."""
     if not (isinstance(arr, _types.Array) and arr.ndim == 2 and arr.layout == "C"):
         return None
-    return _types.none(arr, _types.intp, _types.intp, _types.intp), _prefetch_codegen(3, True)
+    return _types.none(arr, _types.intp, _types.intp, _types.intp), _prefetch_codegen(3)
+
+
+@intrinsic
+def prefetch_lines_outer(typingctx, arr, row, first, count):
+    """prefetch_lines into the outer caches only (locality 1): for rows wanted a
+    step later, while the current step's own operands hold the L1 (nielsen's
+    next batch, and the linear epoch's next block, during the weight gradient)."""
+    if not (isinstance(arr, _types.Array) and arr.ndim == 2 and arr.layout == "C"):
+        return None
+    return _types.none(arr, _types.intp, _types.intp, _types.intp), _prefetch_codegen(1)
 
 
 @intrinsic

@@ -16,9 +16,9 @@ import numba
 import numpy as np
 from numba import prange
 
-from ._numba import (FASTMATH_IN_ORDER, TARGET, njit, njit_leaf, prefetch_lines, prefetch_row, rows_contiguous,
-                     serial_and_parallel, specialize)
-from .backprop import (bias_act_row, bias_act_serial, bias_grad_serial, check_labels, exp_nonpositive, quadratic,
+from ._numba import (FASTMATH_IN_ORDER, TARGET, njit, njit_leaf, prefetch_lines, prefetch_lines_outer,
+                     rows_contiguous, serial_and_parallel, specialize)
+from .backprop import (bias_act_row, bias_grad_serial, check_labels, exp_nonpositive, quadratic, sigmoid,
                        xent_row)
 from .matmul import MR as MMR
 from .matmul import NR as MNR
@@ -214,7 +214,7 @@ def _linear_rows(X, r0, r1, Wt, b, labels, scale, G, gb):
     for i in range(n):
         for j in range(c):
             gb[j] += dl[i, j]
-    _ten_rows_times_batch(dl.ravel(), 0, xb, G, 0, True, X[r1:r1 + n])
+    _ten_rows_times_batch(dl.ravel(), 0, xb, G, 0, True, X, np.arange(r1, min(r1 + n, X.shape[0])))
     return total
 
 
@@ -391,7 +391,26 @@ def _axpy_rows_t(D, X, rows, GT, WT, lr):
 
 
 @njit_leaf
-def _ten_rows_times_batch(ap, a0, xb, C, row0, accumulate, ahead):
+def _prefetch_rows_lines(X, order, row, row_end, line, lines, count, outer):
+    """Prefetch the next ``count`` lines of rows order[row:row_end] of X, from
+    line ``line`` of order[row], into every cache level (prefetch_lines) or,
+    ``outer``, into the outer ones (prefetch_lines_outer); returns where the
+    next call goes on from."""
+    while count > 0 and row < row_end:
+        take = min(count, lines - line)
+        if outer:
+            prefetch_lines_outer(X, order[row], line, take)
+        else:
+            prefetch_lines(X, order[row], line, take)
+        line += take
+        count -= take
+        if line == lines:
+            row, line = row + 1, 0
+    return row, line
+
+
+@njit_leaf
+def _ten_rows_times_batch(ap, a0, xb, C, row0, accumulate, ahead, ahead_rows):
     """C[row0:row0+10] = (or, with ``accumulate``, +=) the ten-row A panel at ap[a0:]
     (one group of ten values per row of xb: the batch is the depth) times xb's
     rows, through the micro-kernel's depth loop (fma_panel_rows): 10 x 48 tiles of
@@ -399,11 +418,12 @@ def _ten_rows_times_batch(ap, a0, xb, C, row0, accumulate, ahead):
     5 x 16 halves), then 10 x one vector, then the columns left over one at a
     time. The weight gradients of the fused linear and nielsen epochs.
 
-    The rows of ``ahead`` (a C-contiguous 2-D array, may be empty) are asked of
-    memory a few per tile: the linear epoch passes its next block of X, which
-    then arrives while this pass computes from the caches, rather than while
-    the next block's forward pass waits for it. xb's rows must be contiguous
-    (the micro-kernel reads them flat, d apart)."""
+    The rows ahead_rows of ``ahead`` (a C-contiguous 2-D array; the table may be
+    empty) are asked of memory, into the outer caches, a share of their lines
+    after each tile: the linear epoch passes its next block of X, nielsen its
+    next batch's rows, which then arrive while this pass computes from the
+    caches rather than while the next forward pass waits for them. xb's rows
+    must be contiguous (the micro-kernel reads them flat, d apart)."""
     m, d = xb.shape
     if not rows_contiguous(xb) or (m > 1 and xb.strides[0] != d * xb.itemsize):
         raise ValueError("ten-row weight-gradient tile: the batch's rows must be one contiguous block")
@@ -413,10 +433,11 @@ def _ten_rows_times_batch(ap, a0, xb, C, row0, accumulate, ahead):
     # vector took 11 loads for 10
     width = WIDE if WIDE_REGISTERS else PAIR_COLS
     chunks = d // width
-    k = ahead.shape[0]
+    lines = (ahead.shape[1] * ahead.itemsize + 63) // 64
+    per_chunk = (ahead_rows.size * lines + chunks - 1) // max(chunks, 1)
+    row, line = 0, 0
     for q in range(chunks):
-        for r in range(q * k // chunks, (q + 1) * k // chunks):
-            prefetch_row(ahead, r)
+        row, line = _prefetch_rows_lines(ahead, ahead_rows, row, ahead_rows.size, line, lines, per_chunk, True)
         j0 = q * width
         if WIDE_REGISTERS:
             fma_panel_rows(ap, a0, xb, j0, d, m, C, row0, j0, accumulate, 10, WIDE)
@@ -437,20 +458,38 @@ def _ten_rows_times_batch(ap, a0, xb, C, row0, accumulate, ahead):
 
 
 @njit_leaf
-def _weight_grad_panels(D, xb, GT, dp, scale, accumulate):
+def _weight_grad_panels(D, xb, GT, dp, scale, accumulate, ahead, ahead_rows):
     """GT = scale·(xbᵀ·D)ᵀ, or with ``accumulate`` GT += that: D's columns packed in
     panels of ten (``dp``, scaled; the batch is the depth), each panel times the
-    gathered batch xb (_ten_rows_times_batch) into ten rows of GT. GT's rows must
-    be a multiple of ten (nielsen's 30 hidden units). Plain SGD passes W1ᵀ, -lr
-    and accumulate: the step is taken in the gradient's own stores."""
+    gathered batch xb (_ten_rows_times_batch, asking for its share of the rows
+    ahead_rows of ``ahead``) into ten rows of GT. GT's rows must be a multiple of
+    ten (nielsen's 30 hidden units). Plain SGD passes W1ᵀ, -lr and accumulate:
+    the step is taken in the gradient's own stores."""
     m, h = D.shape
     scale = dp.dtype.type(scale)
     for q in range(h // 10):
         for i in range(m):
             for r in range(10):
                 dp[(q * m + i) * 10 + r] = scale * D[i, q * 10 + r]
-    for q in range(h // 10):
-        _ten_rows_times_batch(dp, q * m * 10, xb, GT, q * 10, accumulate, xb[:0])
+    panels, k = h // 10, ahead_rows.size
+    for q in range(panels):
+        _ten_rows_times_batch(dp, q * m * 10, xb, GT, q * 10, accumulate, ahead,
+                              ahead_rows[q * k // panels:(q + 1) * k // panels])
+
+
+@njit
+def _bias_sigmoid(z, b):
+    """z <- sigmoid(z + b) for a C-contiguous z (rows x len(b)): the bias row by
+    row, then the sigmoid over all of z at once. Row by row, a row of nielsen's
+    30 hidden units (or 10 outputs) ran its values past the last whole vector
+    as scalar code, its exponentials included, once per row."""
+    n, h = z.shape
+    for i in range(n):
+        for j in range(h):
+            z[i, j] += b[j]
+    zf = z.ravel()
+    for k in range(zf.size):
+        zf[k] = sigmoid(zf[k])
 
 
 @njit
@@ -498,13 +537,13 @@ def nielsen_epoch(X, onehot, order, starts, contiguous, flat, gflat, s1, s2, hid
         yb = _batch_rows(onehot, order, lo, hi, contiguous, y_buf)
         a1, a2, dz2, dz1 = a1_buf[:n], a2_buf[:n], d2_buf[:n], d1_buf[:n]
         _dot_rows_t(X, rows, w1t, a1)
-        bias_act_serial(a1, b1, SIGMOID)
+        _bias_sigmoid(a1, b1)
         _dot_rows_nt(a1, w2t, a2)
-        bias_act_serial(a2, b2, SIGMOID)
+        _bias_sigmoid(a2, b2)
         total += quadratic(a2, yb, dz2)
-        for i in range(n):
-            for j in range(c):
-                dz2[i, j] *= a2[i, j] * (1 - a2[i, j])
+        a2f, dz2f = a2.ravel(), dz2.ravel()
+        for k in range(a2f.size):
+            dz2f[k] *= a2f[k] * (1 - a2f[k])
         for j in range(c):
             axpy_columns(a1, dz2, gw2t, j)
         bias_grad_serial(dz2, gb2)
@@ -514,10 +553,13 @@ def nielsen_epoch(X, onehot, order, starts, contiguous, flat, gflat, s1, s2, hid
         sgd = opt == 0
         if panels:  # the batch gathered once, the gradient through the micro-kernel
             xb = _batch_rows(X, order, lo, hi, contiguous, x_buf)
+            # the next batch's rows, read in place by the next forward pass, asked
+            # of memory during this gradient
+            ahead = order[hi:starts[bi + 2]] if bi + 1 < nb else order[:0]
             if sgd:
-                _weight_grad_panels(dz1, xb, w1t, dp, -lr, True)
+                _weight_grad_panels(dz1, xb, w1t, dp, -lr, True, X, ahead)
             else:
-                _weight_grad_panels(dz1, xb, gw1t, dp, 1.0, False)
+                _weight_grad_panels(dz1, xb, gw1t, dp, 1.0, False, X, ahead)
         else:
             _axpy_rows_t(dz1, X, rows, gw1t, w1t, lr if sgd else 0.0)
         bias_grad_serial(dz1, gb1)
@@ -688,20 +730,6 @@ def _task_share(task, groups, splits, panels, count):
     return t0, t1, i0, i1
 
 
-@njit_leaf
-def _prefetch_rows_lines(X, order, row, row_end, line, lines, count):
-    """Prefetch the next ``count`` lines of rows order[row:row_end] of X, from
-    line ``line`` of order[row]; returns where the next call goes on from."""
-    while count > 0 and row < row_end:
-        take = min(count, lines - line)
-        prefetch_lines(X, order[row], line, take)
-        line += take
-        count -= take
-        if line == lines:
-            row, line = row + 1, 0
-    return row, line
-
-
 def _hidden_panels(xb, n, d, Wp, H, panels, groups, splits, edges, b1, act, w2p, parts, X, order, lo, hi):
     """H (n x panels·NR) = act(xb · W1 + b1), the gathered batch read in place (at
     least MR - 1 rows of slack after it) times W1's panels Wp (panels of d x NR),
@@ -733,7 +761,7 @@ def _hidden_panels(xb, n, d, Wp, H, panels, groups, splits, edges, b1, act, w2p,
                 rows = _tile_height(r1 - i0)
                 _strided_tile(xb, i0 * d, 1, d, Wp, t * d * MNR, MNR, d, H, i0, t * MNR, rows, edges[task])
                 i0 += rows
-                ahead, line = _prefetch_rows_lines(X, order, ahead, ahead_end, line, lines, per_tile)
+                ahead, line = _prefetch_rows_lines(X, order, ahead, ahead_end, line, lines, per_tile, False)
         hv, bv = H[r0:r1, t0 * MNR:t1 * MNR], b1[t0 * MNR:t1 * MNR]
         for i in range(r1 - r0):
             bias_act_row(hv, bv, act, i)
@@ -747,7 +775,7 @@ def _hidden_panels(xb, n, d, Wp, H, panels, groups, splits, edges, b1, act, w2p,
             for i in range(i0, r1):
                 fma_strided_rows(hf, i * hp + t * MNR, 1, hp, wf, t * MNR * LOGIT_COLS, LOGIT_COLS, MNR, part, i,
                                  0, False, 1, LOGIT_COLS)
-        _prefetch_rows_lines(X, order, ahead, ahead_end, line, lines, (ahead_end - ahead) * lines)
+        _prefetch_rows_lines(X, order, ahead, ahead_end, line, lines, (ahead_end - ahead) * lines, False)
 
 
 _hidden_panels_serial, _hidden_panels_parallel = serial_and_parallel(_hidden_panels)

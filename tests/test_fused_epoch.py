@@ -360,8 +360,8 @@ def test_ten_row_tile_refuses_rows_that_are_not_one_block():
     dl = rng.standard_normal((7, 10)).astype(np.float32)
     c = np.zeros((10, 33), np.float32)
     with pytest.raises(ValueError, match="contiguous block"):
-        fe._ten_rows_times_batch(dl.ravel(), 0, x[:, ::2], c, 0, False, x[:0])
-    fe._ten_rows_times_batch(dl.ravel(), 0, np.ascontiguousarray(x[:, ::2]), c, 0, False, x[:0])
+        fe._ten_rows_times_batch(dl.ravel(), 0, x[:, ::2], c, 0, False, x, np.zeros(0, np.int64))
+    fe._ten_rows_times_batch(dl.ravel(), 0, np.ascontiguousarray(x[:, ::2]), c, 0, False, x, np.array([6, 0]))
     np.testing.assert_allclose(c, dl.T @ x[:, ::2], rtol=1e-4, atol=1e-4)
 
 
@@ -377,7 +377,9 @@ def test_weight_grad_panels_match_numpy(m, d, h, accumulate):
     gt = rng.standard_normal((h, d)).astype(np.float32)
     before = gt.copy()
     scale = -0.3 if accumulate else 1.0
-    fe._weight_grad_panels(dz, xb, gt, np.empty(m * h, np.float32), scale, accumulate)
+    ahead = rng.standard_normal((m + 3, d)).astype(np.float32)  # rows the next step wants, asked for
+    fe._weight_grad_panels(dz, xb, gt, np.empty(m * h, np.float32), scale, accumulate, ahead,
+                           rng.permutation(m + 3)[:m])
     want = scale * (xb.T.astype(np.float64) @ dz).T + (before if accumulate else 0)
     np.testing.assert_allclose(gt, want, rtol=1e-4, atol=1e-4 * np.sqrt(m))
 
@@ -394,7 +396,7 @@ for m, d in [(1, 1), (7, 33), (10, 784), (64, 784), (13, 100)]:
     dl = rng.standard_normal((m, 10)).astype(np.float32)
     c = rng.standard_normal((10, d)).astype(np.float32)
     want = c + dl.T.astype(np.float64) @ xb
-    fe._ten_rows_times_batch(dl.ravel(), 0, xb, c, 0, True, xb[m // 2:])  # some rows ahead
+    fe._ten_rows_times_batch(dl.ravel(), 0, xb, c, 0, True, xb, np.arange(m // 2, m))  # some rows ahead
     worst = max(worst, float(np.abs(c - want).max() / (1 + np.abs(want).max())))
 for rows in (1, 4, 5, 7, 64, 65):  # the logits' five-row tiles and rows left over
     rng = np.random.default_rng(rows)
