@@ -52,11 +52,22 @@ def gpu_info():
     return {"name": name, "driver": driver, "memory_gb": round(float(mem) / 1024, 1)}
 
 
+def _llvm_host_cpu():
+    """LLVM's name for the host CPU (znver4, sapphirerapids, apple-m1): what tells
+    two VMs apart whose CPU model reads only "AMD EPYC"."""
+    try:
+        import llvmlite.binding as llvm
+        return llvm.get_host_cpu_name()
+    except (ImportError, OSError, RuntimeError):
+        return None
+
+
 def machine_info() -> dict:
     cpu = _cpuinfo()
     flags = set((cpu.get("flags") or cpu.get("Features") or "").split())
     return {"hostname": socket.gethostname(),
             "cpu_model": cpu.get("model name") or platform.processor() or platform.machine(),
+            "llvm_cpu": _llvm_host_cpu(),
             "cores": os.cpu_count(),
             "isa_flags": [f for f in ISA_FLAGS if f in flags],
             "memory_gb": _memory_gb(),

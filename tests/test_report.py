@@ -548,3 +548,42 @@ def test_no_percent_of_a_theoretical_peak_that_a_kernel_beats(fixture_runs):
     assert "below this measured rate" in mine["peak_source"]
     assert (again["pct_of_roof"].dropna() <= 100).all() or \
         not again.loc[again["pct_of_roof"] > 100, "peak_source"].astype(str).str.startswith("theoretical").any()
+
+
+def test_two_vms_with_the_same_bare_cpu_model_keep_their_own_peaks(tmp_path):
+    """Two VMs whose CPU model reads only "AMD EPYC" (a Zen 4 and a Zen 5): each
+    is named by its host's LLVM CPU -- recorded, or, in runs stored before it was,
+    taken from a Numba cell built for the host's own ISA (not an AVX2 build's
+    haswell) -- so a product on one is not put against the other's FMA peak."""
+    import numpy as np
+    from fixtures.make_results import kernel_cell
+    vm = {"hostname": "vm", "cpu_model": "AMD EPYC", "cores": 2, "isa_flags": ["avx2", "fma", "avx512f"],
+          "memory_gb": 23.5, "cpu_mhz": 2596.1, "gpu": None}
+    rng = np.random.default_rng(0)
+
+    def cells(peak, cpu_name, isa):
+        fma = kernel_cell(rng, "fma_peak", "numba_parallel", (100000, 16), 2.56e9 / (peak * 1e9), flops=2.56e9,
+                          threads=2)
+        mm = kernel_cell(rng, "matmul_nn", "v3_packed_parallel", (1024, 1024, 1024), 2 * 1024 ** 3 / 200e9,
+                         flops=2.0 * 1024 ** 3, threads=2)
+        for c in (fma, mm):
+            c["env"] = {"kernels": {"cpu_name": cpu_name, "isa": isa}}
+        return [fma, mm]
+
+    zen5 = _run(tmp_path, "20261205-000000-vm-aaaaaa", vm, cells(500, "znver5", "avx512"))
+    zen4 = _run(tmp_path, "20261206-000000-vm-bbbbbb", vm, cells(230, "znver4", "avx512"))
+    zen4_avx2 = _run(tmp_path, "20261206-010000-vm-cccccc", vm, cells(230, "haswell", "avx2"))
+    recorded = _run(tmp_path, "20261206-020000-vm-dddddd", dict(vm, llvm_cpu="znver4"), [])
+    runs, cells_, machines = report.load([zen5, zen4, zen4_avx2])
+    labels = {r: report.machine_label(m) for r, m in machines.items()}
+    assert labels["20261205-000000-vm-aaaaaa"] == "AMD EPYC (znver5), AVX-512, 2 cores"
+    assert labels["20261206-000000-vm-bbbbbb"] == "AMD EPYC (znver4), AVX-512, 2 cores"
+    assert labels["20261206-010000-vm-cccccc"] == "AMD EPYC, AVX-512, 2 cores"  # haswell names no host
+    table = report.roofline_table(cells_, machines)
+    mm = table[table["kernel"] == "matmul_nn"].set_index("machine")
+    # 200 GFLOP/s: 87 % of the Zen 4's 230, not 40 % of the Zen 5's 500
+    assert mm.loc["AMD EPYC (znver4), AVX-512, 2 cores", "pct_of_roof"] == pytest.approx(87, abs=3)
+    assert mm.loc["AMD EPYC (znver5), AVX-512, 2 cores", "pct_of_roof"] == pytest.approx(40, abs=2)
+    from mnist_numba_bench.bench.store import read_results
+    header = read_results([recorded])[0]["header"][0]
+    assert report.machine_label(header["machine"]) == "AMD EPYC (znver4), AVX-512, 2 cores"

@@ -24,20 +24,55 @@ def shape_label(shape):
     return "x".join(str(int(d)) for d in shape) if isinstance(shape, (list, tuple, np.ndarray)) else ""
 
 
+_ISA_FLAGS = (("avx512f", "AVX-512", "avx512"), ("avx2", "AVX2", "avx2"), ("asimd", "NEON", "neon"),
+              ("neon", "NEON", "neon"))
+
+
+def _widest_isa(machine: dict):
+    """(the report's name, the kernels' name) of the machine's widest vector ISA, or None."""
+    isa_flags = set(machine.get("isa_flags") or [])
+    return next(((name, kernels) for flag, name, kernels in _ISA_FLAGS if flag in isa_flags), None)
+
+
 def machine_label(machine: dict) -> str:
     """The name the user gave (``--machine``, as asv's machine.json), else the CPU
-    model, its widest vector ISA and its cores (and the GPU): never the hostname
-    alone, which VMs share ("vm")."""
+    model with the host's LLVM CPU name, its widest vector ISA and its cores (and
+    the GPU): never the hostname alone, which VMs share ("vm"). A VM's CPU model
+    can be as bare as "AMD EPYC" on a Zen 4 and a Zen 5 alike: the LLVM CPU name
+    keeps them apart, and with them each one's measured peak."""
     gpu = machine.get("gpu") or {}
     gpu_text = f", {gpu['name']}" if gpu.get("name") else ""
     if machine.get("name"):
         return f"{machine['name']}{gpu_text}"
     cpu = machine.get("cpu_model") or "CPU not recorded"
-    isa_flags = set(machine.get("isa_flags") or [])
-    isa = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("asimd", "NEON"),
-                                        ("neon", "NEON")) if flag in isa_flags), None)
+    if machine.get("llvm_cpu") and machine["llvm_cpu"] not in ("generic", "host"):
+        cpu += f" ({machine['llvm_cpu']})"
+    isa = _widest_isa(machine)
     cores = f", {machine['cores']} cores" if machine.get("cores") else ""
-    return f"{cpu}{', ' + isa if isa else ''}{cores}{gpu_text}"
+    return f"{cpu}{', ' + isa[0] if isa else ''}{cores}{gpu_text}"
+
+
+def name_host_cpus(runs, cells):
+    """Give the machine of each run stored before machine_info recorded the
+    host's LLVM CPU (``llvm_cpu``) the name a Numba cell of that run compiled for,
+    where that cell's build was the host's own widest ISA (an AVX2 build on an
+    AVX-512 host names haswell, not the host). In the loaded headers only; the
+    store is not touched."""
+    if "env.kernels" not in cells:
+        return
+    kernels_by_run = {}
+    for run_id, kernels in zip(cells["run_id"], cells["env.kernels"]):
+        if isinstance(kernels, dict) and kernels.get("cpu_name"):
+            kernels_by_run.setdefault(run_id, []).append(kernels)
+    for header in runs["header"] if "header" in runs else []:
+        machine = header.get("machine")
+        if not machine or machine.get("llvm_cpu"):
+            continue
+        isa = _widest_isa(machine)
+        name = next((k["cpu_name"] for k in kernels_by_run.get(header["run_id"], [])
+                     if isa and k.get("isa") == isa[1]), None)
+        if name:
+            machine["llvm_cpu"] = name
 
 
 def flags(cells):
@@ -65,6 +100,7 @@ def load(result_paths, skip_bad=False):
     runs, cells = read_results(list(result_paths), skip_bad)
     if cells.empty:
         raise ValueError(f"no cells in {', '.join(map(str, result_paths))}: nothing to report")
+    name_host_cpus(runs, cells)
     runs = runs.sort_values("started").reset_index(drop=True)
     machines = {h["run_id"]: h.get("machine") or {} for h in runs["header"]}
     order = {run_id: i for i, run_id in enumerate(runs["run_id"])}
@@ -112,6 +148,7 @@ def default_results(results_dir="results") -> list:
     runs, cells = read_results([runs_dir])
     if cells.empty:
         return list(runs["path"])
+    name_host_cpus(runs, cells)
     # sort key: finished runs after running ones, then by start time; the last wins
     order = {r: (status != "running", started)
              for r, status, started in zip(runs["run_id"], runs["status"], runs["started"])}
