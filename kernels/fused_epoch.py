@@ -183,14 +183,15 @@ def _store5(out, i, j, sums):
 
 
 @njit
-def _linear_rows(X, r0, r1, Wt, b, labels, scale, G, gb):
+def _linear_rows(X, r0, r1, Wt, b, labels, scale, G, gb, iota):
     """For rows r0:r1 of X: logits,
     softmax cross-entropy gradient, and G (classes x d) += dLᵀ·X[rows], gb += sum dL;
     ten classes (linear_epoch's 784 -> 10: the gradient's micro-kernel is ten rows).
     Returns the rows' summed loss. The gradient is the micro-kernel's product with
     dL as its A panel (rows x classes, exactly the packed layout) and X's rows as
     its B rows (ldb = d, _ten_rows_times_batch), so the block is read from memory
-    once; the next block's rows are prefetched during it."""
+    once; the next block's rows are prefetched during it (``iota``: 0, 1, ...,
+    at least X's rows, the table of them, sliced rather than made per block)."""
     c, d = Wt.shape
     n = r1 - r0
     xb = X[r0:r1]
@@ -214,11 +215,11 @@ def _linear_rows(X, r0, r1, Wt, b, labels, scale, G, gb):
     for i in range(n):
         for j in range(c):
             gb[j] += dl[i, j]
-    _ten_rows_times_batch(dl.ravel(), 0, xb, G, 0, True, X, np.arange(r1, min(r1 + n, X.shape[0])))
+    _ten_rows_times_batch(dl.ravel(), 0, xb, G, 0, True, X, iota[r1:min(r1 + n, X.shape[0])])
     return total
 
 
-def _linear_pass(X, labels, Wt, b, scale, G, gb, losses):
+def _linear_pass(X, labels, Wt, b, scale, G, gb, losses, iota):
     """Every block of rows, the blocks split into LIN_TASKS tasks with their own
     partial gradients (G[t], gb[t], losses[t]) and summed in task order."""
     n = X.shape[0]
@@ -230,7 +231,7 @@ def _linear_pass(X, labels, Wt, b, scale, G, gb, losses):
         total = 0.0
         for blk in range(t * per, min(blocks, (t + 1) * per)):
             r0 = blk * LIN_ROWS
-            total += _linear_rows(X, r0, min(n, r0 + LIN_ROWS), Wt, b, labels, scale, G[t], gb[t])
+            total += _linear_rows(X, r0, min(n, r0 + LIN_ROWS), Wt, b, labels, scale, G[t], gb[t], iota)
         losses[t] = total
 
 
@@ -248,6 +249,7 @@ def linear_epoch(X, labels, order, starts, contiguous, flat, gflat, s1, s2, opt,
     biggest = _largest_batch(starts)
     buf = np.empty((0 if contiguous else biggest, d), X.dtype)
     yb_buf = np.empty(biggest, labels.dtype)
+    iota = np.arange(biggest)  # the rows of a batch, as _linear_rows' prefetch table
     Wt = np.empty((c, d), X.dtype)
     G = np.empty((LIN_TASKS, c, d), X.dtype)
     gbs = np.empty((LIN_TASKS, c), X.dtype)
@@ -264,9 +266,9 @@ def linear_epoch(X, labels, order, starts, contiguous, flat, gflat, s1, s2, opt,
                 Wt[j, p] = w[p, j]
         scale = X.dtype.type(1.0 / (hi - lo))
         if parallel and (hi - lo) * d * c >= PARALLEL_MIN_WORK:
-            _linear_pass_parallel(xb, yb, Wt, b, scale, G, gbs, losses)
+            _linear_pass_parallel(xb, yb, Wt, b, scale, G, gbs, losses, iota)
         else:
-            _linear_pass_serial(xb, yb, Wt, b, scale, G, gbs, losses)
+            _linear_pass_serial(xb, yb, Wt, b, scale, G, gbs, losses, iota)
         for j in range(c):
             gb[j] = 0
             for p in range(d):

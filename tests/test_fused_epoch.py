@@ -338,7 +338,7 @@ def test_linear_rows_match_numpy(rows):
     scale = np.float32(1.0 / rows)
     g = np.zeros((classes, d), np.float32)
     gb = np.zeros(classes, np.float32)
-    loss = fe._linear_rows(x, 2, 2 + rows, wt, b, labels, scale, g, gb)
+    loss = fe._linear_rows(x, 2, 2 + rows, wt, b, labels, scale, g, gb, np.arange(len(x)))
     xb, yb = x[2:2 + rows].astype(np.float64), labels[2:2 + rows]
     z = xb @ wt.T.astype(np.float64) + b
     p = np.exp(z - z.max(1, keepdims=True))
@@ -405,7 +405,7 @@ for rows in (1, 4, 5, 7, 64, 65):  # the logits' five-row tiles and rows left ov
     b = rng.standard_normal(10).astype(np.float32)
     labels = rng.integers(0, 10, rows + 3)
     g, gb = np.zeros((10, 37), np.float32), np.zeros(10, np.float32)
-    loss = fe._linear_rows(x, 2, 2 + rows, wt, b, labels, np.float32(1.0 / rows), g, gb)
+    loss = fe._linear_rows(x, 2, 2 + rows, wt, b, labels, np.float32(1.0 / rows), g, gb, np.arange(len(x)))
     xb, yb = x[2:2 + rows].astype(np.float64), labels[2:2 + rows]
     z = xb @ wt.T.astype(np.float64) + b
     p = np.exp(z - z.max(1, keepdims=True))
