@@ -22,7 +22,7 @@ from numba.extending import overload
 
 from ..models.ops import dropout_keep_mask
 from ..models.reference import NumpyOps
-from ._numba import JIT, njit, pow2_float32, serial_and_parallel, stack_array
+from ._numba import JIT, njit, njit_leaf, pow2_float32, serial_and_parallel, stack_array
 from .family import KernelFamily
 
 ACT = {"none": 0, "sigmoid": 1, "relu": 2}
@@ -87,6 +87,25 @@ def bias_act_row(z, b, act, i):
     else:
         for j in range(n):
             z[i, j] += b[j]
+
+
+@njit_leaf
+def bias_act_span(z, z0, b, b0, n, act):
+    """z[z0:z0 + n] <- act(z[z0:z0 + n] + b[b0:b0 + n]) in a flat array: a row of
+    a block of columns. Through slices, so the loops index from zero: an index
+    LLVM cannot prove non-negative (an offset argument plus j) keeps Numba's
+    wraparound in the loop, which then stays scalar, as did a loop over a row
+    of a block's view (its stride known only at run time)."""
+    zr, br = z[z0:z0 + n], b[b0:b0 + n]
+    if act == 1:
+        for j in range(n):
+            zr[j] = sigmoid(zr[j] + br[j])
+    elif act == 2:
+        for j in range(n):
+            zr[j] = max(zr[j] + br[j], 0)
+    else:
+        for j in range(n):
+            zr[j] += br[j]
 
 
 def _bias_act(z, b, act):

@@ -18,7 +18,7 @@ from numba import prange
 
 from ._numba import (FASTMATH_IN_ORDER, TARGET, njit, njit_leaf, prefetch_lines, prefetch_lines_outer,
                      rows_contiguous, serial_and_parallel, specialize)
-from .backprop import (bias_act_row, bias_grad_serial, check_labels, exp_nonpositive, quadratic, sigmoid,
+from .backprop import (bias_act_span, bias_grad_serial, check_labels, exp_nonpositive, quadratic, sigmoid,
                        xent_row)
 from .matmul import MR as MMR
 from .matmul import NR as MNR
@@ -590,7 +590,7 @@ def nielsen_epoch(X, onehot, order, starts, contiguous, flat, gflat, s1, s2, hid
 # (the logits in parts, one per panel), and each gradient task takes dL/dz1, b1's
 # and W2's gradients for its own hidden units; between the loops one serial pass
 # adds the parts and takes the softmax.
-@njit
+@njit_leaf
 def _hidden_backward_panels(dz2f, n, w2t, c0, c1, a, act, C, edge, gb, with_gb):
     """C[:n, :c1 - c0] = dL/dz1's columns c0:c1 = (dL/dz2 · W2ᵀ) · act'(a), mlp's
     hidden layer: the product through the micro-kernel (dL/dz2's rows read in
@@ -600,7 +600,7 @@ def _hidden_backward_panels(dz2f, n, w2t, c0, c1, a, act, C, edge, gb, with_gb):
     each) with MR - 1 rows of slack after the n, which the edge tile reads and
     drops; c0 and c1 on panel boundaries."""
     c, hp = w2t.shape
-    wf = w2t.ravel()
+    wf = w2t.reshape(w2t.size)
     c0, width = max(c0, 0), max(c1 - c0, 0)  # (provably non-negative: the loops below vectorise)
     for j0 in range(0, width, MNR):
         i0 = 0
@@ -611,18 +611,19 @@ def _hidden_backward_panels(dz2f, n, w2t, c0, c1, a, act, C, edge, gb, with_gb):
     if with_gb:
         for p in range(width):
             gb[c0 + p] = 0
+    gbs = gb[c0:c0 + width]
     for i in range(n):
         ci, ai = C[i], a[i, c0:c0 + width]
         if act == SIGMOID:
             for p in range(width):
                 ci[p] *= ai[p] * (1 - ai[p])
         else:
+            # a select, not a store under a branch: that loop stayed scalar
             for p in range(width):
-                if ai[p] <= 0:
-                    ci[p] = 0
+                ci[p] = 0 if ai[p] <= 0 else ci[p]
         if with_gb:
             for p in range(width):
-                gb[c0 + p] += ci[p]
+                gbs[p] += ci[p]
 
 
 @njit
@@ -764,9 +765,8 @@ def _hidden_panels(xb, n, d, Wp, H, panels, groups, splits, edges, b1, act, w2p,
                 _strided_tile(xb, i0 * d, 1, d, Wp, t * d * MNR, MNR, d, H, i0, t * MNR, rows, edges[task])
                 i0 += rows
                 ahead, line = _prefetch_rows_lines(X, order, ahead, ahead_end, line, lines, per_tile, False)
-        hv, bv = H[r0:r1, t0 * MNR:t1 * MNR], b1[t0 * MNR:t1 * MNR]
-        for i in range(r1 - r0):
-            bias_act_row(hv, bv, act, i)
+        for i in range(r0, r1):
+            bias_act_span(hf, i * hp + t0 * MNR, b1, t0 * MNR, (t1 - t0) * MNR, act)
         for t in range(t0, t1):
             part = parts[t]
             i0 = r0
