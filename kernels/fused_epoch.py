@@ -317,8 +317,7 @@ def _hidden_backward_rows(D, BT, A, act, C):
                 c[p] *= a[p] * (1 - a[p])
         else:
             for p in range(k):
-                if a[p] <= 0:
-                    c[p] = 0
+                c[p] = 0 if a[p] <= 0 else c[p]  # a select: a store under a branch stays scalar
 
 
 # -- nielsen: the first layer in transposed form ----------------------------------------
