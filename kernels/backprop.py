@@ -74,28 +74,14 @@ def sigmoid(z):
     return s if z >= 0 else e * s
 
 
-@njit
-def bias_act_row(z, b, act, i):
-    """z[i] <- act(z[i] + b), one row."""
-    n = z.shape[1]
-    if act == 1:
-        for j in range(n):
-            z[i, j] = sigmoid(z[i, j] + b[j])
-    elif act == 2:
-        for j in range(n):
-            z[i, j] = max(z[i, j] + b[j], 0)
-    else:
-        for j in range(n):
-            z[i, j] += b[j]
-
-
 @njit_leaf
 def bias_act_span(z, z0, b, b0, n, act):
-    """z[z0:z0 + n] <- act(z[z0:z0 + n] + b[b0:b0 + n]) in a flat array: a row of
-    a block of columns. Through slices, so the loops index from zero: an index
-    LLVM cannot prove non-negative (an offset argument plus j) keeps Numba's
-    wraparound in the loop, which then stays scalar, as did a loop over a row
-    of a block's view (its stride known only at run time)."""
+    """z[z0:z0 + n] <- act(z[z0:z0 + n] + b[b0:b0 + n]) in a 1-D array: a row, or
+    a row of a block of columns of a flat one. Through slices, so the loops
+    index from zero: an index LLVM cannot prove non-negative (an offset
+    argument plus j) keeps Numba's wraparound in the loop, which then stays
+    scalar, as did a loop over a row of a block's view (its stride known only
+    at run time)."""
     zr, br = z[z0:z0 + n], b[b0:b0 + n]
     if act == 1:
         for j in range(n):
@@ -111,7 +97,7 @@ def bias_act_span(z, z0, b, b0, n, act):
 def _bias_act(z, b, act):
     """z <- act(z + b) in place (z: (m, n), b: (n,))."""
     for i in prange(z.shape[0]):
-        bias_act_row(z, b, act, np.intp(i))
+        bias_act_span(z[i], 0, b, 0, z.shape[1], act)
 
 
 @njit

@@ -607,10 +607,10 @@ def _hidden_backward_panels(dz2f, n, w2t, c0, c1, a, act, C, edge, gb, with_gb):
             rows = _tile_height(n - i0)
             _strided_tile(dz2f, i0 * c, 1, c, wf, c0 + j0, hp, c, C, i0, j0, rows, edge)
             i0 += rows
+    gbs = gb[c0:c0 + width]
     if with_gb:
         for p in range(width):
-            gb[c0 + p] = 0
-    gbs = gb[c0:c0 + width]
+            gbs[p] = 0
     for i in range(n):
         ci, ai = C[i], a[i, c0:c0 + width]
         if act == SIGMOID:
