@@ -80,16 +80,16 @@ def _largest_batch(starts):
 # -- linear: one pass over X ---------------------------------------------------------------
 LIN_ROWS = 65    # rows per block: 65 x 784 floats stay in L2 from forward to gradient; five-row tiles
 LIN_TASKS = 8    # fixed work split: serial and parallel runs add the partial sums in one order
-# Column chunks of the ten-row weight-gradient tile (_ten_rows_times_batch), from
-# the ISA: ten rows of WIDE / lanes vector accumulators, plus a B row and a
-# broadcast, fit the vector registers (AVX-512: 10 x 48 floats in 30 zmm; AVX2:
-# 10 x 8 in 10 ymm, where 10 x 48 would spill), then one vector's width.
+# Column chunks of the ten-row weight-gradient tile (_ten_rows_times_batch): with
+# 32 vector registers, ten rows x one vector (NARROW_COLS) of accumulators: ten
+# rows x three vectors need 33 registers with their B row and spilled, ten x two
+# did not spill and still ran slower than ten x one in the nielsen and linear
+# epochs (the depth is a batch of 10 or a 65-row block, and every tile loads and
+# stores its C rows). The dot products run five rows x five classes
+# (_dot5). With 16 registers, two five-row halves against PAIR_COLS columns each,
+# and five rows x two classes.
 _LANES = TARGET["vector_bits"] // 32
 NARROW_COLS = _LANES
-WIDE = _LANES * max(1, (TARGET["vector_registers"] - 2) // 10)
-# With 32 vector registers the ten-row weight-gradient tile runs WIDE columns
-# at once and the dot products five rows x five classes (_dot5); with 16, two
-# five-row halves against PAIR_COLS columns each, and five rows x two classes.
 WIDE_REGISTERS = TARGET["vector_registers"] >= 32
 PAIR_COLS = 2 * NARROW_COLS
 
@@ -325,7 +325,7 @@ def _hidden_backward_rows(D, BT, A, act, C):
 # 784) for the epoch turns the forward pass into dot products along 784
 # contiguous floats (five samples x five hidden units a pass, the batch rows
 # read in place), and makes the weight gradient W1ᵀ's rows = the micro-kernel's
-# depth loop over the batch: ten hidden units x 48 columns a tile, the gathered
+# depth loop over the batch: ten hidden units x one vector a tile, the gathered
 # batch as its B rows (where the hidden units are not a multiple of ten, axpys
 # along the rows instead). The working layout is [W1ᵀ, b1, W2, b2]; every flat buffer (params, grads, optimizer
 # state) is permuted into it at the start of the epoch and back at the end, so
@@ -414,10 +414,10 @@ def _prefetch_rows_lines(X, order, row, row_end, line, lines, count, outer):
 def _ten_rows_times_batch(ap, a0, xb, C, row0, accumulate, ahead, ahead_rows):
     """C[row0:row0+10] = (or, with ``accumulate``, +=) the ten-row A panel at ap[a0:]
     (one group of ten values per row of xb: the batch is the depth) times xb's
-    rows, through the micro-kernel's depth loop (fma_panel_rows): 10 x 48 tiles of
-    30 vector accumulators stored straight into C's rows (with 16 registers: two
-    5 x 16 halves), then 10 x one vector, then the columns left over one at a
-    time. The weight gradients of the fused linear and nielsen epochs.
+    rows, through the micro-kernel's depth loop (fma_panel_rows): 10 x one vector
+    tiles stored straight into C's rows (with 16 registers: two five-row halves
+    against two vectors, then 10 x one vector), then the columns left over one at
+    a time. The weight gradients of the fused linear and nielsen epochs.
 
     The rows ahead_rows of ``ahead`` (a C-contiguous 2-D array; the table may be
     empty) are asked of memory, into the outer caches, a share of their lines
@@ -428,11 +428,11 @@ def _ten_rows_times_batch(ap, a0, xb, C, row0, accumulate, ahead, ahead_rows):
     m, d = xb.shape
     if not rows_contiguous(xb) or (m > 1 and xb.strides[0] != d * xb.itemsize):
         raise ValueError("ten-row weight-gradient tile: the batch's rows must be one contiguous block")
-    # column chunks: WIDE with 32 registers; with 16, the panel's halves (five
-    # rows each, its values ten apart along the depth) against two vectors of
-    # columns, 10 accumulators and 7 loads a step, where the ten rows against one
-    # vector took 11 loads for 10
-    width = WIDE if WIDE_REGISTERS else PAIR_COLS
+    # column chunks: with 32 registers ten rows x one vector; with 16, the panel's
+    # halves (five rows each, its values ten apart along the depth) against two
+    # vectors of columns, 10 accumulators and 7 loads a step, where the ten rows
+    # against one vector took 11 loads for 10
+    width = NARROW_COLS if WIDE_REGISTERS else PAIR_COLS
     chunks = d // width
     lines = (ahead.shape[1] * ahead.itemsize + 63) // 64
     per_chunk = (ahead_rows.size * lines + chunks - 1) // max(chunks, 1)
@@ -441,7 +441,7 @@ def _ten_rows_times_batch(ap, a0, xb, C, row0, accumulate, ahead, ahead_rows):
         row, line = _prefetch_rows_lines(ahead, ahead_rows, row, ahead_rows.size, line, lines, per_chunk, True)
         j0 = q * width
         if WIDE_REGISTERS:
-            fma_panel_rows(ap, a0, xb, j0, d, m, C, row0, j0, accumulate, 10, WIDE)
+            fma_panel_rows(ap, a0, xb, j0, d, m, C, row0, j0, accumulate, 10, NARROW_COLS)
         else:
             for half in range(2):
                 fma_strided_rows(ap, a0 + 5 * half, 10, 1, xb, j0, d, m, C, row0 + 5 * half, j0, accumulate,
