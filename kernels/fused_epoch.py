@@ -320,6 +320,39 @@ def _hidden_backward_rows(D, BT, A, act, C):
                 c[p] = 0 if a[p] <= 0 else c[p]  # a select: a store under a branch stays scalar
 
 
+
+@njit_leaf
+def _sigmoid_layer_backward(D, A, BT, G, C):
+    """nielsen's output layer backward: G = Dᵀ·A (W2ᵀ's gradient, 10 x k) and
+    C = (D·BT)·A(1 - A) (dL/dz1 through the hidden sigmoid, n x k), from D =
+    dL/dz2 (n x 10, C-contiguous: read flat as the micro-kernel's A), A = the
+    hidden layer's output (n x k) and BT = W2ᵀ (10 x k). Through the micro-kernel
+    in chunks of NARROW_COLS columns, the last one ending at k: where k is not a
+    whole number of vectors it overlaps the chunk before, whose columns it
+    writes again with the same values (a store, never +=), so a row of 30 is two
+    vectors rather than one and fourteen scalar steps. Rows of C past the last
+    five, k < NARROW_COLS and other class counts take the row-by-row kernels."""
+    n, k = A.shape
+    if D.shape[1] != 10 or k < NARROW_COLS:
+        for j in range(D.shape[1]):
+            axpy_columns(A, D, G, j)
+        _hidden_backward_rows(D, BT, A, SIGMOID, C)
+        return
+    df = D.reshape(D.size)
+    tiled = n - n % 5
+    p0 = 0
+    while p0 < k:
+        q = min(p0, k - NARROW_COLS)
+        fma_panel_rows(df, 0, A, q, k, n, G, 0, q, False, 10, NARROW_COLS)
+        for i in range(0, tiled, 5):
+            fma_strided_rows(df, i * 10, 1, 10, BT, q, k, 10, C, i, q, False, 5, NARROW_COLS)
+        p0 += NARROW_COLS
+    af, cf = A[:tiled].reshape(tiled * k), C[:tiled].reshape(tiled * k)
+    for p in range(af.size):
+        cf[p] *= af[p] * (1 - af[p])
+    if tiled < n:
+        _hidden_backward_rows(D[tiled:], BT, A[tiled:], SIGMOID, C[tiled:])
+
 # -- nielsen: the first layer in transposed form ----------------------------------------
 # With batch 10 and 30 hidden units a step is ~1 MFLOP. Holding W1ᵀ (hidden x
 # 784) for the epoch turns the forward pass into dot products along 784
@@ -545,10 +578,8 @@ def nielsen_epoch(X, onehot, order, starts, contiguous, flat, gflat, s1, s2, hid
         a2f, dz2f = a2.ravel(), dz2.ravel()
         for k in range(a2f.size):
             dz2f[k] *= a2f[k] * (1 - a2f[k])
-        for j in range(c):
-            axpy_columns(a1, dz2, gw2t, j)
+        _sigmoid_layer_backward(dz2, a1, w2t, gw2t, dz1)
         bias_grad_serial(dz2, gb2)
-        _hidden_backward_rows(dz2, w2t, a1, SIGMOID, dz1)
         # plain SGD takes W1ᵀ's step in the gradient pass (its gradient is then not
         # kept: gflat's W1 block is scratch to the fused epoch); the rest in _update
         sgd = opt == 0

@@ -231,6 +231,25 @@ def test_narrow_second_layer_kernels_match_numpy(m, h, c, act):
     np.testing.assert_allclose(dz, (d @ w2t) * deriv, rtol=1e-4, atol=1e-4 * np.sqrt(c))
 
 
+@pytest.mark.parametrize("n,k,c", [(10, 30, 10), (7, 30, 10), (1, 16, 10), (12, 17, 10), (5, 33, 10),
+                                   (10, 64, 10), (3, 5, 10), (7, 30, 3)])
+def test_sigmoid_layer_backward_matches_numpy(n, k, c):
+    """nielsen's output layer backward (W2ᵀ's gradient and dL/dz1): the
+    micro-kernel's overlapping column chunks (k off a whole number of vectors),
+    five-row tiles and rows left over, and the row-by-row fallback (k below a
+    vector, classes other than 10)."""
+    rng = np.random.default_rng(n * 100 + k + c)
+    a = (1 / (1 + np.exp(-rng.standard_normal((n, k))))).astype(np.float32)
+    d = rng.standard_normal((n, c)).astype(np.float32)
+    w2t = rng.standard_normal((c, k)).astype(np.float32)
+    g, dz = np.full((c, k), np.nan, np.float32), np.full((n, k), np.nan, np.float32)
+    fe._sigmoid_layer_backward(d, a, w2t, g, dz)
+    a64, d64 = a.astype(np.float64), d.astype(np.float64)
+    np.testing.assert_allclose(g, d64.T @ a64, rtol=1e-5, atol=1e-5 * np.sqrt(n))
+    np.testing.assert_allclose(dz, (d64 @ w2t.astype(np.float64)) * a64 * (1 - a64), rtol=1e-5,
+                               atol=1e-5 * np.sqrt(c))
+
+
 @pytest.mark.parametrize("model,batch_size", [("linear", 0), ("linear", 64), ("linear", 100), ("mlp", 100)],
                          ids=["linear-full-batch", "linear-bs64", "linear-bs100-short-last", "mlp-bs100-short-last"])
 def test_fused_epoch_matches_numpy_and_adds_in_one_order(model, batch_size):
@@ -424,6 +443,16 @@ for m, h in [(1, 30), (5, 30), (7, 31), (10, 30), (12, 3)]:  # nielsen's forward
     fe._dot_rows_t(x, rows, wt, z)
     want = x[rows].astype(np.float64) @ wt.T.astype(np.float64)
     worst = max(worst, float(np.abs(z - want).max() / (1 + np.abs(want).max())))
+for n, k in [(10, 30), (7, 30), (1, 8), (12, 17), (5, 33)]:  # nielsen's output layer backward
+    rng = np.random.default_rng(n * 100 + k)
+    a = (1 / (1 + np.exp(-rng.standard_normal((n, k))))).astype(np.float32)
+    d = rng.standard_normal((n, 10)).astype(np.float32)
+    w2t = rng.standard_normal((10, k)).astype(np.float32)
+    g, dz = np.full((10, k), np.nan, np.float32), np.full((n, k), np.nan, np.float32)
+    fe._sigmoid_layer_backward(d, a, w2t, g, dz)
+    a64, d64 = a.astype(np.float64), d.astype(np.float64)
+    worst = max(worst, float(np.abs(g - d64.T @ a64).max()),
+                float(np.abs(dz - (d64 @ w2t.astype(np.float64)) * a64 * (1 - a64)).max()))
 print(json.dumps({"isa": TARGET["isa"], "wide": bool(fe.WIDE_REGISTERS), "dot_cols": fe.DOT_COLS,
                   "worst": worst}))
 '''
@@ -431,7 +460,8 @@ print(json.dumps({"isa": TARGET["isa"], "wide": bool(fe.WIDE_REGISTERS), "dot_co
 
 def test_linear_and_nielsen_tiles_on_the_avx2_path(tmp_path):
     """The fused linear and nielsen weight-gradient tile, the linear block (its
-    loss, logits five rows x two classes, gradients) and nielsen's forward dot
+    loss, logits five rows x two classes, gradients), nielsen's output layer
+    backward and its forward dot
     products as compiled for AVX2 (16 registers), in a process compiling for
     Haswell, against NumPy on odd shapes."""
     import json
