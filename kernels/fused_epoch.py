@@ -320,7 +320,6 @@ def _hidden_backward_rows(D, BT, A, act, C):
                 c[p] = 0 if a[p] <= 0 else c[p]  # a select: a store under a branch stays scalar
 
 
-
 @njit_leaf
 def _sigmoid_layer_backward(D, A, BT, G, C):
     """nielsen's output layer backward: G = Dᵀ·A (W2ᵀ's gradient, 10 x k) and
@@ -353,6 +352,7 @@ def _sigmoid_layer_backward(D, A, BT, G, C):
     if tiled < n:
         _hidden_backward_rows(D[tiled:], BT, A[tiled:], SIGMOID, C[tiled:])
 
+
 # -- nielsen: the first layer in transposed form ----------------------------------------
 # With batch 10 and 30 hidden units a step is ~1 MFLOP. Holding W1ᵀ (hidden x
 # 784) for the epoch turns the forward pass into dot products along 784
@@ -360,7 +360,7 @@ def _sigmoid_layer_backward(D, A, BT, G, C):
 # read in place), and makes the weight gradient W1ᵀ's rows = the micro-kernel's
 # depth loop over the batch: ten hidden units x one vector a tile, the gathered
 # batch as its B rows (where the hidden units are not a multiple of ten, axpys
-# along the rows instead). The working layout is [W1ᵀ, b1, W2, b2]; every flat buffer (params, grads, optimizer
+# along the rows instead). The working layout is [W1ᵀ, b1, W2ᵀ, b2]; every flat buffer (params, grads, optimizer
 # state) is permuted into it at the start of the epoch and back at the end, so
 # the elementwise update kernels apply unchanged.
 @njit_leaf
