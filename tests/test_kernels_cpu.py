@@ -99,8 +99,10 @@ def test_per_tile_functions_run_without_reference_counting():
     assert _refcount_calls(pieces["_task"]) > 0
     from mnist_numba_bench.kernels import fused_epoch
     for name in ("_strided_tile", "_ten_rows_times_batch", "_weight_grad_panels", "_dot_rows_t", "_dot_rows_nt",
-                 "_axpy_rows_t", "_hidden_backward_rows"):
+                 "_axpy_rows_t", "_hidden_backward_rows", "_hidden_backward_panels", "_sigmoid_layer_backward"):
         assert getattr(fused_epoch, name).targetoptions.get("_nrt") is False, name
+    from mnist_numba_bench.kernels import backprop
+    assert backprop.bias_act_span.targetoptions.get("_nrt") is False
 
 
 def test_rows_contiguous_is_a_constant_for_c_layout():
